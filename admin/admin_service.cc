@@ -1,0 +1,67 @@
+#include "admin/admin_service.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace poolside {
+
+admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl::Time now) {
+  admin::v1::HealthCheckResponse response;
+  const PoolHealth health = PoolHealthOf(snapshot);
+  response.set_status(PoolHealthName(health));
+  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.channels.size(),
+                                     " upstream connections healthy");
+  for (const ChannelSnapshot& channel : snapshot.channels) {
+    if (!channel.healthy) {
+      absl::StrAppend(&message, "; channel ", channel.index, " ",
+                      ConnectivityStateName(channel.state));
+    }
+  }
+  response.set_message(message);
+  response.set_timestamp(absl::ToUnixSeconds(now));
+  return response;
+}
+
+admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot) {
+  admin::v1::GetConnectionPoolMetricsResponse response;
+  response.set_total_connections(snapshot.channels.size());
+  response.set_active_connections(snapshot.HealthyCount());
+  response.set_available_connections(snapshot.AvailableCount());
+  response.set_connection_errors(snapshot.connection_errors);
+  response.set_health_check_failures(snapshot.health_check_failures);
+  response.set_last_health_check_timestamp(snapshot.last_health_check == absl::InfinitePast()
+                                               ? 0
+                                               : absl::ToUnixSeconds(snapshot.last_health_check));
+  for (const ChannelSnapshot& channel : snapshot.channels) {
+    admin::v1::ChannelMetrics* detail = response.add_channels();
+    detail->set_index(channel.index);
+    detail->set_state(ConnectivityStateName(channel.state));
+    detail->set_healthy(channel.healthy);
+    detail->set_outstanding_calls(channel.outstanding_calls);
+    detail->set_calls_started(channel.calls_started);
+    detail->set_errors(channel.errors);
+    detail->set_age_seconds(absl::ToDoubleSeconds(channel.age));
+  }
+  return response;
+}
+
+grpc::ServerUnaryReactor* AdminService::HealthCheck(grpc::CallbackServerContext* context,
+                                                    const admin::v1::HealthCheckRequest*,
+                                                    admin::v1::HealthCheckResponse* response) {
+  *response = DescribeHealth(pool_.Snapshot(), absl::Now());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::GetConnectionPoolMetrics(
+    grpc::CallbackServerContext* context, const admin::v1::GetConnectionPoolMetricsRequest*,
+    admin::v1::GetConnectionPoolMetricsResponse* response) {
+  *response = DescribeMetrics(pool_.Snapshot());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace poolside

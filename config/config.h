@@ -1,0 +1,77 @@
+// poolside's configuration: every GRPC_* environment variable, each also a
+// --flag (flags win), validated once at start-up. Components receive their
+// own slice of it (PoolOptions, ProxyOptions), never this struct as a global.
+#ifndef POOLSIDE_CONFIG_CONFIG_H_
+#define POOLSIDE_CONFIG_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace poolside {
+
+struct Config {
+  // Where the pool connects: host:port, dns:///host:port, ipv4:..., unix:///path.
+  std::string upstream_target;
+  // Where apps connect (host:port or unix:path).
+  std::string listen_addr = "127.0.0.1:15001";
+  // HTTP side port for /metrics, /healthz, /readyz, /pool.
+  std::string admin_addr = "0.0.0.0:15090";
+  int pool_size = 10;
+  absl::Duration connection_timeout = absl::Seconds(30);
+  absl::Duration health_check_interval = absl::Seconds(60);
+  // Applied to both directions, on both the listening and the upstream side.
+  int64_t max_message_bytes = 64 << 20;
+  // :authority sent upstream; empty means the upstream target's own.
+  std::string upstream_authority;
+  absl::Duration shutdown_grace = absl::Seconds(25);
+  // Completion-queue threads serving forwarded calls; 0 means one per core.
+  int worker_threads = 0;
+  // spdlog level name: trace, debug, info, warn, error, critical, off.
+  std::string log_level = "info";
+  // "text" or "json".
+  std::string log_format = "text";
+};
+
+// What the command line asked for besides configuration.
+enum class Command { kRun, kHelp, kVersion, kCheckConfig };
+
+struct ParsedCommandLine {
+  Command command = Command::kRun;
+  Config config;
+};
+
+// Reads `env` (name -> value, normally the process environment) and then
+// `args` (argv without argv[0]); a --flag overrides its variable. Every value
+// is validated. On failure the status message is one line naming the variable
+// (or flag), the value and what is allowed, ready to print before exit 2.
+absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, std::string>& env,
+                                                   const std::vector<std::string>& args);
+
+// The process environment as a map, for ParseCommandLine.
+std::map<std::string, std::string> ProcessEnvironment();
+
+// --help text: every variable, its flag, default and meaning.
+std::string HelpText();
+
+// --check-config output: the effective configuration, one VAR=value per line.
+std::string DescribeConfig(const Config& config);
+
+// An address split into host and port; an IPv6 host has lost its brackets.
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+// Splits "host:port" or "[v6]:port" (port 0..65535), the form GRPC_ADMIN_ADDR
+// and a non-unix GRPC_LISTEN_ADDR take; InvalidArgument if it is not one.
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view address);
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_CONFIG_CONFIG_H_

@@ -1,0 +1,137 @@
+// A fixed set of upstream gRPC channels, each its own TCP connection, that
+// forwarded calls share. HTTP/2 multiplexes, so channels are never checked
+// out: a call leases a channel (which only counts it as outstanding) and many
+// calls ride one channel at once.
+//
+// Thread-safety: thread-safe. PickReady() and Lease are lock-free (atomics
+// only) because they run for every forwarded call; the connectivity watcher
+// runs on its own thread.
+#ifndef POOLSIDE_POOL_CHANNEL_POOL_H_
+#define POOLSIDE_POOL_CHANNEL_POOL_H_
+
+#include <grpc/grpc.h>
+#include <grpcpp/channel.h>
+#include <grpcpp/completion_queue.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "pool/channel_factory.h"
+#include "pool/pool_snapshot.h"
+
+namespace poolside {
+
+struct PoolOptions {
+  // gRPC target URI of the upstream, used in logs and error messages.
+  std::string target;
+  int size = 10;
+  // A channel with this many outstanding calls no longer counts as available.
+  int max_streams_per_connection = 100;
+};
+
+// One upstream channel and the stub that starts generic calls on it.
+// Immutable after construction.
+class PooledChannel {
+ public:
+  PooledChannel(std::shared_ptr<grpc::Channel> channel, absl::Time created_at)
+      : channel_(std::move(channel)), stub_(channel_), created_at_(created_at) {}
+
+  grpc::Channel& channel() const { return *channel_; }
+  const std::shared_ptr<grpc::Channel>& shared_channel() const { return channel_; }
+  grpc::GenericStub& stub() { return stub_; }
+  absl::Time created_at() const { return created_at_; }
+
+ private:
+  const std::shared_ptr<grpc::Channel> channel_;
+  grpc::GenericStub stub_;
+  const absl::Time created_at_;
+};
+
+class ChannelPool {
+ private:
+  struct Slot;
+
+ public:
+  // A forwarded call's claim on one channel: while it lives, the channel's
+  // outstanding count includes the call and the channel stays alive.
+  // Movable, not copyable; confined to the call that owns it.
+  class Lease {
+   public:
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&& other) noexcept;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease();
+
+    PooledChannel& channel() const { return *channel_; }
+    int slot_index() const;
+    // Counts a transport-level failure (UNAVAILABLE) of the leased call.
+    void RecordUnavailable();
+
+   private:
+    friend class ChannelPool;
+    Lease(Slot* slot, std::shared_ptr<PooledChannel> channel);
+    void Release();
+
+    Slot* slot_;
+    std::shared_ptr<PooledChannel> channel_;
+  };
+
+  ChannelPool(PoolOptions options, std::unique_ptr<ChannelFactory> factory);
+  ~ChannelPool();
+  ChannelPool(const ChannelPool&) = delete;
+  ChannelPool& operator=(const ChannelPool&) = delete;
+
+  // Creates every channel, asks each to connect, and starts watching their
+  // connectivity. Never waits for the upstream.
+  void Start();
+  // Stops the watcher. Leases still held stay valid until released.
+  void Shutdown();
+
+  // The ready channel with the fewest outstanding calls, or nullopt when no
+  // channel is ready. Hot path: lock-free.
+  std::optional<Lease> PickReady();
+
+  // For a call that found nothing ready: the channel it should wait on,
+  // rotating so that waiters spread over the pool.
+  std::shared_ptr<grpc::Channel> ChannelToWaitOn();
+
+  // Leases the slot whose channel is `channel`, if it is still in the pool
+  // (the watcher may not have seen the channel become ready yet).
+  std::optional<Lease> LeaseIfCurrent(const std::shared_ptr<grpc::Channel>& channel);
+
+  PoolSnapshot Snapshot() const;
+  const PoolOptions& options() const { return options_; }
+
+ private:
+  struct Watch;
+
+  Lease LeaseSlot(Slot& slot);
+  void WatchLoop();
+  void ArmWatch(Watch& watch);
+  void OnStateChange(Watch& watch);
+
+  // Constant after construction.
+  const PoolOptions options_;
+  const std::unique_ptr<ChannelFactory> factory_;
+  const std::unique_ptr<Slot[]> slots_;
+
+  std::atomic<uint32_t> next_pick_{0};
+  std::atomic<bool> stopping_{false};
+
+  // Confined to the watcher thread once Start() returns.
+  grpc::CompletionQueue watch_queue_;
+  std::vector<std::unique_ptr<Watch>> watches_;
+  std::thread watcher_;
+};
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_POOL_CHANNEL_POOL_H_

@@ -1,0 +1,157 @@
+#include "proxy/forwarding_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace poolside {
+namespace {
+
+// Calls waiting to be accepted on each queue, so that a burst of new calls
+// does not wait for one accept to be re-armed after another.
+constexpr int kAcceptsPerQueue = 4;
+
+// After the server has shut down, how long the queues may take to finish the
+// calls they still hold (waiting calls notice within a wait slice).
+constexpr absl::Duration kDrainLimit = absl::Seconds(5);
+
+// grpc binds with SO_REUSEPORT, so a port held by another process's socket
+// that also set it would be shared silently instead of refused. Probe the
+// address with a plain bind first so that "in use" is a clear error.
+absl::Status CheckTcpAddressFree(absl::string_view address) {
+  if (absl::StartsWith(address, "unix:")) return absl::OkStatus();
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == absl::string_view::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port == 0) {
+    return absl::OkStatus();  // grpc reports anything else it cannot bind.
+  }
+  std::string host(address.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+  if (host.empty() || host == "0.0.0.0" || host == "*") {
+    v4->sin_family = AF_INET;
+    v4->sin_addr.s_addr = htonl(INADDR_ANY);
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    length = sizeof(*v4);
+  } else if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    length = sizeof(*v4);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    length = sizeof(*v6);
+  } else {
+    return absl::OkStatus();  // A host name: grpc resolves and binds it.
+  }
+  const int fd = socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::OkStatus();
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const int bound = bind(fd, reinterpret_cast<sockaddr*>(&storage), length);
+  const int bind_errno = errno;
+  close(fd);
+  if (bound == 0) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("cannot listen on ", address, ": ", std::strerror(bind_errno)));
+}
+
+}  // namespace
+
+ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool)
+    : options_(std::move(options)), pool_(pool) {}
+
+ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_services) {
+  if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.listen_addr, grpc::InsecureServerCredentials(),
+                           &selected_port_);
+  const int max_bytes = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  for (grpc::Service* service : extra_services) builder.RegisterService(service);
+  builder.RegisterAsyncGenericService(&generic_service_);
+  const int threads = std::max(1, options_.threads);
+  for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
+
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || selected_port_ == 0) {
+    server_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_addr));
+  }
+
+  for (auto& completion_queue : completion_queues_) {
+    auto queue = std::make_unique<CallQueue>();
+    queue->service = &generic_service_;
+    queue->queue = completion_queue.get();
+    queue->pool = &pool_;
+    queue->connection_timeout = options_.connection_timeout;
+    for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
+    call_queues_.push_back(std::move(queue));
+  }
+  for (auto& queue : call_queues_) {
+    threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
+  }
+  spdlog::info("proxy: listening on {} with {} forwarding threads", options_.listen_addr, threads);
+  return absl::OkStatus();
+}
+
+void ForwardingServer::ServeQueue(CallQueue& queue) {
+  void* tag = nullptr;
+  bool ok = false;
+  while (queue.queue->Next(&tag, &ok)) ProxyCall::Dispatch(tag, ok);
+}
+
+int64_t ForwardingServer::LiveCalls() const {
+  int64_t live = 0;
+  for (const auto& queue : call_queues_) live += queue->live_calls.load(std::memory_order_relaxed);
+  return live;
+}
+
+void ForwardingServer::Shutdown(absl::Duration grace) {
+  if (server_ == nullptr) return;
+  // Refuses new calls at once; cancels those still running at the deadline.
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  // Every call has ended on the app side; the queues still finish their
+  // upstream halves. A queue must not be shut down while its calls can still
+  // start operations on it.
+  const absl::Time drain_deadline = absl::Now() + kDrainLimit;
+  while (LiveCalls() > 0 && absl::Now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (const int64_t live = LiveCalls(); live > 0) {
+    spdlog::error("proxy: {} calls still open after shutdown", live);
+  }
+  for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
+  for (std::thread& thread : threads_) thread.join();
+  threads_.clear();
+  server_.reset();
+  spdlog::info("proxy: stopped");
+}
+
+}  // namespace poolside

@@ -1,0 +1,106 @@
+// poolside: wires configuration, the upstream pool, the admin service and the
+// forwarding server together, then waits for SIGTERM/SIGINT to drain.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "admin/admin_service.h"
+#include "config/config.h"
+#include "config/logging.h"
+#include "pool/channel_factory.h"
+#include "pool/channel_pool.h"
+#include "proxy/forwarding_server.h"
+#include "proxy/grpc_logging.h"
+
+namespace {
+
+int Run(const poolside::Config& config) {
+  // Blocked before any thread starts, so that only sigwait below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  poolside::RouteGrpcLogsToSpdlog();
+  spdlog::info("poolside {} starting", POOLSIDE_VERSION);
+  for (absl::string_view line :
+       absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
+    spdlog::info("config: {}", std::string(line));
+  }
+
+  poolside::PoolOptions pool_options;
+  pool_options.target = config.upstream_target;
+  pool_options.size = config.pool_size;
+  poolside::UpstreamChannelOptions channel_options;
+  channel_options.target = config.upstream_target;
+  channel_options.authority = config.upstream_authority;
+  channel_options.max_message_bytes = config.max_message_bytes;
+  poolside::ChannelPool pool(pool_options, poolside::NewUpstreamChannelFactory(channel_options));
+  pool.Start();
+
+  poolside::AdminService admin(pool);
+  const int threads = config.worker_threads > 0
+                          ? config.worker_threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  poolside::ProxyOptions proxy_options;
+  proxy_options.listen_addr = config.listen_addr;
+  proxy_options.max_message_bytes = config.max_message_bytes;
+  proxy_options.connection_timeout = config.connection_timeout;
+  proxy_options.threads = threads;
+  poolside::ForwardingServer server(proxy_options, pool);
+  if (absl::Status started = server.Start({&admin}); !started.ok()) {
+    std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
+                 std::string(started.message()).c_str());
+    return 1;
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
+               absl::FormatDuration(config.shutdown_grace));
+  server.Shutdown(config.shutdown_grace);
+  pool.Shutdown();
+  spdlog::info("poolside stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  absl::StatusOr<poolside::ParsedCommandLine> parsed =
+      poolside::ParseCommandLine(poolside::ProcessEnvironment(), args);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "poolside: %s\n", std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  switch (parsed->command) {
+    case poolside::Command::kHelp:
+      std::fputs(poolside::HelpText().c_str(), stdout);
+      return 0;
+    case poolside::Command::kVersion:
+      std::printf("poolside %s\n", POOLSIDE_VERSION);
+      return 0;
+    case poolside::Command::kCheckConfig:
+      std::fputs(poolside::DescribeConfig(parsed->config).c_str(), stdout);
+      return 0;
+    case poolside::Command::kRun:
+      break;
+  }
+  if (absl::Status logging =
+          poolside::ConfigureLogging(parsed->config.log_level, parsed->config.log_format);
+      !logging.ok()) {
+    std::fprintf(stderr, "poolside: %s\n", std::string(logging.message()).c_str());
+    return 2;
+  }
+  return Run(parsed->config);
+}

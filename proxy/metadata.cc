@@ -1,0 +1,95 @@
+#include "proxy/metadata.h"
+
+#include <grpc/grpc.h>
+#include <grpc/slice.h>
+
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace poolside {
+namespace {
+
+// Headers that grpc core sets, consumes or rewrites on each hop; copying them
+// would duplicate or contradict what core sends.
+bool IsHopByHop(absl::string_view key) {
+  static constexpr absl::string_view kHopByHop[] = {"user-agent",
+                                                    "host",
+                                                    "connection",
+                                                    "te",
+                                                    "content-type",
+                                                    "content-length",
+                                                    "keep-alive",
+                                                    "proxy-connection",
+                                                    "transfer-encoding",
+                                                    "upgrade",
+                                                    "grpc-timeout",
+                                                    "grpc-encoding",
+                                                    "grpc-accept-encoding",
+                                                    "accept-encoding",
+                                                    "grpc-status",
+                                                    "grpc-message",
+                                                    "grpc-status-details-bin"};
+  if (!key.empty() && key.front() == ':') return true;
+  for (absl::string_view hop : kHopByHop) {
+    if (key == hop) return true;
+  }
+  return false;
+}
+
+grpc_slice BorrowSlice(grpc::string_ref bytes) {
+  return grpc_slice_from_static_buffer(bytes.data(), bytes.size());
+}
+
+// Empty when the pair may be forwarded, else what is wrong with it.
+std::string IllegalReason(grpc::string_ref key, grpc::string_ref value) {
+  const grpc_slice key_slice = BorrowSlice(key);
+  if (!grpc_header_key_is_legal(key_slice)) {
+    return absl::StrCat("metadata key '", absl::CEscape(absl::string_view(key.data(), key.size())),
+                        "' is not a legal gRPC metadata key");
+  }
+  if (!grpc_is_binary_header(key_slice) && !grpc_header_nonbin_value_is_legal(BorrowSlice(value))) {
+    return absl::StrCat("metadata value for key '", absl::string_view(key.data(), key.size()),
+                        "' is not printable ASCII (binary values need a -bin key)");
+  }
+  return "";
+}
+
+template <typename AddFn>
+std::string CopyLegal(const MetadataMap& from, AddFn add) {
+  for (const auto& [key, value] : from) {
+    const absl::string_view key_view(key.data(), key.size());
+    if (IsHopByHop(key_view)) continue;
+    std::string reason = IllegalReason(key, value);
+    if (!reason.empty()) return reason;
+    add(std::string(key_view), std::string(value.data(), value.size()));
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::Status CopyRequestMetadata(const MetadataMap& from, grpc::ClientContext& to) {
+  std::string reason =
+      CopyLegal(from, [&to](std::string key, std::string value) { to.AddMetadata(key, value); });
+  if (reason.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("poolside: request ", reason));
+}
+
+absl::Status CopyInitialResponseMetadata(const MetadataMap& from, grpc::ServerContextBase& to) {
+  std::string reason = CopyLegal(
+      from, [&to](std::string key, std::string value) { to.AddInitialMetadata(key, value); });
+  if (reason.empty()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("poolside: upstream response ", reason));
+}
+
+absl::Status CopyTrailingResponseMetadata(const MetadataMap& from, grpc::ServerContextBase& to) {
+  std::string reason = CopyLegal(
+      from, [&to](std::string key, std::string value) { to.AddTrailingMetadata(key, value); });
+  if (reason.empty()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("poolside: upstream trailer ", reason));
+}
+
+}  // namespace poolside

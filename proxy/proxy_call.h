@@ -1,0 +1,133 @@
+// One forwarded call: the app's call accepted by the generic service (the
+// "app side") joined to a call on a pooled upstream channel (the "upstream
+// side"). Messages are pumped one at a time in each direction, so a slow
+// reader on either end slows the writer on the other and memory stays at one
+// message per direction.
+//
+// Ownership and threading: a ProxyCall owns itself. It is created waiting for
+// a call on one completion queue, every operation of both sides completes on
+// that same queue, and that queue is drained by exactly one thread — so a
+// ProxyCall is confined to its queue's thread and needs no locks. It deletes
+// itself when its last pending operation has completed.
+#ifndef POOLSIDE_PROXY_PROXY_CALL_H_
+#define POOLSIDE_PROXY_PROXY_CALL_H_
+
+#include <grpcpp/alarm.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/status.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/time/time.h"
+#include "pool/channel_pool.h"
+
+namespace poolside {
+
+// What every call on one completion queue shares. Constant after
+// construction, except for live_calls.
+struct CallQueue {
+  grpc::AsyncGenericService* service = nullptr;
+  grpc::ServerCompletionQueue* queue = nullptr;
+  ChannelPool* pool = nullptr;
+  absl::Duration connection_timeout;
+  // ProxyCalls that exist on this queue, accepting ones included. Written only
+  // by the queue's thread; read by the shutdown sequence.
+  std::atomic<int64_t> live_calls{0};
+};
+
+class alignas(16) ProxyCall {
+ public:
+  // Waits for the next app call on `queue`. When one arrives, the ProxyCall
+  // forwards it and starts another so that the queue keeps accepting.
+  static void AcceptNext(CallQueue& queue);
+
+  // Handles a completion-queue event whose tag a ProxyCall issued.
+  static void Dispatch(void* tag, bool ok);
+
+  ProxyCall(const ProxyCall&) = delete;
+  ProxyCall& operator=(const ProxyCall&) = delete;
+
+ private:
+  // Each pending operation's tag is the call's address with the operation in
+  // the low bits (hence alignas(16)).
+  enum class Op : uintptr_t {
+    kAccepted,
+    kAppDone,
+    kWaitForReady,
+    kHalfCloseUpstream,
+    kUpstreamStarted,
+    kUpstreamHeaders,
+    kUpstreamRead,
+    kUpstreamWrite,
+    kUpstreamWritesDone,
+    kUpstreamFinish,
+    kAppRead,
+    kAppHeaders,
+    kAppWrite,
+    kAppFinish,
+  };
+
+  explicit ProxyCall(CallQueue& queue);
+  ~ProxyCall();
+
+  void* Tag(Op op);
+  void Handle(Op op, bool ok);
+
+  void OnAccepted(bool ok);
+  void OnAppDone();
+  void TryStartUpstream();
+  void StartUpstream(ChannelPool::Lease lease);
+  // Upward direction: app -> upstream.
+  void OnAppRead(bool ok);
+  void PumpUpward();
+  void OnUpstreamWrite(bool ok);
+  // Downward direction: upstream -> app.
+  void OnUpstreamHeaders(bool ok);
+  void ReadUpstream();
+  void OnUpstreamRead(bool ok);
+  void FinishUpstream();
+  void OnUpstreamFinish();
+  void FinishApp(const grpc::Status& status);
+
+  CallQueue& queue_;
+
+  // App side.
+  grpc::GenericServerContext app_context_;
+  grpc::GenericServerAsyncReaderWriter app_stream_;
+  grpc::ByteBuffer upward_message_;
+  bool app_read_closed_ = false;
+  bool app_finish_sent_ = false;
+  bool cancelled_ = false;
+
+  // Upstream side.
+  grpc::ClientContext upstream_context_;
+  std::optional<ChannelPool::Lease> lease_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> upstream_stream_;
+  grpc::ByteBuffer downward_message_;
+  grpc::Status upstream_status_;
+  // Set when an upstream response cannot be relayed; replaces its status.
+  std::optional<grpc::Status> relay_error_;
+  absl::Time wait_until_;
+  std::shared_ptr<grpc::Channel> awaited_channel_;
+  std::optional<grpc::Alarm> half_close_alarm_;
+  bool upstream_started_ = false;
+  // Started and not yet ended: writes may be issued.
+  bool upstream_writable_ = false;
+  bool upward_message_held_ = false;
+  bool upstream_write_busy_ = false;
+  bool writes_done_sent_ = false;
+  bool half_close_deferred_ = false;
+
+  int pending_ops_ = 0;
+};
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_PROXY_PROXY_CALL_H_
