@@ -1,0 +1,98 @@
+// A tiny upstream for the demo: echoes every message of any method back to
+// the caller (unary and streaming alike) and reports which TCP connection
+// carried it, so the demo can show the pool's connections arriving.
+//
+// Usage: demo_upstream [--port=N]   (0 picks a free port; prints PORT=<n>)
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <set>
+#include <string>
+
+namespace {
+
+// Echoes each message as it arrives; finishes OK when the client half-closes.
+// Owns itself; confined to grpc's callback threads (one reaction at a time).
+class EchoReactor : public grpc::ServerGenericBidiReactor {
+ public:
+  EchoReactor(grpc::CallbackServerContext* context, std::mutex& peers_mutex,
+              std::set<std::string>& peers) {
+    {
+      std::lock_guard<std::mutex> lock(peers_mutex);
+      if (peers.insert(context->peer()).second) {
+        std::printf("demo_upstream: new connection from %s (%zu so far)\n", context->peer().c_str(),
+                    peers.size());
+        std::fflush(stdout);
+      }
+    }
+    StartRead(&message_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartWrite(&message_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNKNOWN, "write failed"));
+      return;
+    }
+    StartRead(&message_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::ByteBuffer message_;
+};
+
+class EchoService : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
+    return new EchoReactor(context, peers_mutex_, peers_);
+  }
+
+ private:
+  std::mutex peers_mutex_;
+  std::set<std::string> peers_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int port = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--port=", 0) == 0) port = std::atoi(arg.c_str() + 7);
+  }
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  EchoService service;
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                           &selected_port);
+  builder.RegisterCallbackGenericService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    std::fprintf(stderr, "demo_upstream: cannot listen on port %d\n", port);
+    return 1;
+  }
+  std::printf("PORT=%d\n", selected_port);
+  std::fflush(stdout);
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  return 0;
+}
