@@ -23,6 +23,24 @@ admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl
   return response;
 }
 
+namespace {
+
+void DescribeChannels(const PoolSnapshot& snapshot,
+                      google::protobuf::RepeatedPtrField<admin::v1::ChannelMetrics>* channels) {
+  for (const ChannelSnapshot& channel : snapshot.channels) {
+    admin::v1::ChannelMetrics* detail = channels->Add();
+    detail->set_index(channel.index);
+    detail->set_state(ConnectivityStateName(channel.state));
+    detail->set_healthy(channel.healthy);
+    detail->set_outstanding_calls(channel.outstanding_calls);
+    detail->set_calls_started(channel.calls_started);
+    detail->set_errors(channel.errors);
+    detail->set_age_seconds(absl::ToDoubleSeconds(channel.age));
+  }
+}
+
+}  // namespace
+
 admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot) {
   admin::v1::GetConnectionPoolMetricsResponse response;
   response.set_total_connections(snapshot.channels.size());
@@ -33,16 +51,7 @@ admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& 
   response.set_last_health_check_timestamp(snapshot.last_health_check == absl::InfinitePast()
                                                ? 0
                                                : absl::ToUnixSeconds(snapshot.last_health_check));
-  for (const ChannelSnapshot& channel : snapshot.channels) {
-    admin::v1::ChannelMetrics* detail = response.add_channels();
-    detail->set_index(channel.index);
-    detail->set_state(ConnectivityStateName(channel.state));
-    detail->set_healthy(channel.healthy);
-    detail->set_outstanding_calls(channel.outstanding_calls);
-    detail->set_calls_started(channel.calls_started);
-    detail->set_errors(channel.errors);
-    detail->set_age_seconds(absl::ToDoubleSeconds(channel.age));
-  }
+  DescribeChannels(snapshot, response.mutable_channels());
   return response;
 }
 
@@ -61,6 +70,22 @@ grpc::ServerUnaryReactor* AdminService::GetConnectionPoolMetrics(
   *response = DescribeMetrics(pool_.Snapshot());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+
+grpc::ServerUnaryReactor* AdminService::ForceHealthCheck(
+    grpc::CallbackServerContext* context, const admin::v1::ForceHealthCheckRequest*,
+    admin::v1::ForceHealthCheckResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  monitor_.RequestRound([reactor, response](const PoolSnapshot& snapshot) {
+    const admin::v1::HealthCheckResponse health = DescribeHealth(snapshot, absl::Now());
+    response->set_status(health.status());
+    response->set_message(health.message());
+    response->set_timestamp(health.timestamp());
+    DescribeChannels(snapshot, response->mutable_channels());
+    reactor->Finish(grpc::Status::OK);
+  });
   return reactor;
 }
 

@@ -6,14 +6,15 @@
 #define POOLSIDE_ADMIN_ADMIN_SERVICE_H_
 
 #include "pool/channel_pool.h"
+#include "pool/health_monitor.h"
 #include "poolside/admin/v1/admin.grpc.pb.h"
 
 namespace poolside {
 
 class AdminService final : public admin::v1::PoolAdmin::CallbackService {
  public:
-  // `pool` must outlive the service.
-  explicit AdminService(const ChannelPool& pool) : pool_(pool) {}
+  // `pool` and `monitor` must outlive the service.
+  AdminService(const ChannelPool& pool, HealthMonitor& monitor) : pool_(pool), monitor_(monitor) {}
 
   grpc::ServerUnaryReactor* HealthCheck(grpc::CallbackServerContext* context,
                                         const admin::v1::HealthCheckRequest* request,
@@ -24,8 +25,14 @@ class AdminService final : public admin::v1::PoolAdmin::CallbackService {
       const admin::v1::GetConnectionPoolMetricsRequest* request,
       admin::v1::GetConnectionPoolMetricsResponse* response) override;
 
+  // Answers when the health monitor has run a round (rate-limited there).
+  grpc::ServerUnaryReactor* ForceHealthCheck(grpc::CallbackServerContext* context,
+                                             const admin::v1::ForceHealthCheckRequest* request,
+                                             admin::v1::ForceHealthCheckResponse* response) override;
+
  private:
   const ChannelPool& pool_;
+  HealthMonitor& monitor_;
 };
 
 // The HealthCheck answer for a snapshot, taken at `now`.

@@ -226,6 +226,8 @@ constexpr TextRule kUpstreamTarget = {
 constexpr TextRule kListenAddress = {IsListenAddress,
                                      "host:port or [v6]:port (port 0 to 65535), or unix:path"};
 constexpr TextRule kAdminAddress = {IsAdminAddress, "host:port or [v6]:port (port 0 to 65535)"};
+constexpr TextRule kHealthService = {IsAuthority, "empty, or a service name without spaces"};
+constexpr absl::string_view kHealthCheckModes[] = {"grpc", "connectivity"};
 constexpr TextRule kAuthority = {IsAuthority,
                                  "empty, or a host[:port] without spaces or control characters"};
 
@@ -276,6 +278,27 @@ constexpr Variable kVariables[] = {
     Define<Seconds<&Config::shutdown_grace, 0, 3600>>(
         "GRPC_SHUTDOWN_GRACE_SECS", "shutdown-grace-secs",
         "on SIGTERM, how long calls in flight may take to finish before they are cancelled"),
+    Define<OneOf<&Config::health_check_mode, kHealthCheckModes>>(
+        "GRPC_HEALTH_CHECK_MODE", "health-check-mode",
+        "grpc: probe each connection with grpc.health.v1.Health/Check; connectivity: state only"),
+    Define<Text<&Config::health_check_service, kHealthService>>(
+        "GRPC_HEALTH_CHECK_SERVICE", "health-check-service",
+        "grpc.health.v1 service name to probe; empty means the server as a whole"),
+    Define<Integer<&Config::health_check_timeout_ms, 1, 60000>>(
+        "GRPC_HEALTH_CHECK_TIMEOUT_MS", "health-check-timeout-ms",
+        "deadline of each health-check probe, in milliseconds"),
+    Define<Integer<&Config::health_check_unhealthy_threshold, 1, 100>>(
+        "GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "health-check-unhealthy-threshold",
+        "consecutive failed checks that mark a connection unhealthy"),
+    Define<Seconds<&Config::connection_max_age, 0, 30 * 86400>>(
+        "GRPC_CONNECTION_MAX_AGE_SECS", "connection-max-age-secs",
+        "refresh connections older than this (with 10% jitter), one at a time; 0 means never"),
+    Define<Integer<&Config::max_streams_per_connection, 1, 1000000>>(
+        "GRPC_MAX_STREAMS_PER_CONNECTION", "max-streams-per-connection",
+        "concurrent calls one upstream connection is expected to carry (for utilization)"),
+    Define<Integer<&Config::metrics_max_methods, 1, 100000>>(
+        "GRPC_METRICS_MAX_METHODS", "metrics-max-methods",
+        "distinct methods labelled in request metrics; further ones count as \"other\""),
     Define<Integer<&Config::worker_threads, 0, 256>>(
         "GRPC_WORKER_THREADS", "worker-threads",
         "threads serving forwarded calls; 0 means one per core"),

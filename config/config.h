@@ -30,6 +30,20 @@ struct Config {
   // :authority sent upstream; empty means the upstream target's own.
   std::string upstream_authority;
   absl::Duration shutdown_grace = absl::Seconds(25);
+  // "grpc": probe each channel with grpc.health.v1.Health/Check;
+  // "connectivity": judge channels by their connectivity state only.
+  std::string health_check_mode = "grpc";
+  // grpc.health.v1 service name to probe; empty means the server as a whole.
+  std::string health_check_service;
+  int health_check_timeout_ms = 1000;
+  // Consecutive failed checks that mark a channel unhealthy.
+  int health_check_unhealthy_threshold = 2;
+  // Connections older than this (±10% jitter) are refreshed; 0 means never.
+  absl::Duration connection_max_age = absl::ZeroDuration();
+  // Streams one upstream connection is expected to carry, for utilization.
+  int max_streams_per_connection = 100;
+  // Distinct methods labelled in request metrics; the rest count as "other".
+  int metrics_max_methods = 200;
   // Completion-queue threads serving forwarded calls; 0 means one per core.
   int worker_threads = 0;
   // spdlog level name: trace, debug, info, warn, error, critical, off.

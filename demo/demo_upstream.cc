@@ -1,5 +1,6 @@
 // A tiny upstream for the demo: echoes every message of any method back to
-// the caller (unary and streaming alike) and reports which TCP connection
+// the caller (unary and streaming alike), answers grpc.health.v1 health
+// checks, and reports which TCP connection
 // carried it, so the demo can show the pool's connections arriving.
 //
 // Usage: demo_upstream [--port=N]   (0 picks a free port; prints PORT=<n>)
@@ -79,6 +80,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   EchoService service;
+  // grpc's built-in grpc.health.v1 service, which poolside's health checks ask.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected_port = 0;
   builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),

@@ -5,6 +5,7 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <utility>
 
@@ -15,6 +16,8 @@ namespace {
 // subchannel pool: either alone keeps grpc from sharing one TCP connection
 // between channels whose arguments are otherwise identical.
 constexpr char kSlotArg[] = "poolside.pool_slot";
+
+constexpr int kMaxReconnectBackoffMs = 5000;
 
 class UpstreamChannelFactory : public ChannelFactory {
  public:
@@ -27,6 +30,9 @@ class UpstreamChannelFactory : public ChannelFactory {
     args.SetMaxSendMessageSize(max_bytes);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    // grpc backs off up to 120 s between reconnects; a sidecar should find a
+    // restarted upstream within seconds.
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
     args.SetInt(kSlotArg, slot);
     // Each replacement gets a fresh connection too, not the one it replaces.
     args.SetInt("poolside.channel_generation", generation_++);
@@ -36,7 +42,7 @@ class UpstreamChannelFactory : public ChannelFactory {
 
  private:
   const UpstreamChannelOptions options_;
-  int generation_ = 0;
+  std::atomic<int> generation_{0};
 };
 
 }  // namespace

@@ -16,6 +16,7 @@ class ChannelFactory {
   virtual ~ChannelFactory() = default;
   // A new channel for pool slot `slot`. Every call returns a channel with its
   // own TCP connection, never one shared with an earlier channel.
+  // Thread-safe.
   virtual std::shared_ptr<grpc::Channel> Create(int slot) = 0;
 };
 

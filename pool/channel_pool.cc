@@ -21,7 +21,8 @@ struct alignas(64) ChannelPool::Slot {
   int index = 0;
   std::atomic<int64_t> outstanding{0};
   std::atomic<grpc_connectivity_state> state{GRPC_CHANNEL_IDLE};
-  std::atomic<bool> healthy{false};
+  // Set by the health monitor; connectivity is tracked separately in state.
+  std::atomic<bool> probe_healthy{true};
   std::atomic<uint64_t> calls_started{0};
   std::atomic<uint64_t> errors{0};
   // Accessed only through std::atomic_load / std::atomic_store.
@@ -73,13 +74,10 @@ ChannelPool::ChannelPool(PoolOptions options, std::unique_ptr<ChannelFactory> fa
 ChannelPool::~ChannelPool() { Shutdown(); }
 
 void ChannelPool::Start() {
-  const absl::Time now = absl::Now();
   for (int i = 0; i < options_.size; ++i) {
     Slot& slot = slots_[i];
-    auto channel = std::make_shared<PooledChannel>(factory_->Create(i), now);
-    // Connect now rather than on the first call: start-up must not wait for
-    // the upstream, but the first call should not pay for the handshake.
-    slot.state.store(channel->channel().GetState(/*try_to_connect=*/true));
+    std::shared_ptr<PooledChannel> channel = NewChannel(i);
+    slot.state.store(channel->channel().GetState(/*try_to_connect=*/false));
     std::atomic_store(&slot.channel, channel);
     auto watch = std::make_unique<Watch>();
     watch->slot = &slot;
@@ -136,7 +134,6 @@ void ChannelPool::OnStateChange(Watch& watch) {
               ConnectivityStateName(watch.last_state), ConnectivityStateName(state));
   watch.last_state = state;
   slot.state.store(state, std::memory_order_relaxed);
-  slot.healthy.store(state == GRPC_CHANNEL_READY, std::memory_order_relaxed);
 }
 
 ChannelPool::Lease ChannelPool::LeaseSlot(Slot& slot) {
@@ -149,19 +146,23 @@ std::optional<ChannelPool::Lease> ChannelPool::PickReady() {
   const int size = options_.size;
   // Rotating the starting point spreads calls over equally loaded channels.
   const int start = static_cast<int>(next_pick_.fetch_add(1, std::memory_order_relaxed) % size);
-  Slot* best = nullptr;
-  int64_t best_outstanding = INT64_MAX;
+  // Channels failing health checks are used only while no healthy one is
+  // ready: a degraded upstream still beats failing the call here.
+  Slot* best[2] = {nullptr, nullptr};  // [0]: healthy, [1]: failing checks.
+  int64_t best_outstanding[2] = {INT64_MAX, INT64_MAX};
   for (int i = 0; i < size; ++i) {
     Slot& slot = slots_[(start + i) % size];
     if (slot.state.load(std::memory_order_relaxed) != GRPC_CHANNEL_READY) continue;
+    const int tier = slot.probe_healthy.load(std::memory_order_relaxed) ? 0 : 1;
     const int64_t outstanding = slot.outstanding.load(std::memory_order_relaxed);
-    if (outstanding < best_outstanding) {
-      best = &slot;
-      best_outstanding = outstanding;
+    if (outstanding < best_outstanding[tier]) {
+      best[tier] = &slot;
+      best_outstanding[tier] = outstanding;
     }
   }
-  if (best == nullptr) return std::nullopt;
-  return LeaseSlot(*best);
+  Slot* chosen = best[0] != nullptr ? best[0] : best[1];
+  if (chosen == nullptr) return std::nullopt;
+  return LeaseSlot(*chosen);
 }
 
 std::shared_ptr<grpc::Channel> ChannelPool::ChannelToWaitOn() {
@@ -189,7 +190,8 @@ PoolSnapshot ChannelPool::Snapshot() const {
     ChannelSnapshot channel;
     channel.index = i;
     channel.state = slot.state.load(std::memory_order_relaxed);
-    channel.healthy = slot.healthy.load(std::memory_order_relaxed);
+    channel.healthy = channel.state == GRPC_CHANNEL_READY &&
+                      slot.probe_healthy.load(std::memory_order_relaxed);
     channel.outstanding_calls = slot.outstanding.load(std::memory_order_relaxed);
     channel.calls_started = slot.calls_started.load(std::memory_order_relaxed);
     channel.errors = slot.errors.load(std::memory_order_relaxed);
@@ -198,7 +200,41 @@ PoolSnapshot ChannelPool::Snapshot() const {
     snapshot.connection_errors += channel.errors;
     snapshot.channels.push_back(channel);
   }
+  snapshot.connections_created = connections_created_.load(std::memory_order_relaxed);
+  snapshot.health_check_failures = health_check_failures_.load(std::memory_order_relaxed);
+  const int64_t last_check = last_health_check_unix_nanos_.load(std::memory_order_relaxed);
+  if (last_check != 0) snapshot.last_health_check = absl::FromUnixNanos(last_check);
   return snapshot;
+}
+
+std::shared_ptr<PooledChannel> ChannelPool::CurrentChannel(int slot) const {
+  return std::atomic_load(&slots_[slot].channel);
+}
+
+std::shared_ptr<PooledChannel> ChannelPool::NewChannel(int slot) {
+  connections_created_.fetch_add(1, std::memory_order_relaxed);
+  auto channel = std::make_shared<PooledChannel>(factory_->Create(slot), absl::Now());
+  // Connect now rather than on the first call: start-up must not wait for
+  // the upstream, but the first call should not pay for the handshake.
+  channel->channel().GetState(/*try_to_connect=*/true);
+  return channel;
+}
+
+void ChannelPool::ReplaceChannel(int slot, std::shared_ptr<PooledChannel> channel) {
+  Slot& target = slots_[slot];
+  // Until the watcher moves to the new channel, its state stands for the slot.
+  target.state.store(channel->channel().GetState(/*try_to_connect=*/true),
+                     std::memory_order_relaxed);
+  std::atomic_store(&target.channel, std::move(channel));
+}
+
+void ChannelPool::SetProbeHealthy(int slot, bool healthy) {
+  slots_[slot].probe_healthy.store(healthy, std::memory_order_relaxed);
+}
+
+void ChannelPool::RecordHealthCheckRound(absl::Time at, int failures) {
+  health_check_failures_.fetch_add(failures, std::memory_order_relaxed);
+  last_health_check_unix_nanos_.store(absl::ToUnixNanos(at), std::memory_order_relaxed);
 }
 
 }  // namespace poolside

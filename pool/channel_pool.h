@@ -109,6 +109,22 @@ class ChannelPool {
 
   PoolSnapshot Snapshot() const;
   const PoolOptions& options() const { return options_; }
+  int size() const { return options_.size; }
+
+  // --- For the health monitor. Thread-safe. ---
+
+  // The channel now in `slot`.
+  std::shared_ptr<PooledChannel> CurrentChannel(int slot) const;
+  // A new channel for `slot`, not yet in the pool; it starts connecting.
+  std::shared_ptr<PooledChannel> NewChannel(int slot);
+  // Puts `channel` in `slot`. Calls running on the old channel finish on it;
+  // it is released when the last of them ends.
+  void ReplaceChannel(int slot, std::shared_ptr<PooledChannel> channel);
+  // Whether the health checks pass on `slot` (connectivity aside). Channels
+  // that fail them get no new calls while a healthy channel exists.
+  void SetProbeHealthy(int slot, bool healthy);
+  // Records a finished health-check round with `failures` failed checks.
+  void RecordHealthCheckRound(absl::Time at, int failures);
 
  private:
   struct Watch;
@@ -124,6 +140,10 @@ class ChannelPool {
   const std::unique_ptr<Slot[]> slots_;
 
   std::atomic<uint32_t> next_pick_{0};
+  std::atomic<uint64_t> connections_created_{0};
+  std::atomic<uint64_t> health_check_failures_{0};
+  // Unix nanoseconds of the last health-check round; 0 before the first.
+  std::atomic<int64_t> last_health_check_unix_nanos_{0};
   std::atomic<bool> stopping_{false};
 
   // Confined to the watcher thread once Start() returns.

@@ -17,6 +17,7 @@ namespace poolside {
 struct ChannelSnapshot {
   int index = 0;
   grpc_connectivity_state state = GRPC_CHANNEL_IDLE;
+  // Connectivity READY and passing health checks.
   bool healthy = false;
   int64_t outstanding_calls = 0;
   uint64_t calls_started = 0;
@@ -29,6 +30,8 @@ struct PoolSnapshot {
   std::vector<ChannelSnapshot> channels;
   int max_streams_per_connection = 100;
   uint64_t connection_errors = 0;
+  // Channels created since start, replacements included.
+  uint64_t connections_created = 0;
   uint64_t health_check_failures = 0;
   // absl::InfinitePast() before the first check.
   absl::Time last_health_check = absl::InfinitePast();

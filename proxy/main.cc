@@ -16,6 +16,7 @@
 #include "config/logging.h"
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
+#include "pool/health_monitor.h"
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
 
@@ -40,6 +41,7 @@ int Run(const poolside::Config& config) {
   poolside::PoolOptions pool_options;
   pool_options.target = config.upstream_target;
   pool_options.size = config.pool_size;
+  pool_options.max_streams_per_connection = config.max_streams_per_connection;
   poolside::UpstreamChannelOptions channel_options;
   channel_options.target = config.upstream_target;
   channel_options.authority = config.upstream_authority;
@@ -47,7 +49,19 @@ int Run(const poolside::Config& config) {
   poolside::ChannelPool pool(pool_options, poolside::NewUpstreamChannelFactory(channel_options));
   pool.Start();
 
-  poolside::AdminService admin(pool);
+  poolside::HealthCheckOptions health_options;
+  health_options.interval = config.health_check_interval;
+  health_options.probe_with_grpc_health = config.health_check_mode == "grpc";
+  health_options.service = config.health_check_service;
+  health_options.probe_timeout = absl::Milliseconds(config.health_check_timeout_ms);
+  health_options.unhealthy_threshold = config.health_check_unhealthy_threshold;
+  health_options.replace_threshold = 2 * config.health_check_unhealthy_threshold;
+  health_options.max_connection_age = config.connection_max_age;
+  health_options.connect_timeout = config.connection_timeout;
+  poolside::HealthMonitor monitor(pool, health_options, nullptr);
+  monitor.Start();
+
+  poolside::AdminService admin(pool, monitor);
   const int threads = config.worker_threads > 0
                           ? config.worker_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -68,6 +82,7 @@ int Run(const poolside::Config& config) {
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
                absl::FormatDuration(config.shutdown_grace));
   server.Shutdown(config.shutdown_grace);
+  monitor.Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");
   return 0;

@@ -1,0 +1,262 @@
+#include "pool/health_monitor.h"
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/completion_queue.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "grpc/health/v1/health.pb.h"
+
+namespace poolside {
+namespace {
+
+constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
+
+// Before the first round the channels are still connecting: give them this
+// long (or the interval, if shorter) before judging them.
+constexpr absl::Duration kFirstRoundDelay = absl::Seconds(1);
+
+// When a refreshed channel cannot connect, the old one is kept and the
+// refresh retried after this long.
+constexpr absl::Duration kRefreshRetryDelay = absl::Seconds(10);
+
+grpc::ByteBuffer SerializeProto(const google::protobuf::MessageLite& message) {
+  const std::string bytes = message.SerializeAsString();
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+bool ParseServing(const grpc::ByteBuffer& buffer) {
+  grpc::Slice slice;
+  if (!buffer.DumpToSingleSlice(&slice).ok()) return false;
+  grpc::health::v1::HealthCheckResponse response;
+  return response.ParseFromArray(slice.begin(), static_cast<int>(slice.size())) &&
+         response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace
+
+HealthMonitor::HealthMonitor(ChannelPool& pool, HealthCheckOptions options, RoundCallback on_round)
+    : pool_(pool),
+      options_(std::move(options)),
+      on_round_(std::move(on_round)),
+      channels_(pool.size()) {}
+
+HealthMonitor::~HealthMonitor() { Shutdown(); }
+
+void HealthMonitor::Start() {
+  for (int i = 0; i < pool_.size(); ++i) ScheduleRefresh(i, pool_.CurrentChannel(i)->created_at());
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void HealthMonitor::Shutdown() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void HealthMonitor::RequestRound(RoundCallback done) {
+  PoolSnapshot recent;
+  {
+    absl::MutexLock lock(&mutex_);
+    const bool rate_limited = absl::Now() - last_round_at_ < options_.min_forced_round_spacing;
+    if (!stopping_ && !rate_limited) {
+      waiting_.push_back(std::move(done));
+      return;
+    }
+    recent = last_round_;
+  }
+  done(recent);
+}
+
+void HealthMonitor::Loop() {
+  absl::Time next_round = absl::Now() + std::min(options_.interval, kFirstRoundDelay);
+  absl::Time next_refresh = absl::InfiniteFuture();
+  for (const ChannelHealth& channel : channels_) {
+    next_refresh = std::min(next_refresh, channel.refresh_at);
+  }
+  while (true) {
+    std::vector<RoundCallback> waiters;
+    bool stopping = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto should_wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stopping_ || !waiting_.empty();
+      };
+      mutex_.AwaitWithDeadline(absl::Condition(&should_wake), std::min(next_round, next_refresh));
+      stopping = stopping_;
+      waiters.swap(waiting_);
+    }
+    if (stopping) {
+      PoolSnapshot last;
+      {
+        absl::MutexLock lock(&mutex_);
+        last = last_round_;
+      }
+      for (RoundCallback& waiter : waiters) waiter(last);
+      return;
+    }
+    const absl::Time now = absl::Now();
+    if (!waiters.empty() || now >= next_round) {
+      const PoolSnapshot snapshot = RunRound();
+      next_round = absl::Now() + options_.interval;
+      for (RoundCallback& waiter : waiters) waiter(snapshot);
+    }
+    if (now >= next_refresh) next_refresh = RefreshOldestChannel(now);
+  }
+}
+
+std::vector<bool> HealthMonitor::CheckChannels() {
+  const int size = pool_.size();
+  std::vector<std::shared_ptr<PooledChannel>> channels(size);
+  std::vector<bool> ready(size);
+  for (int i = 0; i < size; ++i) {
+    channels[i] = pool_.CurrentChannel(i);
+    ready[i] = channels[i]->channel().GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+  }
+  if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return ready;
+
+  // One probe per channel, all in flight at once, each bounded by its
+  // deadline, so a round takes at most one probe timeout.
+  struct Probe {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> call;
+    grpc::ByteBuffer response;
+    grpc::Status status;
+  };
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(options_.service);
+  const grpc::ByteBuffer request_bytes = SerializeProto(request);
+  grpc::CompletionQueue queue;
+  auto probes = std::make_unique<Probe[]>(size);
+  const auto deadline = absl::ToChronoTime(absl::Now() + options_.probe_timeout);
+  for (int i = 0; i < size; ++i) {
+    Probe& probe = probes[i];
+    probe.context.set_deadline(deadline);
+    probe.call = channels[i]->stub().PrepareUnaryCall(&probe.context, kHealthCheckMethod,
+                                                      request_bytes, &queue);
+    probe.call->StartCall();
+    probe.call->Finish(&probe.response, &probe.status, &probe);
+  }
+  void* tag = nullptr;
+  bool ok = false;
+  for (int finished = 0; finished < size && queue.Next(&tag, &ok); ++finished) {
+  }
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
+
+  std::vector<bool> passed(size);
+  for (int i = 0; i < size; ++i) {
+    const grpc::Status& status = probes[i].status;
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      if (!upstream_lacks_health_service_) {
+        spdlog::warn(
+            "health: upstream {} does not implement grpc.health.v1.Health; checking "
+            "connectivity only",
+            pool_.options().target);
+      }
+      upstream_lacks_health_service_ = true;
+      return ready;
+    }
+    passed[i] = status.ok() && ParseServing(probes[i].response);
+    if (!passed[i]) {
+      spdlog::debug("health: channel {} check failed: {} {}", i,
+                    static_cast<int>(status.error_code()), status.error_message());
+    }
+  }
+  return passed;
+}
+
+PoolSnapshot HealthMonitor::RunRound() {
+  const std::vector<bool> passed = CheckChannels();
+  int failures = 0;
+  for (int i = 0; i < pool_.size(); ++i) {
+    ChannelHealth& channel = channels_[i];
+    if (passed[i]) {
+      channel.consecutive_failures = 0;
+      if (!channel.healthy) {
+        channel.healthy = true;
+        pool_.SetProbeHealthy(i, true);
+        spdlog::info("health: channel {} healthy again", i);
+      }
+      continue;
+    }
+    ++failures;
+    ++channel.consecutive_failures;
+    if (channel.healthy && channel.consecutive_failures >= options_.unhealthy_threshold) {
+      channel.healthy = false;
+      pool_.SetProbeHealthy(i, false);
+      spdlog::warn("health: channel {} unhealthy after {} failed checks", i,
+                   channel.consecutive_failures);
+    }
+    if (channel.consecutive_failures >= options_.replace_threshold) {
+      spdlog::warn("health: replacing channel {} after {} failed checks", i,
+                   channel.consecutive_failures);
+      std::shared_ptr<PooledChannel> fresh = pool_.NewChannel(i);
+      ScheduleRefresh(i, fresh->created_at());
+      pool_.ReplaceChannel(i, std::move(fresh));
+      // Stays unhealthy until the new channel passes a check.
+      channel.consecutive_failures = options_.unhealthy_threshold;
+    }
+  }
+  const absl::Time now = absl::Now();
+  pool_.RecordHealthCheckRound(now, failures);
+  PoolSnapshot snapshot = pool_.Snapshot();
+  const PoolHealth health = PoolHealthOf(snapshot);
+  if (health != last_pool_health_ || !logged_first_round_) {
+    const auto level = health == PoolHealth::kHealthy ? spdlog::level::info : spdlog::level::warn;
+    spdlog::log(level, "health: pool {} ({} of {} channels healthy)", PoolHealthName(health),
+                snapshot.HealthyCount(), snapshot.channels.size());
+    last_pool_health_ = health;
+    logged_first_round_ = true;
+  }
+  if (on_round_) on_round_(snapshot);
+  absl::MutexLock lock(&mutex_);
+  last_round_at_ = now;
+  last_round_ = snapshot;
+  return snapshot;
+}
+
+void HealthMonitor::ScheduleRefresh(int slot, absl::Time created_at) {
+  if (options_.max_connection_age <= absl::ZeroDuration()) return;
+  // ±10% jitter keeps channels created together from all refreshing at once.
+  channels_[slot].refresh_at =
+      created_at + options_.max_connection_age * absl::Uniform(random_, 0.9, 1.1);
+}
+
+absl::Time HealthMonitor::RefreshOldestChannel(absl::Time now) {
+  int oldest = -1;
+  for (int i = 0; i < pool_.size(); ++i) {
+    if (channels_[i].refresh_at <= now &&
+        (oldest < 0 || channels_[i].refresh_at < channels_[oldest].refresh_at)) {
+      oldest = i;
+    }
+  }
+  if (oldest >= 0) {
+    std::shared_ptr<PooledChannel> fresh = pool_.NewChannel(oldest);
+    // The old channel keeps serving until the new one is connected, so the
+    // refresh costs no call.
+    if (fresh->channel().WaitForConnected(absl::ToChronoTime(now + options_.connect_timeout))) {
+      const absl::Duration age = now - pool_.CurrentChannel(oldest)->created_at();
+      ScheduleRefresh(oldest, fresh->created_at());
+      pool_.ReplaceChannel(oldest, std::move(fresh));
+      spdlog::info("health: refreshed channel {} after {}", oldest, absl::FormatDuration(age));
+    } else {
+      spdlog::warn("health: could not refresh channel {}: new connection not ready within {}",
+                   oldest, absl::FormatDuration(options_.connect_timeout));
+      channels_[oldest].refresh_at = absl::Now() + kRefreshRetryDelay;
+    }
+  }
+  absl::Time next = absl::InfiniteFuture();
+  for (const ChannelHealth& channel : channels_) next = std::min(next, channel.refresh_at);
+  return next;
+}
+
+}  // namespace poolside
