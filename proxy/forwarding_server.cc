@@ -79,8 +79,8 @@ absl::Status CheckTcpAddressFree(absl::string_view address) {
 
 }  // namespace
 
-ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool)
-    : options_(std::move(options)), pool_(pool) {}
+ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics)
+    : options_(std::move(options)), pool_(pool), metrics_(metrics) {}
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
@@ -111,6 +111,10 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     queue->queue = completion_queue.get();
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
+    if (metrics_ != nullptr) {
+      recorders_.push_back(metrics_->NewCallRecorder());
+      queue->recorder = recorders_.back().get();
+    }
     for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
     call_queues_.push_back(std::move(queue));
   }

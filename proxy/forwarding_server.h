@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "metrics/pool_metrics.h"
 #include "pool/channel_pool.h"
 #include "proxy/proxy_call.h"
 
@@ -37,9 +38,8 @@ struct ProxyOptions {
 
 class ForwardingServer {
  public:
-  // `pool` must outlive the server. `extra_services` (poolside's own admin
-  // service) are served on the same port and take precedence over forwarding.
-  ForwardingServer(ProxyOptions options, ChannelPool& pool);
+  // `pool` and `metrics` (null: no request metrics) must outlive the server.
+  ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics);
   ~ForwardingServer();
   ForwardingServer(const ForwardingServer&) = delete;
   ForwardingServer& operator=(const ForwardingServer&) = delete;
@@ -61,9 +61,12 @@ class ForwardingServer {
 
   const ProxyOptions options_;
   ChannelPool& pool_;
+  Metrics* const metrics_;
   grpc::AsyncGenericService generic_service_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> completion_queues_;
   std::vector<std::unique_ptr<CallQueue>> call_queues_;
+  // One per queue, each confined to its queue's thread.
+  std::vector<std::unique_ptr<CallRecorder>> recorders_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;
   int selected_port_ = 0;

@@ -14,6 +14,8 @@
 #include "admin/admin_service.h"
 #include "config/config.h"
 #include "config/logging.h"
+#include "metrics/admin_http_server.h"
+#include "metrics/pool_metrics.h"
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
@@ -49,6 +51,12 @@ int Run(const poolside::Config& config) {
   poolside::ChannelPool pool(pool_options, poolside::NewUpstreamChannelFactory(channel_options));
   pool.Start();
 
+  // Declared before everything that records into it, so it outlives them.
+  poolside::MetricsOptions metrics_options;
+  metrics_options.version = POOLSIDE_VERSION;
+  metrics_options.max_methods = config.metrics_max_methods;
+  poolside::Metrics metrics(metrics_options);
+
   poolside::HealthCheckOptions health_options;
   health_options.interval = config.health_check_interval;
   health_options.probe_with_grpc_health = config.health_check_mode == "grpc";
@@ -58,7 +66,9 @@ int Run(const poolside::Config& config) {
   health_options.replace_threshold = 2 * config.health_check_unhealthy_threshold;
   health_options.max_connection_age = config.connection_max_age;
   health_options.connect_timeout = config.connection_timeout;
-  poolside::HealthMonitor monitor(pool, health_options, nullptr);
+  poolside::HealthMonitor monitor(
+      pool, health_options,
+      [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });
   monitor.Start();
 
   poolside::AdminService admin(pool, monitor);
@@ -70,10 +80,24 @@ int Run(const poolside::Config& config) {
   proxy_options.max_message_bytes = config.max_message_bytes;
   proxy_options.connection_timeout = config.connection_timeout;
   proxy_options.threads = threads;
-  poolside::ForwardingServer server(proxy_options, pool);
+  poolside::ForwardingServer server(proxy_options, pool, &metrics);
   if (absl::Status started = server.Start({&admin}); !started.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(started.message()).c_str());
+    return 1;
+  }
+
+  poolside::AdminHttpOptions admin_http_options;
+  admin_http_options.address = config.admin_addr;
+  poolside::AdminHttpHandlers admin_http_handlers;
+  admin_http_handlers.metrics_text = [&metrics, &pool] {
+    metrics.UpdateFromPool(pool.Snapshot());
+    return metrics.Serialize();
+  };
+  admin_http_handlers.pool_snapshot = [&pool] { return pool.Snapshot(); };
+  poolside::AdminHttpServer admin_http(admin_http_options, admin_http_handlers);
+  if (absl::Status started = admin_http.Start(); !started.ok()) {
+    std::fprintf(stderr, "poolside: GRPC_ADMIN_ADDR: %s\n", std::string(started.message()).c_str());
     return 1;
   }
 
@@ -81,7 +105,9 @@ int Run(const poolside::Config& config) {
   sigwait(&stop_signals, &signal_number);
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
                absl::FormatDuration(config.shutdown_grace));
+  admin_http.SetDraining();
   server.Shutdown(config.shutdown_grace);
+  admin_http.Shutdown();
   monitor.Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");

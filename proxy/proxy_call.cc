@@ -47,7 +47,20 @@ ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context
   queue_.live_calls.fetch_add(1, std::memory_order_relaxed);
 }
 
-ProxyCall::~ProxyCall() { queue_.live_calls.fetch_sub(1, std::memory_order_relaxed); }
+ProxyCall::~ProxyCall() {
+  if (accepted_ && queue_.recorder != nullptr) {
+    // Ended without a status of ours: the app cancelled or went away.
+    RecordOutcome(grpc::StatusCode::CANCELLED);
+    queue_.recorder->CallEnded();
+  }
+  queue_.live_calls.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void ProxyCall::RecordOutcome(grpc::StatusCode code) {
+  if (outcome_recorded_ || queue_.recorder == nullptr) return;
+  outcome_recorded_ = true;
+  queue_.recorder->RecordCall(method_, code, absl::Now() - accepted_at_);
+}
 
 void* ProxyCall::Tag(Op op) {
   ++pending_ops_;
@@ -98,13 +111,19 @@ void ProxyCall::OnAccepted(bool ok) {
   if (!ok) return;  // The server is shutting down.
   AcceptNext(queue_);
   ++pending_ops_;  // kAppDone, registered before the call was accepted.
+  accepted_ = true;
+  accepted_at_ = absl::Now();
+  if (queue_.recorder != nullptr) {
+    method_ = queue_.recorder->Method(app_context_.method());
+    queue_.recorder->CallStarted();
+  }
 
   const absl::Status copied =
       CopyRequestMetadata(app_context_.client_metadata(), upstream_context_);
   if (!copied.ok()) return FinishApp(ToGrpcStatus(copied));
   upstream_context_.set_deadline(app_context_.raw_deadline());
   app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
-  wait_until_ = absl::Now() + queue_.connection_timeout;
+  wait_until_ = accepted_at_ + queue_.connection_timeout;
   TryStartUpstream();
 }
 
@@ -152,6 +171,9 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
 
 void ProxyCall::OnAppRead(bool ok) {
   if (ok) {
+    if (queue_.recorder != nullptr) {
+      queue_.recorder->RecordMessage(Direction::kUpstream, upward_message_.Length());
+    }
     upward_message_held_ = true;
     return PumpUpward();
   }
@@ -210,6 +232,9 @@ void ProxyCall::ReadUpstream() {
 
 void ProxyCall::OnUpstreamRead(bool ok) {
   if (!ok) return FinishUpstream();
+  if (queue_.recorder != nullptr) {
+    queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
+  }
   app_stream_.Write(downward_message_, Tag(Op::kAppWrite));
 }
 
@@ -231,6 +256,7 @@ void ProxyCall::OnUpstreamFinish() {
 void ProxyCall::FinishApp(const grpc::Status& status) {
   if (app_finish_sent_) return;
   app_finish_sent_ = true;
+  RecordOutcome(status.error_code());
   app_stream_.Finish(status, Tag(Op::kAppFinish));
 }
 

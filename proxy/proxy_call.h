@@ -26,6 +26,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "metrics/call_recorder.h"
 #include "pool/channel_pool.h"
 
 namespace poolside {
@@ -37,6 +38,8 @@ struct CallQueue {
   grpc::ServerCompletionQueue* queue = nullptr;
   ChannelPool* pool = nullptr;
   absl::Duration connection_timeout;
+  // Confined to this queue's thread; null when metrics are off.
+  CallRecorder* recorder = nullptr;
   // ProxyCalls that exist on this queue, accepting ones included. Written only
   // by the queue's thread; read by the shutdown sequence.
   std::atomic<int64_t> live_calls{0};
@@ -95,6 +98,7 @@ class alignas(16) ProxyCall {
   void FinishUpstream();
   void OnUpstreamFinish();
   void FinishApp(const grpc::Status& status);
+  void RecordOutcome(grpc::StatusCode code);
 
   CallQueue& queue_;
 
@@ -124,6 +128,12 @@ class alignas(16) ProxyCall {
   bool upstream_write_busy_ = false;
   bool writes_done_sent_ = false;
   bool half_close_deferred_ = false;
+
+  // Metrics.
+  absl::Time accepted_at_;
+  MethodId method_ = kOtherMethod;
+  bool accepted_ = false;
+  bool outcome_recorded_ = false;
 
   int pending_ops_ = 0;
 };

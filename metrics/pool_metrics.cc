@@ -1,0 +1,146 @@
+#include "metrics/pool_metrics.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <cmath>
+#include <iterator>
+#include <string>
+#include <utility>
+
+namespace poolside {
+namespace {
+
+prometheus::Family<prometheus::Gauge>& GaugeFamily(prometheus::Registry& registry,
+                                                   const std::string& name,
+                                                   const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Gauge& AddGauge(prometheus::Registry& registry, const std::string& name,
+                            const std::string& help) {
+  return GaugeFamily(registry, name, help).Add({});
+}
+
+prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::string& name,
+                                const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
+}
+
+prometheus::Family<prometheus::Gauge>& HealthStatusFamily(prometheus::Registry& registry) {
+  return GaugeFamily(registry, "poolside_pool_health_status",
+                     "The pool's health as a state set: 1 for the current status, 0 for the "
+                     "others (healthy: every connection healthy; degraded: some; unhealthy: "
+                     "none).");
+}
+
+}  // namespace
+
+Metrics::Metrics(MetricsOptions options)
+    : registry_(std::make_unique<prometheus::Registry>()),
+      requests_(options.max_methods),
+      connections_(
+          AddGauge(*registry_, "poolside_pool_connections", "Upstream connections in the pool.")),
+      active_connections_(AddGauge(*registry_, "poolside_pool_active_connections",
+                                   "Upstream connections currently healthy.")),
+      available_connections_(
+          AddGauge(*registry_, "poolside_pool_available_connections",
+                   "Healthy upstream connections with room for more concurrent calls.")),
+      connection_errors_(AddCounter(*registry_, "poolside_pool_connection_errors_total",
+                                    "Failed connection attempts and calls that failed with "
+                                    "UNAVAILABLE on a pooled connection.")),
+      health_check_failures_(AddCounter(*registry_, "poolside_pool_health_check_failures_total",
+                                        "Health checks of a pooled connection that failed.")),
+      connections_created_(AddCounter(*registry_, "poolside_pool_connections_created_total",
+                                      "Upstream connections the pool has created, replacements "
+                                      "included.")),
+      last_health_check_(AddGauge(*registry_, "poolside_pool_last_health_check_timestamp_seconds",
+                                  "Unix time of the last health check round; 0 before the "
+                                  "first.")),
+      status_healthy_(HealthStatusFamily(*registry_).Add({{"status", "healthy"}})),
+      status_degraded_(HealthStatusFamily(*registry_).Add({{"status", "degraded"}})),
+      status_unhealthy_(HealthStatusFamily(*registry_).Add({{"status", "unhealthy"}})),
+      utilization_(AddGauge(*registry_, "poolside_pool_utilization",
+                            "Outstanding calls divided by connections times "
+                            "GRPC_MAX_STREAMS_PER_CONNECTION.")),
+      channel_outstanding_calls_(GaugeFamily(*registry_, "poolside_pool_channel_outstanding_calls",
+                                             "Calls in flight on one pooled connection.")),
+      channel_healthy_(GaugeFamily(*registry_, "poolside_pool_channel_healthy",
+                                   "1 if the pooled connection is healthy, 0 if not.")),
+      channel_age_seconds_(GaugeFamily(*registry_, "poolside_pool_channel_age_seconds",
+                                       "Age of the connection in one pool position.")) {
+  GaugeFamily(*registry_, "poolside_build_info", "Always 1; labelled with poolside's version.")
+      .Add({{"version", options.version}})
+      .Set(1);
+}
+
+Metrics::~Metrics() = default;
+
+std::unique_ptr<CallRecorder> Metrics::NewCallRecorder() { return requests_.NewRecorder(); }
+
+void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
+  absl::MutexLock lock(&update_mutex_);
+  const int total = static_cast<int>(snapshot.channels.size());
+  connections_.Set(total);
+  active_connections_.Set(snapshot.HealthyCount());
+  available_connections_.Set(snapshot.AvailableCount());
+  AdvanceTo(connection_errors_, snapshot.connection_errors);
+  AdvanceTo(health_check_failures_, snapshot.health_check_failures);
+  AdvanceTo(connections_created_, snapshot.connections_created);
+  last_health_check_.Set(
+      snapshot.last_health_check == absl::InfinitePast()
+          ? 0
+          : absl::ToDoubleSeconds(snapshot.last_health_check - absl::UnixEpoch()));
+  const PoolHealth health = PoolHealthOf(snapshot);
+  status_healthy_.Set(health == PoolHealth::kHealthy ? 1 : 0);
+  status_degraded_.Set(health == PoolHealth::kDegraded ? 1 : 0);
+  status_unhealthy_.Set(health == PoolHealth::kUnhealthy ? 1 : 0);
+
+  int64_t outstanding = 0;
+  std::map<int, ChannelGauges> current;
+  for (const ChannelSnapshot& channel : snapshot.channels) {
+    outstanding += channel.outstanding_calls;
+    auto it = channels_.find(channel.index);
+    ChannelGauges gauges;
+    if (it != channels_.end()) {
+      gauges = it->second;
+      channels_.erase(it);
+    } else {
+      const prometheus::Labels labels = {{"channel", std::to_string(channel.index)}};
+      gauges = {&channel_outstanding_calls_.Add(labels), &channel_healthy_.Add(labels),
+                &channel_age_seconds_.Add(labels)};
+    }
+    gauges.outstanding_calls->Set(static_cast<double>(channel.outstanding_calls));
+    gauges.healthy->Set(channel.healthy ? 1 : 0);
+    const double age = absl::ToDoubleSeconds(channel.age);
+    gauges.age_seconds->Set(std::isfinite(age) ? age : 0);
+    current.emplace(channel.index, gauges);
+  }
+  // What is left belongs to channels that are gone.
+  for (const auto& [index, gauges] : channels_) {
+    channel_outstanding_calls_.Remove(gauges.outstanding_calls);
+    channel_healthy_.Remove(gauges.healthy);
+    channel_age_seconds_.Remove(gauges.age_seconds);
+  }
+  channels_ = std::move(current);
+
+  const double capacity = static_cast<double>(total) * snapshot.max_streams_per_connection;
+  utilization_.Set(capacity > 0 ? static_cast<double>(outstanding) / capacity : 0);
+}
+
+void Metrics::AdvanceTo(prometheus::Counter& counter, uint64_t total) {
+  const double target = static_cast<double>(total);
+  const double current = counter.Value();
+  if (target > current) counter.Increment(target - current);
+}
+
+std::vector<prometheus::MetricFamily> Metrics::Collect() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  std::vector<prometheus::MetricFamily> requests = requests_.Collect();
+  families.insert(families.end(), std::make_move_iterator(requests.begin()),
+                  std::make_move_iterator(requests.end()));
+  return families;
+}
+
+std::string Metrics::Serialize() const { return prometheus::TextSerializer().Serialize(Collect()); }
+
+}  // namespace poolside

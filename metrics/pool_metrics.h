@@ -1,0 +1,114 @@
+// Every Prometheus metric poolside exports, declared in this one place, and
+// the registry that holds them.
+//
+// Pool metrics (gauges and counters mirroring a PoolSnapshot; refreshed by
+// UpdateFromPool, normally right before each scrape and after each health
+// check round):
+//   poolside_build_info{version}                            gauge, always 1
+//   poolside_pool_connections                               gauge
+//   poolside_pool_active_connections                        gauge (healthy)
+//   poolside_pool_available_connections                     gauge (healthy, room left)
+//   poolside_pool_connection_errors_total                   counter
+//   poolside_pool_health_check_failures_total               counter
+//   poolside_pool_connections_created_total                 counter
+//   poolside_pool_last_health_check_timestamp_seconds       gauge (0 before the first)
+//   poolside_pool_health_status{status}                     gauge, state set
+//   poolside_pool_utilization                               gauge, 0..1+
+//   poolside_pool_channel_outstanding_calls{channel}        gauge
+//   poolside_pool_channel_healthy{channel}                  gauge, 0/1
+//   poolside_pool_channel_age_seconds{channel}              gauge
+// Request metrics (recorded on the hot path by CallRecorders; see
+// request_metrics.h): poolside_requests_total, poolside_request_duration_seconds,
+// poolside_inflight_requests, poolside_forwarded_bytes_total,
+// poolside_forwarded_messages_total.
+//
+// Ownership and threading: main owns one Metrics for the life of the process.
+// Thread-safe. It must outlive every CallRecorder it made.
+#ifndef POOLSIDE_METRICS_POOL_METRICS_H_
+#define POOLSIDE_METRICS_POOL_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "metrics/call_recorder.h"
+#include "metrics/request_metrics.h"
+#include "pool/pool_snapshot.h"
+
+namespace poolside {
+
+struct MetricsOptions {
+  // poolside_build_info's version label.
+  std::string version = "unknown";
+  // GRPC_METRICS_MAX_METHODS: distinct methods labelled by name; later ones
+  // are counted as grpc_service="other",grpc_method="other".
+  int max_methods = 200;
+};
+
+class Metrics {
+ public:
+  explicit Metrics(MetricsOptions options);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // A recorder for one forwarding thread. See CallRecorder.
+  std::unique_ptr<CallRecorder> NewCallRecorder();
+
+  // Sets the pool metrics from `snapshot`. The counters are made equal to the
+  // snapshot's totals; they never go down (a total that shrinks is ignored).
+  // Channels no longer in the snapshot lose their per-channel series.
+  void UpdateFromPool(const PoolSnapshot& snapshot);
+
+  // Every metric family, pool and request metrics alike.
+  std::vector<prometheus::MetricFamily> Collect() const;
+
+  // Collect() in the Prometheus text exposition format 0.0.4.
+  std::string Serialize() const;
+
+ private:
+  struct ChannelGauges {
+    prometheus::Gauge* outstanding_calls;
+    prometheus::Gauge* healthy;
+    prometheus::Gauge* age_seconds;
+  };
+
+  // Makes `counter` equal `total`, if that does not mean going down.
+  static void AdvanceTo(prometheus::Counter& counter, uint64_t total);
+
+  // Constant after construction. The references point into registry_.
+  const std::unique_ptr<prometheus::Registry> registry_;
+  RequestMetrics requests_;
+  prometheus::Gauge& connections_;
+  prometheus::Gauge& active_connections_;
+  prometheus::Gauge& available_connections_;
+  prometheus::Counter& connection_errors_;
+  prometheus::Counter& health_check_failures_;
+  prometheus::Counter& connections_created_;
+  prometheus::Gauge& last_health_check_;
+  prometheus::Gauge& status_healthy_;
+  prometheus::Gauge& status_degraded_;
+  prometheus::Gauge& status_unhealthy_;
+  prometheus::Gauge& utilization_;
+  prometheus::Family<prometheus::Gauge>& channel_outstanding_calls_;
+  prometheus::Family<prometheus::Gauge>& channel_healthy_;
+  prometheus::Family<prometheus::Gauge>& channel_age_seconds_;
+
+  // Serializes UpdateFromPool callers (health monitor, scrapes).
+  absl::Mutex update_mutex_;
+  std::map<int, ChannelGauges> channels_ ABSL_GUARDED_BY(update_mutex_);
+};
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_METRICS_POOL_METRICS_H_
