@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <optional>
@@ -206,6 +208,22 @@ struct Text {
   static std::string Print(const Config& config) { return config.*kField; }
 };
 
+template <bool Config::*kField>
+struct Boolean {
+  static bool Parse(absl::string_view text, Config& config) {
+    if (text == "true" || text == "1") {
+      config.*kField = true;
+    } else if (text == "false" || text == "0") {
+      config.*kField = false;
+    } else {
+      return false;
+    }
+    return true;
+  }
+  static std::string Allowed() { return "true, false, 1 or 0"; }
+  static std::string Print(const Config& config) { return config.*kField ? "true" : "false"; }
+};
+
 template <std::string Config::*kField, const auto& kChoices>
 struct OneOf {
   static bool Parse(absl::string_view text, Config& config) {
@@ -226,6 +244,7 @@ constexpr TextRule kUpstreamTarget = {
 constexpr TextRule kListenAddress = {IsListenAddress,
                                      "host:port or [v6]:port (port 0 to 65535), or unix:path"};
 constexpr TextRule kAdminAddress = {IsAdminAddress, "host:port or [v6]:port (port 0 to 65535)"};
+constexpr TextRule kFilePath = {IsVisibleAscii, "empty, or a file path without spaces"};
 constexpr TextRule kHealthService = {IsAuthority, "empty, or a service name without spaces"};
 constexpr absl::string_view kHealthCheckModes[] = {"grpc", "connectivity"};
 constexpr TextRule kAuthority = {IsAuthority,
@@ -299,6 +318,20 @@ constexpr Variable kVariables[] = {
     Define<Integer<&Config::metrics_max_methods, 1, 100000>>(
         "GRPC_METRICS_MAX_METHODS", "metrics-max-methods",
         "distinct methods labelled in request metrics; further ones count as \"other\""),
+    Define<Boolean<&Config::upstream_tls>>("GRPC_UPSTREAM_TLS", "upstream-tls",
+                                           "connect to the upstream with TLS"),
+    Define<Text<&Config::upstream_ca_file, kFilePath>>(
+        "GRPC_UPSTREAM_CA_FILE", "upstream-ca-file",
+        "PEM root certificates for the upstream; empty means the system's roots"),
+    Define<Text<&Config::upstream_cert_file, kFilePath>>(
+        "GRPC_UPSTREAM_CERT_FILE", "upstream-cert-file",
+        "PEM client certificate chain for mTLS (with GRPC_UPSTREAM_KEY_FILE)"),
+    Define<Text<&Config::upstream_key_file, kFilePath>>(
+        "GRPC_UPSTREAM_KEY_FILE", "upstream-key-file",
+        "PEM private key for mTLS (with GRPC_UPSTREAM_CERT_FILE)"),
+    Define<Text<&Config::upstream_server_name, kAuthority>>(
+        "GRPC_UPSTREAM_SERVER_NAME", "upstream-server-name",
+        "name the upstream certificate must match, also sent as SNI; empty means the target's"),
     Define<Integer<&Config::worker_threads, 0, 256>>(
         "GRPC_WORKER_THREADS", "worker-threads",
         "threads serving forwarded calls; 0 means one per core"),
@@ -344,6 +377,34 @@ const Variable* FindVariableFlag(absl::string_view name) {
 // Quotes a value for a one-line message, escaping anything unprintable.
 std::string Quote(absl::string_view value) {
   return absl::StrCat("\"", absl::CHexEscape(value), "\"");
+}
+
+// Rules that involve more than one variable.
+absl::Status CheckCombination(const Config& config) {
+  const bool has_cert = !config.upstream_cert_file.empty();
+  const bool has_key = !config.upstream_key_file.empty();
+  if (has_cert != has_key) {
+    return absl::InvalidArgumentError(
+        "GRPC_UPSTREAM_CERT_FILE and GRPC_UPSTREAM_KEY_FILE must be set together (mTLS needs "
+        "both)");
+  }
+  const bool has_tls_setting =
+      has_cert || !config.upstream_ca_file.empty() || !config.upstream_server_name.empty();
+  if (has_tls_setting && !config.upstream_tls) {
+    return absl::InvalidArgumentError(
+        "GRPC_UPSTREAM_CA_FILE, _CERT_FILE, _KEY_FILE and _SERVER_NAME need "
+        "GRPC_UPSTREAM_TLS=true; poolside never falls back to plaintext silently");
+  }
+  for (const auto& [name, path] : {std::pair<absl::string_view, const std::string&>{
+                                       "GRPC_UPSTREAM_CA_FILE", config.upstream_ca_file},
+                                   {"GRPC_UPSTREAM_CERT_FILE", config.upstream_cert_file},
+                                   {"GRPC_UPSTREAM_KEY_FILE", config.upstream_key_file}}) {
+    if (!path.empty() && access(path.c_str(), R_OK) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, "=", Quote(path), " is invalid: cannot read it: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -418,6 +479,7 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
           absl::StrCat(source, "=", Quote(value), " is invalid: expected ", variable.allowed()));
     }
   }
+  if (absl::Status combined = CheckCombination(parsed.config); !combined.ok()) return combined;
   return parsed;
 }
 

@@ -44,6 +44,17 @@ struct Config {
   int max_streams_per_connection = 100;
   // Distinct methods labelled in request metrics; the rest count as "other".
   int metrics_max_methods = 200;
+  // TLS to the upstream. The files are re-read when they change (Kubernetes
+  // rotates mounted secrets) and the pool rolls its connections over.
+  bool upstream_tls = false;
+  // PEM root certificates; empty means the system's roots.
+  std::string upstream_ca_file;
+  // PEM client certificate chain and key, for mTLS; both or neither.
+  std::string upstream_cert_file;
+  std::string upstream_key_file;
+  // Name the upstream's certificate must match (and SNI); empty means the
+  // target's host.
+  std::string upstream_server_name;
   // Completion-queue threads serving forwarded calls; 0 means one per core.
   int worker_threads = 0;
   // spdlog level name: trace, debug, info, warn, error, critical, off.

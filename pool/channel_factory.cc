@@ -2,6 +2,8 @@
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/channel_arguments.h>
 
 #include <algorithm>
@@ -19,9 +21,30 @@ constexpr char kSlotArg[] = "poolside.pool_slot";
 
 constexpr int kMaxReconnectBackoffMs = 5000;
 
+// How often grpc re-reads the TLS files; the health monitor waits longer than
+// this after seeing them change before it rolls the connections.
+constexpr unsigned int kCredentialRefreshSeconds = 1;
+
+std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const UpstreamChannelOptions& options) {
+  if (!options.tls) return grpc::InsecureChannelCredentials();
+  grpc::experimental::TlsChannelCredentialsOptions tls;
+  const bool has_roots = !options.ca_file.empty();
+  const bool has_identity = !options.cert_file.empty();
+  if (has_roots || has_identity) {
+    tls.set_certificate_provider(
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            options.key_file, options.cert_file, options.ca_file, kCredentialRefreshSeconds));
+    if (has_roots) tls.watch_root_certs();
+    if (has_identity) tls.watch_identity_key_cert_pairs();
+  }
+  tls.set_verify_server_certs(true);
+  return grpc::experimental::TlsCredentials(tls);
+}
+
 class UpstreamChannelFactory : public ChannelFactory {
  public:
-  explicit UpstreamChannelFactory(UpstreamChannelOptions options) : options_(std::move(options)) {}
+  explicit UpstreamChannelFactory(UpstreamChannelOptions options)
+      : options_(std::move(options)), credentials_(MakeCredentials(options_)) {}
 
   std::shared_ptr<grpc::Channel> Create(int slot) override {
     grpc::ChannelArguments args;
@@ -37,15 +60,29 @@ class UpstreamChannelFactory : public ChannelFactory {
     // Each replacement gets a fresh connection too, not the one it replaces.
     args.SetInt("poolside.channel_generation", generation_++);
     if (!options_.authority.empty()) args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, options_.authority);
-    return grpc::CreateCustomChannel(options_.target, grpc::InsecureChannelCredentials(), args);
+    if (!options_.server_name.empty()) {
+      args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, options_.server_name);
+    }
+    return grpc::CreateCustomChannel(options_.target, credentials_, args);
   }
 
  private:
   const UpstreamChannelOptions options_;
+  // Shared by every channel: one file watcher for the whole pool.
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   std::atomic<int> generation_{0};
 };
 
 }  // namespace
+
+std::vector<std::string> CredentialFiles(const UpstreamChannelOptions& options) {
+  std::vector<std::string> files;
+  if (!options.tls) return files;
+  for (const std::string* file : {&options.ca_file, &options.cert_file, &options.key_file}) {
+    if (!file->empty()) files.push_back(*file);
+  }
+  return files;
+}
 
 std::unique_ptr<ChannelFactory> NewUpstreamChannelFactory(UpstreamChannelOptions options) {
   return std::make_unique<UpstreamChannelFactory>(std::move(options));

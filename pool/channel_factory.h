@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace poolside {
 
@@ -25,9 +26,20 @@ struct UpstreamChannelOptions {
   // :authority for every call; empty means the target's own.
   std::string authority;
   int64_t max_message_bytes = 64 << 20;
+
+  // TLS (see config.h for the meaning of each); plaintext h2c when false.
+  bool tls = false;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  std::string server_name;
 };
 
-// Plaintext (h2c) channels to `options.target`, tuned for forwarding: retries
+// The files whose change must roll the pool's connections over.
+std::vector<std::string> CredentialFiles(const UpstreamChannelOptions& options);
+
+// Channels to `options.target` (h2c, or TLS re-reading its files as they
+// change), tuned for forwarding: retries
 // off (the app's own client decides about retries), a private subchannel pool
 // so that each channel is its own connection.
 std::unique_ptr<ChannelFactory> NewUpstreamChannelFactory(UpstreamChannelOptions options);
