@@ -5,10 +5,12 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.pb.h"
 
 namespace poolside {
@@ -23,6 +25,25 @@ constexpr absl::Duration kFirstRoundDelay = absl::Seconds(1);
 // When a refreshed channel cannot connect, the old one is kept and the
 // refresh retried after this long.
 constexpr absl::Duration kRefreshRetryDelay = absl::Seconds(10);
+
+// grpc re-reads TLS files every second; rolling starts after it has.
+constexpr absl::Duration kCredentialRollDelay = absl::Seconds(2);
+
+// Identifies the files' current contents well enough to notice a rotation
+// (Kubernetes swaps a symlink; stat follows it).
+std::string FingerprintFiles(const std::vector<std::string>& files) {
+  std::string fingerprint;
+  for (const std::string& file : files) {
+    struct stat info {};
+    if (stat(file.c_str(), &info) != 0) {
+      absl::StrAppend(&fingerprint, file, ":missing;");
+      continue;
+    }
+    absl::StrAppend(&fingerprint, file, ":", info.st_ino, ":", info.st_size, ":",
+                    info.st_mtim.tv_sec, ".", info.st_mtim.tv_nsec, ";");
+  }
+  return fingerprint;
+}
 
 grpc::ByteBuffer SerializeProto(const google::protobuf::MessageLite& message) {
   const std::string bytes = message.SerializeAsString();
@@ -49,6 +70,7 @@ HealthMonitor::HealthMonitor(ChannelPool& pool, HealthCheckOptions options, Roun
 HealthMonitor::~HealthMonitor() { Shutdown(); }
 
 void HealthMonitor::Start() {
+  credential_fingerprint_ = FingerprintFiles(options_.credential_files);
   for (int i = 0; i < pool_.size(); ++i) ScheduleRefresh(i, pool_.CurrentChannel(i)->created_at());
   thread_ = std::thread([this] { Loop(); });
 }
@@ -77,10 +99,10 @@ void HealthMonitor::RequestRound(RoundCallback done) {
 
 void HealthMonitor::Loop() {
   absl::Time next_round = absl::Now() + std::min(options_.interval, kFirstRoundDelay);
-  absl::Time next_refresh = absl::InfiniteFuture();
-  for (const ChannelHealth& channel : channels_) {
-    next_refresh = std::min(next_refresh, channel.refresh_at);
-  }
+  absl::Time next_refresh = NextRefresh();
+  absl::Time next_credential_check = options_.credential_files.empty()
+                                         ? absl::InfiniteFuture()
+                                         : absl::Now() + options_.credential_poll_interval;
   while (true) {
     std::vector<RoundCallback> waiters;
     bool stopping = false;
@@ -89,7 +111,8 @@ void HealthMonitor::Loop() {
       auto should_wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
         return stopping_ || !waiting_.empty();
       };
-      mutex_.AwaitWithDeadline(absl::Condition(&should_wake), std::min(next_round, next_refresh));
+      mutex_.AwaitWithDeadline(absl::Condition(&should_wake),
+                               std::min({next_round, next_refresh, next_credential_check}));
       stopping = stopping_;
       waiters.swap(waiting_);
     }
@@ -108,19 +131,41 @@ void HealthMonitor::Loop() {
       next_round = absl::Now() + options_.interval;
       for (RoundCallback& waiter : waiters) waiter(snapshot);
     }
+    if (now >= next_credential_check) {
+      CheckCredentialFiles(now);
+      next_credential_check = now + options_.credential_poll_interval;
+      next_refresh = NextRefresh();
+    }
     if (now >= next_refresh) next_refresh = RefreshOldestChannel(now);
   }
 }
 
-std::vector<bool> HealthMonitor::CheckChannels() {
+void HealthMonitor::CheckCredentialFiles(absl::Time now) {
+  std::string fingerprint = FingerprintFiles(options_.credential_files);
+  if (fingerprint == credential_fingerprint_) return;
+  credential_fingerprint_ = std::move(fingerprint);
+  spdlog::info("health: upstream TLS files changed; rolling {} connections over", pool_.size());
+  for (ChannelHealth& channel : channels_) channel.refresh_at = now + kCredentialRollDelay;
+}
+
+absl::Time HealthMonitor::NextRefresh() const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const ChannelHealth& channel : channels_) next = std::min(next, channel.refresh_at);
+  return next;
+}
+
+std::vector<std::string> HealthMonitor::CheckChannels() {
   const int size = pool_.size();
   std::vector<std::shared_ptr<PooledChannel>> channels(size);
-  std::vector<bool> ready(size);
+  std::vector<std::string> connectivity(size);
   for (int i = 0; i < size; ++i) {
     channels[i] = pool_.CurrentChannel(i);
-    ready[i] = channels[i]->channel().GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+    const grpc_connectivity_state state = channels[i]->channel().GetState(/*try_to_connect=*/true);
+    if (state != GRPC_CHANNEL_READY) {
+      connectivity[i] = absl::StrCat("connection ", ConnectivityStateName(state));
+    }
   }
-  if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return ready;
+  if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return connectivity;
 
   // One probe per channel, all in flight at once, each bounded by its
   // deadline, so a round takes at most one probe timeout.
@@ -152,7 +197,7 @@ std::vector<bool> HealthMonitor::CheckChannels() {
   while (queue.Next(&tag, &ok)) {
   }
 
-  std::vector<bool> passed(size);
+  std::vector<std::string> failures(size);
   for (int i = 0; i < size; ++i) {
     const grpc::Status& status = probes[i].status;
     if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
@@ -163,23 +208,25 @@ std::vector<bool> HealthMonitor::CheckChannels() {
             pool_.options().target);
       }
       upstream_lacks_health_service_ = true;
-      return ready;
+      return connectivity;
     }
-    passed[i] = status.ok() && ParseServing(probes[i].response);
-    if (!passed[i]) {
-      spdlog::debug("health: channel {} check failed: {} {}", i,
-                    static_cast<int>(status.error_code()), status.error_message());
+    if (!status.ok()) {
+      failures[i] = absl::StrCat("health check failed with status ", status.error_code(), ": ",
+                                 status.error_message());
+    } else if (!ParseServing(probes[i].response)) {
+      failures[i] = "upstream reports NOT_SERVING";
     }
+    if (!failures[i].empty()) spdlog::debug("health: channel {}: {}", i, failures[i]);
   }
-  return passed;
+  return failures;
 }
 
 PoolSnapshot HealthMonitor::RunRound() {
-  const std::vector<bool> passed = CheckChannels();
+  const std::vector<std::string> failed_because = CheckChannels();
   int failures = 0;
   for (int i = 0; i < pool_.size(); ++i) {
     ChannelHealth& channel = channels_[i];
-    if (passed[i]) {
+    if (failed_because[i].empty()) {
       channel.consecutive_failures = 0;
       if (!channel.healthy) {
         channel.healthy = true;
@@ -193,8 +240,8 @@ PoolSnapshot HealthMonitor::RunRound() {
     if (channel.healthy && channel.consecutive_failures >= options_.unhealthy_threshold) {
       channel.healthy = false;
       pool_.SetProbeHealthy(i, false);
-      spdlog::warn("health: channel {} unhealthy after {} failed checks", i,
-                   channel.consecutive_failures);
+      spdlog::warn("health: channel {} unhealthy after {} failed checks: {}", i,
+                   channel.consecutive_failures, failed_because[i]);
     }
     if (channel.consecutive_failures >= options_.replace_threshold) {
       spdlog::warn("health: replacing channel {} after {} failed checks", i,
@@ -225,7 +272,10 @@ PoolSnapshot HealthMonitor::RunRound() {
 }
 
 void HealthMonitor::ScheduleRefresh(int slot, absl::Time created_at) {
-  if (options_.max_connection_age <= absl::ZeroDuration()) return;
+  if (options_.max_connection_age <= absl::ZeroDuration()) {
+    channels_[slot].refresh_at = absl::InfiniteFuture();
+    return;
+  }
   // ±10% jitter keeps channels created together from all refreshing at once.
   channels_[slot].refresh_at =
       created_at + options_.max_connection_age * absl::Uniform(random_, 0.9, 1.1);
@@ -254,9 +304,7 @@ absl::Time HealthMonitor::RefreshOldestChannel(absl::Time now) {
       channels_[oldest].refresh_at = absl::Now() + kRefreshRetryDelay;
     }
   }
-  absl::Time next = absl::InfiniteFuture();
-  for (const ChannelHealth& channel : channels_) next = std::min(next, channel.refresh_at);
-  return next;
+  return NextRefresh();
 }
 
 }  // namespace poolside

@@ -41,6 +41,10 @@ struct HealthCheckOptions {
   // How long a refreshed channel may take to connect before the old one is
   // dropped for it.
   absl::Duration connect_timeout = absl::Seconds(30);
+  // Files (TLS roots, certificate, key) whose change rolls every connection
+  // over, one at a time, once grpc has re-read them.
+  std::vector<std::string> credential_files;
+  absl::Duration credential_poll_interval = absl::Seconds(2);
   // Forced rounds closer together than this reuse the last round's result.
   absl::Duration min_forced_round_spacing = absl::Seconds(1);
 };
@@ -73,12 +77,15 @@ class HealthMonitor {
 
   void Loop();
   PoolSnapshot RunRound();
-  // One bool per slot: did its check pass?
-  std::vector<bool> CheckChannels();
+  // One entry per slot: empty if its check passed, else why it failed.
+  std::vector<std::string> CheckChannels();
   void ScheduleRefresh(int slot, absl::Time created_at);
   // Refreshes the channel most overdue for its maximum age, if any; returns
   // when the next one falls due.
   absl::Time RefreshOldestChannel(absl::Time now);
+  // Schedules every channel for refresh when the credential files changed.
+  void CheckCredentialFiles(absl::Time now);
+  absl::Time NextRefresh() const;
 
   // Constant after construction.
   ChannelPool& pool_;
@@ -90,6 +97,7 @@ class HealthMonitor {
   bool upstream_lacks_health_service_ = false;
   PoolHealth last_pool_health_ = PoolHealth::kHealthy;
   bool logged_first_round_ = false;
+  std::string credential_fingerprint_;
   absl::BitGen random_;
 
   absl::Mutex mutex_;

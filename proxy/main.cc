@@ -48,6 +48,11 @@ int Run(const poolside::Config& config) {
   channel_options.target = config.upstream_target;
   channel_options.authority = config.upstream_authority;
   channel_options.max_message_bytes = config.max_message_bytes;
+  channel_options.tls = config.upstream_tls;
+  channel_options.ca_file = config.upstream_ca_file;
+  channel_options.cert_file = config.upstream_cert_file;
+  channel_options.key_file = config.upstream_key_file;
+  channel_options.server_name = config.upstream_server_name;
   poolside::ChannelPool pool(pool_options, poolside::NewUpstreamChannelFactory(channel_options));
   pool.Start();
 
@@ -66,6 +71,7 @@ int Run(const poolside::Config& config) {
   health_options.replace_threshold = 2 * config.health_check_unhealthy_threshold;
   health_options.max_connection_age = config.connection_max_age;
   health_options.connect_timeout = config.connection_timeout;
+  health_options.credential_files = poolside::CredentialFiles(channel_options);
   poolside::HealthMonitor monitor(
       pool, health_options,
       [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });
