@@ -318,6 +318,18 @@ constexpr Variable kVariables[] = {
     Define<Integer<&Config::metrics_max_methods, 1, 100000>>(
         "GRPC_METRICS_MAX_METHODS", "metrics-max-methods",
         "distinct methods labelled in request metrics; further ones count as \"other\""),
+    Define<Integer<&Config::max_concurrent_requests, 0, 10000000>>(
+        "GRPC_MAX_CONCURRENT_REQUESTS", "max-concurrent-requests",
+        "calls forwarded at once; past it a call fails with RESOURCE_EXHAUSTED; 0 means no limit"),
+    Define<Integer<&Config::max_pending_requests, 0, 10000000>>(
+        "GRPC_MAX_PENDING_REQUESTS", "max-pending-requests",
+        "calls waiting for a ready connection; past it a call fails with UNAVAILABLE"),
+    Define<Integer<&Config::outlier_consecutive_failures, 0, 1000>>(
+        "GRPC_OUTLIER_CONSECUTIVE_FAILURES", "outlier-consecutive-failures",
+        "consecutive UNAVAILABLE calls that take a connection out of rotation; 0 means never"),
+    Define<Seconds<&Config::outlier_ejection, 1, 3600>>(
+        "GRPC_OUTLIER_EJECTION_SECS", "outlier-ejection-secs",
+        "how long an ejected connection stays out before a health check may return it"),
     Define<Boolean<&Config::upstream_tls>>("GRPC_UPSTREAM_TLS", "upstream-tls",
                                            "connect to the upstream with TLS"),
     Define<Text<&Config::upstream_ca_file, kFilePath>>(

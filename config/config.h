@@ -44,6 +44,14 @@ struct Config {
   int max_streams_per_connection = 100;
   // Distinct methods labelled in request metrics; the rest count as "other".
   int metrics_max_methods = 200;
+  // Circuit breaking: calls forwarded at once (0 means no limit), and calls
+  // waiting for a ready connection; past either a call fails at once.
+  int max_concurrent_requests = 0;
+  int max_pending_requests = 1024;
+  // Consecutive UNAVAILABLE calls that eject a connection (0 turns ejection
+  // off), and how long it stays out before it is probed.
+  int outlier_consecutive_failures = 5;
+  absl::Duration outlier_ejection = absl::Seconds(10);
   // TLS to the upstream. The files are re-read when they change (Kubernetes
   // rotates mounted secrets) and the pool rolls its connections over.
   bool upstream_tls = false;

@@ -3,7 +3,9 @@
 // checks, and reports which TCP connection
 // carried it, so the demo can show the pool's connections arriving.
 //
-// Usage: demo_upstream [--port=N]   (0 picks a free port; prints PORT=<n>)
+// Usage: demo_upstream [--host=ADDR] [--port=N]
+//   --host: the address to listen on (default 127.0.0.1; 0.0.0.0 for all, as
+//   in a Kubernetes pod); --port: 0 picks a free port. Prints PORT=<n>.
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -69,9 +71,11 @@ class EchoService : public grpc::CallbackGenericService {
 
 int main(int argc, char** argv) {
   int port = 0;
+  std::string host = "127.0.0.1";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg.rfind("--port=", 0) == 0) port = std::atoi(arg.c_str() + 7);
+    if (arg.rfind("--host=", 0) == 0) host = arg.substr(7);
   }
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -84,7 +88,7 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(host + ":" + std::to_string(port), grpc::InsecureServerCredentials(),
                            &selected_port);
   builder.RegisterCallbackGenericService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -26,6 +26,16 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::strin
   return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
 }
 
+// Built once per registry; both limits share it.
+prometheus::Family<prometheus::Counter>& OverflowFamily(prometheus::Registry& registry) {
+  return prometheus::BuildCounter()
+      .Name("poolside_overflow_total")
+      .Help(
+          "Calls refused at once by GRPC_MAX_CONCURRENT_REQUESTS (limit=concurrency) or "
+          "GRPC_MAX_PENDING_REQUESTS (limit=pending).")
+      .Register(registry);
+}
+
 prometheus::Family<prometheus::Gauge>& HealthStatusFamily(prometheus::Registry& registry) {
   return GaugeFamily(registry, "poolside_pool_health_status",
                      "The pool's health as a state set: 1 for the current status, 0 for the "
@@ -62,6 +72,11 @@ Metrics::Metrics(MetricsOptions options)
       utilization_(AddGauge(*registry_, "poolside_pool_utilization",
                             "Outstanding calls divided by connections times "
                             "GRPC_MAX_STREAMS_PER_CONNECTION.")),
+      outlier_ejections_(AddCounter(*registry_, "poolside_pool_outlier_ejections_total",
+                                    "Connections taken out of rotation after consecutive "
+                                    "UNAVAILABLE calls.")),
+      concurrency_overflows_(OverflowFamily(*registry_).Add({{"limit", "concurrency"}})),
+      pending_overflows_(OverflowFamily(*registry_).Add({{"limit", "pending"}})),
       channel_outstanding_calls_(GaugeFamily(*registry_, "poolside_pool_channel_outstanding_calls",
                                              "Calls in flight on one pooled connection.")),
       channel_healthy_(GaugeFamily(*registry_, "poolside_pool_channel_healthy",
@@ -86,6 +101,7 @@ void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
   AdvanceTo(connection_errors_, snapshot.connection_errors);
   AdvanceTo(health_check_failures_, snapshot.health_check_failures);
   AdvanceTo(connections_created_, snapshot.connections_created);
+  AdvanceTo(outlier_ejections_, snapshot.outlier_ejections);
   last_health_check_.Set(
       snapshot.last_health_check == absl::InfinitePast()
           ? 0

@@ -76,6 +76,11 @@ class Metrics {
   // Collect() in the Prometheus text exposition format 0.0.4.
   std::string Serialize() const;
 
+  // poolside_overflow_total{limit}: calls refused by a circuit-breaking limit.
+  // Thread-safe (atomic increments); off the hot path.
+  prometheus::Counter& concurrency_overflows() { return concurrency_overflows_; }
+  prometheus::Counter& pending_overflows() { return pending_overflows_; }
+
  private:
   struct ChannelGauges {
     prometheus::Gauge* outstanding_calls;
@@ -100,6 +105,9 @@ class Metrics {
   prometheus::Gauge& status_degraded_;
   prometheus::Gauge& status_unhealthy_;
   prometheus::Gauge& utilization_;
+  prometheus::Counter& outlier_ejections_;
+  prometheus::Counter& concurrency_overflows_;
+  prometheus::Counter& pending_overflows_;
   prometheus::Family<prometheus::Gauge>& channel_outstanding_calls_;
   prometheus::Family<prometheus::Gauge>& channel_healthy_;
   prometheus::Family<prometheus::Gauge>& channel_age_seconds_;

@@ -25,6 +25,11 @@ struct alignas(64) ChannelPool::Slot {
   std::atomic<bool> probe_healthy{true};
   std::atomic<uint64_t> calls_started{0};
   std::atomic<uint64_t> errors{0};
+  std::atomic<int> consecutive_unavailable{0};
+  // Out of rotation until ejected_until (unix ns), then on probation until a
+  // health check passes.
+  std::atomic<bool> ejected{false};
+  std::atomic<int64_t> ejected_until_unix_nanos{0};
   // Accessed only through std::atomic_load / std::atomic_store.
   std::shared_ptr<PooledChannel> channel;
 };
@@ -36,15 +41,18 @@ struct ChannelPool::Watch {
   grpc_connectivity_state last_state = GRPC_CHANNEL_IDLE;
 };
 
-ChannelPool::Lease::Lease(Slot* slot, std::shared_ptr<PooledChannel> channel)
-    : slot_(slot), channel_(std::move(channel)) {}
+ChannelPool::Lease::Lease(ChannelPool* pool, Slot* slot, std::shared_ptr<PooledChannel> channel)
+    : pool_(pool), slot_(slot), channel_(std::move(channel)) {}
 
 ChannelPool::Lease::Lease(Lease&& other) noexcept
-    : slot_(std::exchange(other.slot_, nullptr)), channel_(std::move(other.channel_)) {}
+    : pool_(other.pool_),
+      slot_(std::exchange(other.slot_, nullptr)),
+      channel_(std::move(other.channel_)) {}
 
 ChannelPool::Lease& ChannelPool::Lease::operator=(Lease&& other) noexcept {
   if (this != &other) {
     Release();
+    pool_ = other.pool_;
     slot_ = std::exchange(other.slot_, nullptr);
     channel_ = std::move(other.channel_);
   }
@@ -60,8 +68,55 @@ void ChannelPool::Lease::Release() {
 
 int ChannelPool::Lease::slot_index() const { return slot_->index; }
 
-void ChannelPool::Lease::RecordUnavailable() {
+void ChannelPool::Lease::RecordOutcome(bool unavailable) {
+  if (!unavailable) {
+    if (slot_->consecutive_unavailable.load(std::memory_order_relaxed) != 0) {
+      slot_->consecutive_unavailable.store(0, std::memory_order_relaxed);
+    }
+    return;
+  }
   slot_->errors.fetch_add(1, std::memory_order_relaxed);
+  const int failures = slot_->consecutive_unavailable.fetch_add(1, std::memory_order_relaxed) + 1;
+  const int threshold = pool_->options_.outlier_consecutive_failures;
+  if (threshold > 0 && failures >= threshold) pool_->MaybeEject(*slot_);
+}
+
+void ChannelPool::MaybeEject(Slot& slot) {
+  // Never take out the last channel that could serve.
+  int others_serving = 0;
+  for (int i = 0; i < options_.size; ++i) {
+    const Slot& other = slots_[i];
+    if (&other != &slot && other.state.load(std::memory_order_relaxed) == GRPC_CHANNEL_READY &&
+        other.probe_healthy.load(std::memory_order_relaxed) &&
+        !other.ejected.load(std::memory_order_relaxed)) {
+      ++others_serving;
+    }
+  }
+  if (others_serving == 0 || slot.ejected.load()) return;
+  const absl::Time probe_at = absl::Now() + options_.outlier_ejection;
+  slot.ejected_until_unix_nanos.store(absl::ToUnixNanos(probe_at), std::memory_order_relaxed);
+  if (slot.ejected.exchange(true)) return;  // Another call ejected it meanwhile.
+  slot.consecutive_unavailable.store(0, std::memory_order_relaxed);
+  outlier_ejections_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::warn("pool: channel {} ejected for {} after {} consecutive UNAVAILABLE calls", slot.index,
+               absl::FormatDuration(options_.outlier_ejection),
+               options_.outlier_consecutive_failures);
+  if (ejection_listener_) ejection_listener_(probe_at);
+}
+
+void ChannelPool::EndEjection(int slot) {
+  Slot& target = slots_[slot];
+  if (!target.ejected.load() ||
+      absl::ToUnixNanos(absl::Now()) < target.ejected_until_unix_nanos.load()) {
+    return;  // Not ejected, or still serving its ejection.
+  }
+  if (target.ejected.exchange(false)) {
+    spdlog::info("pool: channel {} back in rotation after a passing health check", slot);
+  }
+}
+
+void ChannelPool::SetEjectionListener(std::function<void(absl::Time)> listener) {
+  ejection_listener_ = std::move(listener);
 }
 
 ChannelPool::ChannelPool(PoolOptions options, std::unique_ptr<ChannelFactory> factory)
@@ -139,7 +194,7 @@ void ChannelPool::OnStateChange(Watch& watch) {
 ChannelPool::Lease ChannelPool::LeaseSlot(Slot& slot) {
   slot.outstanding.fetch_add(1, std::memory_order_relaxed);
   slot.calls_started.fetch_add(1, std::memory_order_relaxed);
-  return Lease(&slot, std::atomic_load(&slot.channel));
+  return Lease(this, &slot, std::atomic_load(&slot.channel));
 }
 
 std::optional<ChannelPool::Lease> ChannelPool::PickReady() {
@@ -148,12 +203,20 @@ std::optional<ChannelPool::Lease> ChannelPool::PickReady() {
   const int start = static_cast<int>(next_pick_.fetch_add(1, std::memory_order_relaxed) % size);
   // Channels failing health checks are used only while no healthy one is
   // ready: a degraded upstream still beats failing the call here.
+  // Ejected channels wait out their ejection, then rank with those failing
+  // checks until a check passes on them.
   Slot* best[2] = {nullptr, nullptr};  // [0]: healthy, [1]: failing checks.
   int64_t best_outstanding[2] = {INT64_MAX, INT64_MAX};
+  int64_t now_unix_nanos = 0;  // Read only if some channel is ejected.
   for (int i = 0; i < size; ++i) {
     Slot& slot = slots_[(start + i) % size];
     if (slot.state.load(std::memory_order_relaxed) != GRPC_CHANNEL_READY) continue;
-    const int tier = slot.probe_healthy.load(std::memory_order_relaxed) ? 0 : 1;
+    const bool ejected = slot.ejected.load(std::memory_order_relaxed);
+    if (ejected) {
+      if (now_unix_nanos == 0) now_unix_nanos = absl::ToUnixNanos(absl::Now());
+      if (now_unix_nanos < slot.ejected_until_unix_nanos.load(std::memory_order_relaxed)) continue;
+    }
+    const int tier = slot.probe_healthy.load(std::memory_order_relaxed) && !ejected ? 0 : 1;
     const int64_t outstanding = slot.outstanding.load(std::memory_order_relaxed);
     if (outstanding < best_outstanding[tier]) {
       best[tier] = &slot;
@@ -201,6 +264,7 @@ PoolSnapshot ChannelPool::Snapshot() const {
     snapshot.channels.push_back(channel);
   }
   snapshot.connections_created = connections_created_.load(std::memory_order_relaxed);
+  snapshot.outlier_ejections = outlier_ejections_.load(std::memory_order_relaxed);
   snapshot.health_check_failures = health_check_failures_.load(std::memory_order_relaxed);
   const int64_t last_check = last_health_check_unix_nanos_.load(std::memory_order_relaxed);
   if (last_check != 0) snapshot.last_health_check = absl::FromUnixNanos(last_check);

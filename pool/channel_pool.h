@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +35,11 @@ struct PoolOptions {
   int size = 10;
   // A channel with this many outstanding calls no longer counts as available.
   int max_streams_per_connection = 100;
+  // Consecutive UNAVAILABLE calls that take a channel out of rotation until a
+  // health check passes on it again (at the earliest after outlier_ejection);
+  // 0 turns ejection off. The last healthy channel is never ejected.
+  int outlier_consecutive_failures = 5;
+  absl::Duration outlier_ejection = absl::Seconds(10);
 };
 
 // One upstream channel and the stub that starts generic calls on it.
@@ -72,14 +78,16 @@ class ChannelPool {
 
     PooledChannel& channel() const { return *channel_; }
     int slot_index() const;
-    // Counts a transport-level failure (UNAVAILABLE) of the leased call.
-    void RecordUnavailable();
+    // Reports how the leased call ended: `unavailable` for a transport-level
+    // failure (UNAVAILABLE). Feeds the error count and outlier ejection.
+    void RecordOutcome(bool unavailable);
 
    private:
     friend class ChannelPool;
-    Lease(Slot* slot, std::shared_ptr<PooledChannel> channel);
+    Lease(ChannelPool* pool, Slot* slot, std::shared_ptr<PooledChannel> channel);
     void Release();
 
+    ChannelPool* pool_;
     Slot* slot_;
     std::shared_ptr<PooledChannel> channel_;
   };
@@ -125,11 +133,18 @@ class ChannelPool {
   void SetProbeHealthy(int slot, bool healthy);
   // Records a finished health-check round with `failures` failed checks.
   void RecordHealthCheckRound(absl::Time at, int failures);
+  // Returns an ejected slot to rotation once its ejection time is over (a
+  // health check passed on it); no-op otherwise.
+  void EndEjection(int slot);
+  // Called (on the thread of the call that caused it) when a slot is ejected,
+  // with the time from which it may be probed again. Set before Start().
+  void SetEjectionListener(std::function<void(absl::Time probe_at)> listener);
 
  private:
   struct Watch;
 
   Lease LeaseSlot(Slot& slot);
+  void MaybeEject(Slot& slot);
   void WatchLoop();
   void ArmWatch(Watch& watch);
   void OnStateChange(Watch& watch);
@@ -141,6 +156,8 @@ class ChannelPool {
 
   std::atomic<uint32_t> next_pick_{0};
   std::atomic<uint64_t> connections_created_{0};
+  std::atomic<uint64_t> outlier_ejections_{0};
+  std::function<void(absl::Time)> ejection_listener_;
   std::atomic<uint64_t> health_check_failures_{0};
   // Unix nanoseconds of the last health-check round; 0 before the first.
   std::atomic<int64_t> last_health_check_unix_nanos_{0};

@@ -97,6 +97,11 @@ void HealthMonitor::RequestRound(RoundCallback done) {
   done(recent);
 }
 
+void HealthMonitor::ProbeAt(absl::Time when) {
+  absl::MutexLock lock(&mutex_);
+  probe_at_ = std::min(probe_at_, when);
+}
+
 void HealthMonitor::Loop() {
   absl::Time next_round = absl::Now() + std::min(options_.interval, kFirstRoundDelay);
   absl::Time next_refresh = NextRefresh();
@@ -108,13 +113,16 @@ void HealthMonitor::Loop() {
     bool stopping = false;
     {
       absl::MutexLock lock(&mutex_);
+      sleeping_until_ = std::min({next_round, next_refresh, next_credential_check});
       auto should_wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return stopping_ || !waiting_.empty();
+        return stopping_ || !waiting_.empty() || probe_at_ < sleeping_until_;
       };
-      mutex_.AwaitWithDeadline(absl::Condition(&should_wake),
-                               std::min({next_round, next_refresh, next_credential_check}));
+      mutex_.AwaitWithDeadline(absl::Condition(&should_wake), sleeping_until_);
       stopping = stopping_;
       waiters.swap(waiting_);
+      // An ejection probe is a round like any other, only earlier.
+      next_round = std::min(next_round, probe_at_);
+      if (probe_at_ <= absl::Now()) probe_at_ = absl::InfiniteFuture();
     }
     if (stopping) {
       PoolSnapshot last;
@@ -228,6 +236,7 @@ PoolSnapshot HealthMonitor::RunRound() {
     ChannelHealth& channel = channels_[i];
     if (failed_because[i].empty()) {
       channel.consecutive_failures = 0;
+      pool_.EndEjection(i);
       if (!channel.healthy) {
         channel.healthy = true;
         pool_.SetProbeHealthy(i, true);

@@ -63,6 +63,9 @@ class HealthMonitor {
   void Start();
   void Shutdown();
 
+  // Runs a round at `when` (or earlier): an ejected channel is probed then.
+  void ProbeAt(absl::Time when);
+
   // Runs a round soon (now, unless one ran within min_forced_round_spacing)
   // and calls `done` with its outcome, on the monitor's thread.
   void RequestRound(RoundCallback done);
@@ -104,6 +107,9 @@ class HealthMonitor {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::vector<RoundCallback> waiting_ ABSL_GUARDED_BY(mutex_);
   absl::Time last_round_at_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
+  absl::Time probe_at_ ABSL_GUARDED_BY(mutex_) = absl::InfiniteFuture();
+  // When the monitor thread next wakes by itself.
+  absl::Time sleeping_until_ ABSL_GUARDED_BY(mutex_) = absl::InfiniteFuture();
   PoolSnapshot last_round_ ABSL_GUARDED_BY(mutex_);
 
   std::thread thread_;

@@ -17,8 +17,10 @@ namespace poolside {
 struct ChannelSnapshot {
   int index = 0;
   grpc_connectivity_state state = GRPC_CHANNEL_IDLE;
-  // Connectivity READY and passing health checks.
+  // Connectivity READY, passing health checks and not ejected.
   bool healthy = false;
+  // Out of rotation after consecutive UNAVAILABLE calls, until probed.
+  bool ejected = false;
   int64_t outstanding_calls = 0;
   uint64_t calls_started = 0;
   // Failed connection attempts plus calls that failed with UNAVAILABLE.
@@ -32,6 +34,7 @@ struct PoolSnapshot {
   uint64_t connection_errors = 0;
   // Channels created since start, replacements included.
   uint64_t connections_created = 0;
+  uint64_t outlier_ejections = 0;
   uint64_t health_check_failures = 0;
   // absl::InfinitePast() before the first check.
   absl::Time last_health_check = absl::InfinitePast();

@@ -80,7 +80,14 @@ absl::Status CheckTcpAddressFree(absl::string_view address) {
 }  // namespace
 
 ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics)
-    : options_(std::move(options)), pool_(pool), metrics_(metrics) {}
+    : options_(std::move(options)), pool_(pool), metrics_(metrics) {
+  limits_.max_concurrent = options_.max_concurrent_requests;
+  limits_.max_pending = options_.max_pending_requests;
+  if (metrics_ != nullptr) {
+    limits_.concurrency_overflows = &metrics_->concurrency_overflows();
+    limits_.pending_overflows = &metrics_->pending_overflows();
+  }
+}
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
@@ -111,6 +118,7 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     queue->queue = completion_queue.get();
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
+    queue->limits = &limits_;
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();

@@ -34,6 +34,9 @@ struct ProxyOptions {
   absl::Duration connection_timeout = absl::Seconds(30);
   // Completion-queue threads; at least 1.
   int threads = 1;
+  // 0 means no limit.
+  int max_concurrent_requests = 0;
+  int max_pending_requests = 1024;
 };
 
 class ForwardingServer {
@@ -67,6 +70,7 @@ class ForwardingServer {
   std::vector<std::unique_ptr<CallQueue>> call_queues_;
   // One per queue, each confined to its queue's thread.
   std::vector<std::unique_ptr<CallRecorder>> recorders_;
+  CallLimits limits_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;
   int selected_port_ = 0;

@@ -24,6 +24,59 @@
 
 namespace {
 
+// Each component gets its own slice of the configuration.
+
+poolside::UpstreamChannelOptions ChannelOptionsFrom(const poolside::Config& config) {
+  poolside::UpstreamChannelOptions options;
+  options.target = config.upstream_target;
+  options.authority = config.upstream_authority;
+  options.max_message_bytes = config.max_message_bytes;
+  options.tls = config.upstream_tls;
+  options.ca_file = config.upstream_ca_file;
+  options.cert_file = config.upstream_cert_file;
+  options.key_file = config.upstream_key_file;
+  options.server_name = config.upstream_server_name;
+  return options;
+}
+
+poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
+  poolside::PoolOptions options;
+  options.target = config.upstream_target;
+  options.size = config.pool_size;
+  options.max_streams_per_connection = config.max_streams_per_connection;
+  options.outlier_consecutive_failures = config.outlier_consecutive_failures;
+  options.outlier_ejection = config.outlier_ejection;
+  return options;
+}
+
+poolside::HealthCheckOptions HealthOptionsFrom(
+    const poolside::Config& config, const poolside::UpstreamChannelOptions& channel_options) {
+  poolside::HealthCheckOptions options;
+  options.interval = config.health_check_interval;
+  options.probe_with_grpc_health = config.health_check_mode == "grpc";
+  options.service = config.health_check_service;
+  options.probe_timeout = absl::Milliseconds(config.health_check_timeout_ms);
+  options.unhealthy_threshold = config.health_check_unhealthy_threshold;
+  options.replace_threshold = 2 * config.health_check_unhealthy_threshold;
+  options.max_connection_age = config.connection_max_age;
+  options.connect_timeout = config.connection_timeout;
+  options.credential_files = poolside::CredentialFiles(channel_options);
+  return options;
+}
+
+poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
+  poolside::ProxyOptions options;
+  options.listen_addr = config.listen_addr;
+  options.max_message_bytes = config.max_message_bytes;
+  options.connection_timeout = config.connection_timeout;
+  options.threads = config.worker_threads > 0
+                        ? config.worker_threads
+                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  options.max_concurrent_requests = config.max_concurrent_requests;
+  options.max_pending_requests = config.max_pending_requests;
+  return options;
+}
+
 int Run(const poolside::Config& config) {
   // Blocked before any thread starts, so that only sigwait below sees them.
   sigset_t stop_signals;
@@ -40,53 +93,23 @@ int Run(const poolside::Config& config) {
     spdlog::info("config: {}", std::string(line));
   }
 
-  poolside::PoolOptions pool_options;
-  pool_options.target = config.upstream_target;
-  pool_options.size = config.pool_size;
-  pool_options.max_streams_per_connection = config.max_streams_per_connection;
-  poolside::UpstreamChannelOptions channel_options;
-  channel_options.target = config.upstream_target;
-  channel_options.authority = config.upstream_authority;
-  channel_options.max_message_bytes = config.max_message_bytes;
-  channel_options.tls = config.upstream_tls;
-  channel_options.ca_file = config.upstream_ca_file;
-  channel_options.cert_file = config.upstream_cert_file;
-  channel_options.key_file = config.upstream_key_file;
-  channel_options.server_name = config.upstream_server_name;
-  poolside::ChannelPool pool(pool_options, poolside::NewUpstreamChannelFactory(channel_options));
-  pool.Start();
-
+  const poolside::UpstreamChannelOptions channel_options = ChannelOptionsFrom(config);
+  poolside::ChannelPool pool(PoolOptionsFrom(config),
+                             poolside::NewUpstreamChannelFactory(channel_options));
   // Declared before everything that records into it, so it outlives them.
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
   metrics_options.max_methods = config.metrics_max_methods;
   poolside::Metrics metrics(metrics_options);
-
-  poolside::HealthCheckOptions health_options;
-  health_options.interval = config.health_check_interval;
-  health_options.probe_with_grpc_health = config.health_check_mode == "grpc";
-  health_options.service = config.health_check_service;
-  health_options.probe_timeout = absl::Milliseconds(config.health_check_timeout_ms);
-  health_options.unhealthy_threshold = config.health_check_unhealthy_threshold;
-  health_options.replace_threshold = 2 * config.health_check_unhealthy_threshold;
-  health_options.max_connection_age = config.connection_max_age;
-  health_options.connect_timeout = config.connection_timeout;
-  health_options.credential_files = poolside::CredentialFiles(channel_options);
   poolside::HealthMonitor monitor(
-      pool, health_options,
+      pool, HealthOptionsFrom(config, channel_options),
       [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });
+  pool.SetEjectionListener([&monitor](absl::Time probe_at) { monitor.ProbeAt(probe_at); });
+  pool.Start();
   monitor.Start();
 
   poolside::AdminService admin(pool, monitor);
-  const int threads = config.worker_threads > 0
-                          ? config.worker_threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  poolside::ProxyOptions proxy_options;
-  proxy_options.listen_addr = config.listen_addr;
-  proxy_options.max_message_bytes = config.max_message_bytes;
-  proxy_options.connection_timeout = config.connection_timeout;
-  proxy_options.threads = threads;
-  poolside::ForwardingServer server(proxy_options, pool, &metrics);
+  poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
   if (absl::Status started = server.Start({&admin}); !started.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(started.message()).c_str());

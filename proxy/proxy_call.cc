@@ -48,12 +48,51 @@ ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context
 }
 
 ProxyCall::~ProxyCall() {
+  LeavePending();
+  if (counted_concurrent_) queue_.limits->concurrent.fetch_sub(1, std::memory_order_relaxed);
   if (accepted_ && queue_.recorder != nullptr) {
     // Ended without a status of ours: the app cancelled or went away.
     RecordOutcome(grpc::StatusCode::CANCELLED);
     queue_.recorder->CallEnded();
   }
   queue_.live_calls.fetch_sub(1, std::memory_order_relaxed);
+}
+
+bool ProxyCall::AdmitConcurrent() {
+  CallLimits& limits = *queue_.limits;
+  if (limits.max_concurrent <= 0) return true;
+  if (limits.concurrent.fetch_add(1, std::memory_order_relaxed) >= limits.max_concurrent) {
+    limits.concurrent.fetch_sub(1, std::memory_order_relaxed);
+    if (limits.concurrency_overflows != nullptr) limits.concurrency_overflows->Increment();
+    FinishApp(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           absl::StrCat("poolside: GRPC_MAX_CONCURRENT_REQUESTS (",
+                                        limits.max_concurrent, ") calls already in flight")));
+    return false;
+  }
+  counted_concurrent_ = true;
+  return true;
+}
+
+bool ProxyCall::AdmitPending() {
+  if (counted_pending_) return true;
+  CallLimits& limits = *queue_.limits;
+  if (limits.pending.fetch_add(1, std::memory_order_relaxed) >= limits.max_pending) {
+    limits.pending.fetch_sub(1, std::memory_order_relaxed);
+    if (limits.pending_overflows != nullptr) limits.pending_overflows->Increment();
+    FinishApp(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat("poolside: GRPC_MAX_PENDING_REQUESTS (", limits.max_pending,
+                                        ") calls already waiting for a connection to ",
+                                        queue_.pool->options().target)));
+    return false;
+  }
+  counted_pending_ = true;
+  return true;
+}
+
+void ProxyCall::LeavePending() {
+  if (!counted_pending_) return;
+  counted_pending_ = false;
+  queue_.limits->pending.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void ProxyCall::RecordOutcome(grpc::StatusCode code) {
@@ -134,7 +173,7 @@ void ProxyCall::OnAppDone() {
 }
 
 void ProxyCall::TryStartUpstream() {
-  if (cancelled_) return;
+  if (cancelled_) return LeavePending();
   ChannelPool& pool = *queue_.pool;
   std::optional<ChannelPool::Lease> lease = pool.PickReady();
   if (!lease) {
@@ -145,12 +184,14 @@ void ProxyCall::TryStartUpstream() {
     if (!lease) {
       const absl::Time now = absl::Now();
       if (now >= wait_until_) {
+        LeavePending();
         return FinishApp(
             grpc::Status(grpc::StatusCode::UNAVAILABLE,
                          absl::StrCat("poolside: no connection to upstream ", pool.options().target,
                                       " became ready within ",
                                       absl::FormatDuration(queue_.connection_timeout))));
       }
+      if (!AdmitPending()) return;
       awaited_channel_ = std::move(channel);
       awaited_channel_->NotifyOnStateChange(
           state, absl::ToChronoTime(std::min(wait_until_, now + kWaitSlice)), queue_.queue,
@@ -158,6 +199,7 @@ void ProxyCall::TryStartUpstream() {
       return;
     }
   }
+  LeavePending();
   StartUpstream(std::move(*lease));
 }
 
@@ -244,7 +286,10 @@ void ProxyCall::FinishUpstream() {
 
 void ProxyCall::OnUpstreamFinish() {
   upstream_writable_ = false;
-  if (upstream_status_.error_code() == grpc::StatusCode::UNAVAILABLE) lease_->RecordUnavailable();
+  // A cancelled app call says nothing about the upstream connection.
+  if (!cancelled_) {
+    lease_->RecordOutcome(upstream_status_.error_code() == grpc::StatusCode::UNAVAILABLE);
+  }
   if (!relay_error_) {
     const absl::Status copied =
         CopyTrailingResponseMetadata(upstream_context_.GetServerTrailingMetadata(), app_context_);

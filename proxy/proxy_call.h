@@ -28,8 +28,21 @@
 #include "absl/time/time.h"
 #include "metrics/call_recorder.h"
 #include "pool/channel_pool.h"
+#include "prometheus/counter.h"
 
 namespace poolside {
+
+// Circuit-breaking limits, shared by every queue. Thread-safe (atomics).
+struct CallLimits {
+  // 0 means no limit.
+  int max_concurrent = 0;
+  int max_pending = 1024;
+  std::atomic<int64_t> concurrent{0};
+  std::atomic<int64_t> pending{0};
+  // Null when metrics are off.
+  prometheus::Counter* concurrency_overflows = nullptr;
+  prometheus::Counter* pending_overflows = nullptr;
+};
 
 // What every call on one completion queue shares. Constant after
 // construction, except for live_calls.
@@ -38,6 +51,7 @@ struct CallQueue {
   grpc::ServerCompletionQueue* queue = nullptr;
   ChannelPool* pool = nullptr;
   absl::Duration connection_timeout;
+  CallLimits* limits = nullptr;
   // Confined to this queue's thread; null when metrics are off.
   CallRecorder* recorder = nullptr;
   // ProxyCalls that exist on this queue, accepting ones included. Written only
@@ -99,6 +113,10 @@ class alignas(16) ProxyCall {
   void OnUpstreamFinish();
   void FinishApp(const grpc::Status& status);
   void RecordOutcome(grpc::StatusCode code);
+  // False (and the call already failing) when a circuit-breaking limit is hit.
+  bool AdmitConcurrent();
+  bool AdmitPending();
+  void LeavePending();
 
   CallQueue& queue_;
 
@@ -121,6 +139,8 @@ class alignas(16) ProxyCall {
   absl::Time wait_until_;
   std::shared_ptr<grpc::Channel> awaited_channel_;
   std::optional<grpc::Alarm> half_close_alarm_;
+  bool counted_concurrent_ = false;
+  bool counted_pending_ = false;
   bool upstream_started_ = false;
   // Started and not yet ended: writes may be issued.
   bool upstream_writable_ = false;

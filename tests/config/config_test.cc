@@ -62,6 +62,22 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_MAX_MESSAGE_BYTES", "--max-message-bytes", "2147483647"},
       {"GRPC_UPSTREAM_AUTHORITY", "--upstream-authority", "api.example.com:443"},
       {"GRPC_SHUTDOWN_GRACE_SECS", "--shutdown-grace-secs", "0"},
+      {"GRPC_HEALTH_CHECK_MODE", "--health-check-mode", "connectivity"},
+      {"GRPC_HEALTH_CHECK_SERVICE", "--health-check-service", "my.Service"},
+      {"GRPC_HEALTH_CHECK_TIMEOUT_MS", "--health-check-timeout-ms", "250"},
+      {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "--health-check-unhealthy-threshold", "3"},
+      {"GRPC_CONNECTION_MAX_AGE_SECS", "--connection-max-age-secs", "600"},
+      {"GRPC_MAX_STREAMS_PER_CONNECTION", "--max-streams-per-connection", "250"},
+      {"GRPC_METRICS_MAX_METHODS", "--metrics-max-methods", "50"},
+      {"GRPC_MAX_CONCURRENT_REQUESTS", "--max-concurrent-requests", "5000"},
+      {"GRPC_MAX_PENDING_REQUESTS", "--max-pending-requests", "10"},
+      {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", "--outlier-consecutive-failures", "0"},
+      {"GRPC_OUTLIER_EJECTION_SECS", "--outlier-ejection-secs", "30"},
+      {"GRPC_UPSTREAM_TLS", "--upstream-tls", "true"},
+      {"GRPC_UPSTREAM_CA_FILE", "--upstream-ca-file", "/dev/null"},
+      {"GRPC_UPSTREAM_CERT_FILE", "--upstream-cert-file", "/dev/null"},
+      {"GRPC_UPSTREAM_KEY_FILE", "--upstream-key-file", "/dev/null"},
+      {"GRPC_UPSTREAM_SERVER_NAME", "--upstream-server-name", "api.internal"},
       {"GRPC_WORKER_THREADS", "--worker-threads", "256"},
       {"GRPC_LOG_LEVEL", "--log-level", "warn"},
       {"GRPC_LOG_FORMAT", "--log-format", "json"},
@@ -79,6 +95,22 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.max_message_bytes, 2147483647);
   EXPECT_EQ(config.upstream_authority, "api.example.com:443");
   EXPECT_EQ(config.shutdown_grace, absl::ZeroDuration());
+  EXPECT_EQ(config.health_check_mode, "connectivity");
+  EXPECT_EQ(config.health_check_service, "my.Service");
+  EXPECT_EQ(config.health_check_timeout_ms, 250);
+  EXPECT_EQ(config.health_check_unhealthy_threshold, 3);
+  EXPECT_EQ(config.connection_max_age, absl::Seconds(600));
+  EXPECT_EQ(config.max_streams_per_connection, 250);
+  EXPECT_EQ(config.metrics_max_methods, 50);
+  EXPECT_EQ(config.max_concurrent_requests, 5000);
+  EXPECT_EQ(config.max_pending_requests, 10);
+  EXPECT_EQ(config.outlier_consecutive_failures, 0);
+  EXPECT_EQ(config.outlier_ejection, absl::Seconds(30));
+  EXPECT_TRUE(config.upstream_tls);
+  EXPECT_EQ(config.upstream_ca_file, "/dev/null");
+  EXPECT_EQ(config.upstream_cert_file, "/dev/null");
+  EXPECT_EQ(config.upstream_key_file, "/dev/null");
+  EXPECT_EQ(config.upstream_server_name, "api.internal");
   EXPECT_EQ(config.worker_threads, 256);
   EXPECT_EQ(config.log_level, "warn");
   EXPECT_EQ(config.log_format, "json");
@@ -93,9 +125,21 @@ struct IntegerVariable {
 
 const std::vector<IntegerVariable>& IntegerVariables() {
   static const auto* const variables = new std::vector<IntegerVariable>{
-      {"GRPC_CONNECTION_POOL_SIZE", 1, 1000},        {"GRPC_CONNECTION_TIMEOUT_SECS", 1, 3600},
-      {"GRPC_HEALTH_CHECK_INTERVAL_SECS", 1, 86400}, {"GRPC_MAX_MESSAGE_BYTES", 1, 2147483647},
-      {"GRPC_SHUTDOWN_GRACE_SECS", 0, 3600},         {"GRPC_WORKER_THREADS", 0, 256},
+      {"GRPC_CONNECTION_POOL_SIZE", 1, 1000},
+      {"GRPC_CONNECTION_TIMEOUT_SECS", 1, 3600},
+      {"GRPC_HEALTH_CHECK_INTERVAL_SECS", 1, 86400},
+      {"GRPC_MAX_MESSAGE_BYTES", 1, 2147483647},
+      {"GRPC_SHUTDOWN_GRACE_SECS", 0, 3600},
+      {"GRPC_WORKER_THREADS", 0, 256},
+      {"GRPC_HEALTH_CHECK_TIMEOUT_MS", 1, 60000},
+      {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", 1, 100},
+      {"GRPC_CONNECTION_MAX_AGE_SECS", 0, 2592000},
+      {"GRPC_MAX_STREAMS_PER_CONNECTION", 1, 1000000},
+      {"GRPC_METRICS_MAX_METHODS", 1, 100000},
+      {"GRPC_MAX_CONCURRENT_REQUESTS", 0, 10000000},
+      {"GRPC_MAX_PENDING_REQUESTS", 0, 10000000},
+      {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", 0, 1000},
+      {"GRPC_OUTLIER_EJECTION_SECS", 1, 3600},
   };
   return *variables;
 }
@@ -471,6 +515,22 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_MAX_MESSAGE_BYTES=67108864\n"
             "GRPC_UPSTREAM_AUTHORITY=\n"
             "GRPC_SHUTDOWN_GRACE_SECS=25\n"
+            "GRPC_HEALTH_CHECK_MODE=grpc\n"
+            "GRPC_HEALTH_CHECK_SERVICE=\n"
+            "GRPC_HEALTH_CHECK_TIMEOUT_MS=1000\n"
+            "GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD=2\n"
+            "GRPC_CONNECTION_MAX_AGE_SECS=0\n"
+            "GRPC_MAX_STREAMS_PER_CONNECTION=100\n"
+            "GRPC_METRICS_MAX_METHODS=200\n"
+            "GRPC_MAX_CONCURRENT_REQUESTS=0\n"
+            "GRPC_MAX_PENDING_REQUESTS=1024\n"
+            "GRPC_OUTLIER_CONSECUTIVE_FAILURES=5\n"
+            "GRPC_OUTLIER_EJECTION_SECS=10\n"
+            "GRPC_UPSTREAM_TLS=false\n"
+            "GRPC_UPSTREAM_CA_FILE=\n"
+            "GRPC_UPSTREAM_CERT_FILE=\n"
+            "GRPC_UPSTREAM_KEY_FILE=\n"
+            "GRPC_UPSTREAM_SERVER_NAME=\n"
             "GRPC_WORKER_THREADS=0\n"
             "GRPC_LOG_LEVEL=info\n"
             "GRPC_LOG_FORMAT=text\n");
@@ -581,6 +641,52 @@ TEST(LoggingTest, RejectsUnknownLevelOrFormat) {
   EXPECT_EQ(ConfigureLogging("loud", "text").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ConfigureLogging("info", "xml").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ConfigureLogging("off", "text").ok());
+}
+
+}  // namespace
+}  // namespace poolside
+
+namespace poolside {
+namespace {
+
+TEST(ConfigTest, TlsFilesRequireTlsSoPlaintextIsNeverASilentFallback) {
+  Env env = WithTarget();
+  env["GRPC_UPSTREAM_CA_FILE"] = "/dev/null";
+  const auto parsed = ParseCommandLine(env, {});
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(std::string(parsed.status().message()), HasSubstr("GRPC_UPSTREAM_TLS=true"));
+}
+
+TEST(ConfigTest, ClientCertificateAndKeyComeTogether) {
+  Env env = WithTarget();
+  env["GRPC_UPSTREAM_TLS"] = "true";
+  env["GRPC_UPSTREAM_CERT_FILE"] = "/dev/null";
+  const auto parsed = ParseCommandLine(env, {});
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(std::string(parsed.status().message()), HasSubstr("GRPC_UPSTREAM_KEY_FILE"));
+}
+
+TEST(ConfigTest, UnreadableTlsFileIsNamed) {
+  Env env = WithTarget();
+  env["GRPC_UPSTREAM_TLS"] = "true";
+  env["GRPC_UPSTREAM_CA_FILE"] = "/nonexistent/ca.pem";
+  const auto parsed = ParseCommandLine(env, {});
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(std::string(parsed.status().message()),
+              HasSubstr("GRPC_UPSTREAM_CA_FILE=\"/nonexistent/ca.pem\" is invalid"));
+}
+
+TEST(ConfigTest, BooleansAcceptOnlyTrueFalseOneZero) {
+  for (const char* value : {"true", "false", "1", "0"}) {
+    Env env = WithTarget();
+    env["GRPC_UPSTREAM_TLS"] = value;
+    EXPECT_TRUE(ParseCommandLine(env, {}).ok()) << value;
+  }
+  for (const char* value : {"yes", "TRUE", "", "2"}) {
+    Env env = WithTarget();
+    env["GRPC_UPSTREAM_TLS"] = value;
+    EXPECT_FALSE(ParseCommandLine(env, {}).ok()) << value;
+  }
 }
 
 }  // namespace

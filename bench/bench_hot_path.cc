@@ -1,0 +1,121 @@
+// Micro-benchmarks of what poolside does for every forwarded call, apart from
+// gRPC itself.
+//
+// Every benchmark shares one Environment, built once in main() before any
+// benchmark runs: an in-process echo upstream (bench/echo_server.h) and
+// poolside channel pools of 1, 4 and 10 real channels to it, each READY. A
+// benchmark is one section below (a function plus its BENCHMARK registration)
+// that takes what it needs from the Environment; ThreadRange(1, 2) measures
+// it alone and with a second thread contending, as on the 2-core machine the
+// proxy runs on.
+#include <benchmark/benchmark.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "bench/echo_server.h"
+#include "pool/channel_factory.h"
+#include "pool/channel_pool.h"
+
+namespace {
+
+constexpr int kPoolSizes[] = {1, 4, 10};
+
+// The upstream and the pools the benchmarks use. Built before, and torn down
+// after, every benchmark; read-only meanwhile (the pools are thread-safe).
+class Environment {
+ public:
+  // Starts the upstream and the pools and waits until every channel is
+  // READY; nullptr (after printing why) when that fails.
+  static std::unique_ptr<Environment> Create() {
+    auto environment = std::make_unique<Environment>();
+    environment->upstream_ = poolside::bench::EchoServer::Start({});
+    if (environment->upstream_ == nullptr) {
+      std::fprintf(stderr, "bench_hot_path: cannot start the echo upstream\n");
+      return nullptr;
+    }
+    const std::string target = "127.0.0.1:" + std::to_string(environment->upstream_->port());
+    for (int size : kPoolSizes) {
+      poolside::PoolOptions options;
+      options.target = target;
+      options.size = size;
+      poolside::UpstreamChannelOptions channel_options;
+      channel_options.target = target;
+      auto pool = std::make_unique<poolside::ChannelPool>(
+          options, poolside::NewUpstreamChannelFactory(channel_options));
+      pool->Start();
+      if (!WaitUntilAllReady(*pool)) {
+        std::fprintf(stderr, "bench_hot_path: pool of %d did not become ready\n", size);
+        return nullptr;
+      }
+      environment->pools_[size] = std::move(pool);
+    }
+    return environment;
+  }
+
+  ~Environment() {
+    for (auto& [size, pool] : pools_) pool->Shutdown();
+    pools_.clear();
+    if (upstream_ != nullptr) upstream_->Shutdown();
+  }
+
+  poolside::ChannelPool& pool(int size) { return *pools_.at(size); }
+
+ private:
+  static bool WaitUntilAllReady(poolside::ChannelPool& pool) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      bool all_ready = true;
+      for (const auto& channel : pool.Snapshot().channels) {
+        all_ready = all_ready && channel.state == GRPC_CHANNEL_READY;
+      }
+      if (all_ready) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+  std::unique_ptr<poolside::bench::EchoServer> upstream_;
+  std::map<int, std::unique_ptr<poolside::ChannelPool>> pools_;
+};
+
+Environment* environment = nullptr;
+
+// --- Channel pick (pool/): ChannelPool::PickReady and releasing the lease ---
+//
+// What every forwarded call does to choose its upstream channel: scan the
+// slots for the READY one with the fewest outstanding calls, count the call on
+// it, and uncount it when the call ends. Arg: the pool size.
+void BM_PickReady(benchmark::State& state) {
+  poolside::ChannelPool& pool = environment->pool(static_cast<int>(state.range(0)));
+  int64_t misses = 0;
+  for (auto _ : state) {
+    std::optional<poolside::ChannelPool::Lease> lease = pool.PickReady();
+    if (!lease) ++misses;
+    benchmark::DoNotOptimize(lease);
+  }
+  // Every channel is READY: a miss would mean the benchmark measures nothing.
+  if (misses > 0) state.SkipWithError("PickReady found no ready channel");
+}
+BENCHMARK(BM_PickReady)->ArgName("pool")->Arg(1)->Arg(4)->Arg(10)->ThreadRange(1, 2)->UseRealTime();
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // The pool logs every connectivity change at info.
+  spdlog::set_level(spdlog::level::warn);
+  std::unique_ptr<Environment> owned = Environment::Create();
+  if (owned == nullptr) return 1;
+  environment = owned.get();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  environment = nullptr;
+  return 0;
+}

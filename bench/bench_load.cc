@@ -1,0 +1,904 @@
+// bench_load: a closed-loop gRPC load generator for poolside's benchmarks.
+//
+// It keeps --inflight calls (or streams) running over --connections distinct
+// client channels (distinct TCP connections) for --warmup and then --duration
+// seconds, verifies every response (status OK, echoed size equal to the
+// payload), and prints one JSON line: calls and calls/s completed in the
+// measured window, latency percentiles in microseconds, and errors by status
+// code name.
+//
+// Modes:
+//   unary                 one message each way per call
+//   bidi                  --inflight long-lived streams, each a ping-pong of
+//                         one message at a time; a "call" is one round trip
+//   new-channel-per-call  unary, but each call on a fresh channel with its own
+//                         connection (the "without pooling" baseline)
+//   open-streams          opens --inflight streams, does one round trip on
+//                         each, then holds them all open and idle for
+//                         --duration seconds (for memory measurements)
+//
+// To measure what other processes spend on the same calls, --watch names
+// groups of pids whose CPU time (utime + stime from /proc/PID/stat) is read at
+// the start and the end of the measured window, and whose resident memory is
+// read at its end; the generator's own CPU is always reported as "self".
+//
+// The generator is built for low overhead on a machine it shares with the
+// system under test: completion queues, one thread by default, no locks.
+#include <grpcpp/alarm.h>
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A duration of `seconds` in the units of clock `C`.
+template <typename C = Clock>
+typename C::duration Seconds(double seconds) {
+  return std::chrono::duration_cast<typename C::duration>(std::chrono::duration<double>(seconds));
+}
+
+constexpr char kUsage[] =
+    "usage: bench_load --target=HOST:PORT [flags]\n"
+    "  --target=T          gRPC target to load (required)\n"
+    "  --connections=N     distinct client channels, each its own TCP connection (default 1)\n"
+    "  --inflight=N        calls (or streams) in flight in total (default 1)\n"
+    "  --duration=S        measured seconds (default 10)\n"
+    "  --warmup=S          seconds run before measuring (default 2)\n"
+    "  --payload=BYTES     request size; the echo must match it (default 64)\n"
+    "  --mode=M            unary | bidi | new-channel-per-call | open-streams (default unary)\n"
+    "  --method=NAME       default /bench.Echo/Unary (unary modes) or /bench.Echo/Bidi\n"
+    "  --threads=N         completion-queue threads (default 1)\n"
+    "  --call-timeout=S    deadline of each call; open-streams: of the open phase (default 30)\n"
+    "  --watch=G           name:pid[+pid...][,name:pid...]: report these processes' CPU\n"
+    "                      seconds over the measured window and RSS at its end\n"
+    "  --upstream-port=P   report the most ESTABLISHED TCP connections to local port P seen\n"
+    "                      during the window (the upstream's side of its connections)\n";
+
+enum class Mode { kUnary, kBidi, kNewChannelPerCall, kOpenStreams };
+
+const char* ModeName(Mode mode) {
+  switch (mode) {
+    case Mode::kUnary:
+      return "unary";
+    case Mode::kBidi:
+      return "bidi";
+    case Mode::kNewChannelPerCall:
+      return "new-channel-per-call";
+    case Mode::kOpenStreams:
+      return "open-streams";
+  }
+  return "?";
+}
+
+// Processes whose resources are reported together (e.g. nginx's master and
+// its workers).
+struct WatchGroup {
+  std::string name;
+  std::vector<int> pids;
+};
+
+struct Flags {
+  std::string target;
+  int connections = 1;
+  int inflight = 1;
+  double duration_s = 10;
+  double warmup_s = 2;
+  int payload = 64;
+  Mode mode = Mode::kUnary;
+  std::string method;
+  int threads = 1;
+  double call_timeout_s = 30;
+  std::vector<WatchGroup> watch;
+  int upstream_port = 0;
+};
+
+[[noreturn]] void Usage(const std::string& problem) {
+  std::fprintf(stderr, "bench_load: %s\n%s", problem.c_str(), kUsage);
+  std::exit(2);
+}
+
+long ParseInt(const std::string& flag, const std::string& value, long min, long max) {
+  char* end = nullptr;
+  const long parsed = std::strtol(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || parsed < min || parsed > max) {
+    Usage(flag + ": want an integer in [" + std::to_string(min) + ", " + std::to_string(max) +
+          "], got '" + value + "'");
+  }
+  return parsed;
+}
+
+double ParseSeconds(const std::string& flag, const std::string& value) {
+  char* end = nullptr;
+  const double parsed = std::strtod(value.c_str(), &end);
+  if (value.empty() || *end != '\0' || !(parsed >= 0) || parsed > 86400) {
+    Usage(flag + ": want seconds in [0, 86400], got '" + value + "'");
+  }
+  return parsed;
+}
+
+std::vector<std::string> Split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, separator)) {
+    if (!part.empty()) parts.push_back(part);
+  }
+  return parts;
+}
+
+std::vector<WatchGroup> ParseWatch(const std::string& value) {
+  std::vector<WatchGroup> groups;
+  for (const std::string& spec : Split(value, ',')) {
+    const size_t colon = spec.find(':');
+    if (colon == std::string::npos || colon == 0) Usage("--watch: want name:pid[+pid...]");
+    WatchGroup group;
+    group.name = spec.substr(0, colon);
+    for (const std::string& pid : Split(spec.substr(colon + 1), '+')) {
+      group.pids.push_back(static_cast<int>(ParseInt("--watch", pid, 1, 1 << 30)));
+    }
+    if (group.pids.empty()) Usage("--watch: group " + group.name + " has no pid");
+    groups.push_back(std::move(group));
+  }
+  return groups;
+}
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    const size_t equals = arg.find('=');
+    const std::string name = arg.substr(0, equals);
+    std::string value;
+    if (equals != std::string::npos) {
+      value = arg.substr(equals + 1);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      Usage(name + ": missing value");
+    }
+    if (name == "--target") {
+      flags.target = value;
+    } else if (name == "--connections") {
+      flags.connections = static_cast<int>(ParseInt(name, value, 1, 100000));
+    } else if (name == "--inflight") {
+      flags.inflight = static_cast<int>(ParseInt(name, value, 1, 1000000));
+    } else if (name == "--duration") {
+      flags.duration_s = ParseSeconds(name, value);
+    } else if (name == "--warmup") {
+      flags.warmup_s = ParseSeconds(name, value);
+    } else if (name == "--payload") {
+      flags.payload = static_cast<int>(ParseInt(name, value, 0, 64 << 20));
+    } else if (name == "--mode") {
+      if (value == "unary") {
+        flags.mode = Mode::kUnary;
+      } else if (value == "bidi") {
+        flags.mode = Mode::kBidi;
+      } else if (value == "new-channel-per-call") {
+        flags.mode = Mode::kNewChannelPerCall;
+      } else if (value == "open-streams") {
+        flags.mode = Mode::kOpenStreams;
+      } else {
+        Usage("--mode: want unary, bidi, new-channel-per-call or open-streams, got '" + value +
+              "'");
+      }
+    } else if (name == "--method") {
+      flags.method = value;
+    } else if (name == "--threads") {
+      flags.threads = static_cast<int>(ParseInt(name, value, 1, 64));
+    } else if (name == "--call-timeout") {
+      flags.call_timeout_s = ParseSeconds(name, value);
+    } else if (name == "--watch") {
+      flags.watch = ParseWatch(value);
+    } else if (name == "--upstream-port") {
+      flags.upstream_port = static_cast<int>(ParseInt(name, value, 1, 65535));
+    } else {
+      Usage("unknown flag " + arg);
+    }
+  }
+  if (flags.target.empty()) Usage("--target is required");
+  if (flags.method.empty()) {
+    const bool streaming = flags.mode == Mode::kBidi || flags.mode == Mode::kOpenStreams;
+    flags.method = streaming ? "/bench.Echo/Bidi" : "/bench.Echo/Unary";
+  }
+  return flags;
+}
+
+// --- Other processes' resources, from /proc ---
+
+// utime + stime of `pid` in seconds, or a negative value when it is gone.
+double ProcessCpuSeconds(int pid) {
+  std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(file, line)) return -1;
+  // The command name may hold spaces and parentheses; fields resume after
+  // the last ')'. utime and stime are fields 14 and 15.
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(line.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0;
+  unsigned long long stime = 0;
+  for (int index = 3; fields >> field; ++index) {
+    if (index == 14) utime = std::stoull(field);
+    if (index == 15) {
+      stime = std::stoull(field);
+      break;
+    }
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds the whole machine spent busy (every core, every process).
+double MachineBusyCpuSeconds() {
+  std::ifstream file("/proc/stat");
+  std::string label;
+  file >> label;
+  if (label != "cpu") return -1;
+  // user nice system idle iowait irq softirq steal: all but idle and iowait.
+  unsigned long long value = 0;
+  unsigned long long busy = 0;
+  for (int field = 0; field < 8 && file >> value; ++field) {
+    if (field != 3 && field != 4) busy += value;
+  }
+  return static_cast<double>(busy) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double SelfCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// The value in kB of `key` (e.g. "VmRSS") in /proc/PID/status, or -1.
+long ProcessStatusKib(int pid, const std::string& key) {
+  std::ifstream file("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(file, line)) {
+    if (line.compare(0, key.size() + 1, key + ":") == 0) {
+      return std::strtol(line.c_str() + key.size() + 1, nullptr, 10);
+    }
+  }
+  return -1;
+}
+
+// Sums a per-process figure over a group; negative when any process is gone.
+template <typename Reading>
+double SumOverGroup(const WatchGroup& group, Reading reading) {
+  double total = 0;
+  for (int pid : group.pids) {
+    const double value = reading(pid);
+    if (value < 0) return -1;
+    total += value;
+  }
+  return total;
+}
+
+// ESTABLISHED TCP connections whose local port is `port`.
+int EstablishedConnectionsOnPort(int port) {
+  int count = 0;
+  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream file(path);
+    std::string line;
+    std::getline(file, line);  // Header.
+    while (std::getline(file, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      const size_t colon = local.rfind(':');
+      if (colon == std::string::npos || state != "01") continue;
+      if (std::strtol(local.c_str() + colon + 1, nullptr, 16) == port) ++count;
+    }
+  }
+  return count;
+}
+
+// --- Recording ---
+
+constexpr int kStatusCodes = 17;
+// Pseudo status for a call that succeeded with a wrong-sized echo.
+constexpr int kBadResponseSize = kStatusCodes;
+
+const char* ErrorName(int code) {
+  static constexpr std::array<const char*, kStatusCodes + 1> kNames = {
+      "OK",
+      "CANCELLED",
+      "UNKNOWN",
+      "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED",
+      "NOT_FOUND",
+      "ALREADY_EXISTS",
+      "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED",
+      "FAILED_PRECONDITION",
+      "ABORTED",
+      "OUT_OF_RANGE",
+      "UNIMPLEMENTED",
+      "INTERNAL",
+      "UNAVAILABLE",
+      "DATA_LOSS",
+      "UNAUTHENTICATED",
+      "BAD_RESPONSE_SIZE",
+  };
+  return code >= 0 && code <= kStatusCodes ? kNames[code] : "UNKNOWN";
+}
+
+// Outcomes of the calls of one worker. Confined to the worker's thread until
+// the run has drained.
+class Recorder {
+ public:
+  Recorder(Clock::time_point window_start, Clock::time_point window_end)
+      : window_start_(window_start), window_end_(window_end) {}
+
+  void RecordOk(Clock::time_point start, Clock::time_point end) {
+    ++calls_total_;
+    if (!InWindow(end)) return;
+    const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(end - start).count();
+    latencies_us_.push_back(static_cast<uint32_t>(std::min<int64_t>(micros, UINT32_MAX)));
+  }
+
+  void RecordError(int code, Clock::time_point end) {
+    ++calls_total_;
+    const int index = code >= 0 && code <= kStatusCodes ? code : 2;
+    (InWindow(end) ? errors_window_ : errors_outside_)[index]++;
+  }
+
+  const std::vector<uint32_t>& latencies_us() const { return latencies_us_; }
+  uint64_t calls_total() const { return calls_total_; }
+  const std::array<uint64_t, kStatusCodes + 1>& errors_window() const { return errors_window_; }
+  const std::array<uint64_t, kStatusCodes + 1>& errors_outside() const { return errors_outside_; }
+
+ private:
+  bool InWindow(Clock::time_point at) const { return at >= window_start_ && at < window_end_; }
+
+  const Clock::time_point window_start_;
+  const Clock::time_point window_end_;
+  std::vector<uint32_t> latencies_us_;
+  uint64_t calls_total_ = 0;
+  std::array<uint64_t, kStatusCodes + 1> errors_window_{};
+  std::array<uint64_t, kStatusCodes + 1> errors_outside_{};
+};
+
+// --- Calls ---
+
+// Something that issues completion-queue tags: its address with the event in
+// the low bits.
+class alignas(8) Tagged {
+ public:
+  virtual ~Tagged() = default;
+  virtual void OnEvent(int event, bool ok) = 0;
+
+  void* Tag(int event) {
+    return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(this) |
+                                   static_cast<uintptr_t>(event));
+  }
+  static void Dispatch(void* tag, bool ok) {
+    const auto bits = reinterpret_cast<uintptr_t>(tag);
+    reinterpret_cast<Tagged*>(bits & ~uintptr_t{7})->OnEvent(static_cast<int>(bits & 7), ok);
+  }
+};
+
+// Constant after the slots start, except for the counters.
+struct Run {
+  Flags flags;
+  grpc::ByteBuffer request;
+  Clock::time_point window_start;
+  Clock::time_point window_end;
+  // Deadline of every call (unary) or stream (bidi, open-streams).
+  std::chrono::system_clock::duration call_timeout;
+  std::chrono::system_clock::time_point stream_deadline;
+  // Slots that still have a call or stream running.
+  std::atomic<int> active_slots{0};
+  // open-streams: streams that have opened, and that have opened or failed.
+  std::atomic<int> open_streams{0};
+  std::atomic<int> settled_streams{0};
+  std::atomic<uint64_t> channels_created{0};
+};
+
+class Slot;
+
+// One completion queue, its thread and the slots confined to it.
+class Worker : public Tagged {
+ public:
+  Worker(Clock::time_point window_start, Clock::time_point window_end)
+      : recorder_(window_start, window_end) {}
+
+  grpc::CompletionQueue& queue() { return queue_; }
+  Recorder& recorder() { return recorder_; }
+  void AddSlot(Slot* slot) { slots_.push_back(slot); }
+
+  void StartThread() {
+    thread_ = std::thread([this] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (queue_.Next(&tag, &ok)) Tagged::Dispatch(tag, ok);
+    });
+  }
+  // open-streams: asks every slot to end its stream, on the worker's thread.
+  void CloseStreams() { close_alarm_.Set(&queue_, std::chrono::system_clock::now(), Tag(0)); }
+  void Stop() {
+    queue_.Shutdown();
+    thread_.join();
+  }
+
+  void OnEvent(int event, bool ok) override;
+
+ private:
+  grpc::CompletionQueue queue_;
+  Recorder recorder_;
+  std::vector<Slot*> slots_;
+  grpc::Alarm close_alarm_;
+  std::thread thread_;
+};
+
+// One unit of concurrency: a sequence of calls (or a stream) issued one after
+// the other. Confined to its worker's thread once the threads run.
+class Slot : public Tagged {
+ public:
+  Slot(Run& run, Worker& worker) : run_(run), worker_(worker) {}
+  virtual void Start() = 0;
+  virtual void Close() {}
+
+ protected:
+  bool CorrectSize(const grpc::ByteBuffer& response) const {
+    return response.Length() == static_cast<size_t>(run_.flags.payload);
+  }
+  void Done() { run_.active_slots.fetch_sub(1, std::memory_order_relaxed); }
+
+  Run& run_;
+  Worker& worker_;
+};
+
+void Worker::OnEvent(int /*event*/, bool /*ok*/) {
+  for (Slot* slot : slots_) slot->Close();
+}
+
+std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, int64_t distinct) {
+  grpc::ChannelArguments args;
+  // A local subchannel pool and a distinct argument: otherwise grpc would
+  // share one TCP connection between channels with identical arguments.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt("bench.channel", static_cast<int>(distinct));
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+// Unary calls, one after the other, on a shared channel or (with a null
+// channel) on a fresh channel each.
+class UnarySlot : public Slot {
+ public:
+  UnarySlot(Run& run, Worker& worker, std::shared_ptr<grpc::Channel> channel)
+      : Slot(run, worker), per_call_channel_(channel == nullptr) {
+    if (channel != nullptr) stub_.emplace(std::move(channel));
+  }
+
+  void Start() override { Issue(); }
+
+  void OnEvent(int /*event*/, bool /*ok*/) override {
+    const Clock::time_point now = Clock::now();
+    Recorder& recorder = worker_.recorder();
+    if (!status_.ok()) {
+      recorder.RecordError(status_.error_code(), now);
+    } else if (!CorrectSize(response_)) {
+      recorder.RecordError(kBadResponseSize, now);
+    } else {
+      recorder.RecordOk(start_, now);
+    }
+    if (now < run_.window_end) return Issue();
+    reader_.reset();
+    context_.reset();
+    Done();
+  }
+
+ private:
+  void Issue() {
+    reader_.reset();
+    context_.reset();
+    context_.emplace();
+    start_ = Clock::now();
+    context_->set_deadline(std::chrono::system_clock::now() + run_.call_timeout);
+    if (per_call_channel_) {
+      stub_.reset();
+      stub_.emplace(NewChannel(run_.flags.target, run_.channels_created.fetch_add(1)));
+    }
+    reader_ =
+        stub_->PrepareUnaryCall(&*context_, run_.flags.method, run_.request, &worker_.queue());
+    reader_->StartCall();
+    reader_->Finish(&response_, &status_, Tag(0));
+  }
+
+  const bool per_call_channel_;
+  std::optional<grpc::GenericStub> stub_;
+  std::optional<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader_;
+  grpc::ByteBuffer response_;
+  grpc::Status status_;
+  Clock::time_point start_;
+};
+
+// A bidi stream doing ping-pong: one message written and its echo read per
+// round. In open-streams mode (`hold`), it stops after the first round and
+// stays open until Close().
+class StreamSlot : public Slot {
+ public:
+  StreamSlot(Run& run, Worker& worker, std::shared_ptr<grpc::Channel> channel, bool hold)
+      : Slot(run, worker), stub_(std::move(channel)), hold_(hold) {}
+
+  void Start() override {
+    stream_.reset();
+    context_.reset();
+    context_.emplace();
+    context_->set_deadline(run_.stream_deadline);
+    failed_ = false;
+    writes_done_ = false;
+    stream_ = stub_.PrepareCall(&*context_, run_.flags.method, &worker_.queue());
+    stream_->StartCall(Tag(kStarted));
+  }
+
+  void Close() override {
+    closing_ = true;
+    if (opened_ && !ended_ && pending_ == 0 && !writes_done_) CloseWrites();
+  }
+
+  void OnEvent(int event, bool ok) override {
+    switch (event) {
+      case kStarted:
+        if (!ok) return FinishStream();
+        return Round();
+      case kWrite:
+      case kRead:
+        if (!ok) failed_ = true;
+        if (--pending_ > 0) return;
+        return OnRoundDone();
+      case kWritesDone:
+        return FinishStream();
+      case kFinish:
+        return OnFinished();
+    }
+  }
+
+ private:
+  enum Event { kStarted, kWrite, kRead, kWritesDone, kFinish };
+
+  void Round() {
+    start_ = Clock::now();
+    pending_ = 2;
+    stream_->Write(run_.request, Tag(kWrite));
+    stream_->Read(&response_, Tag(kRead));
+  }
+
+  void OnRoundDone() {
+    // A failed write or read ends the stream; its status tells why.
+    if (failed_) return FinishStream();
+    const Clock::time_point now = Clock::now();
+    if (!CorrectSize(response_)) {
+      worker_.recorder().RecordError(kBadResponseSize, now);
+      return CloseWrites();
+    }
+    worker_.recorder().RecordOk(start_, now);
+    if (hold_) {
+      if (!opened_) {
+        opened_ = true;
+        run_.open_streams.fetch_add(1, std::memory_order_relaxed);
+        run_.settled_streams.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (closing_) CloseWrites();
+      return;  // Idle until Close().
+    }
+    if (now < run_.window_end) return Round();
+    CloseWrites();
+  }
+
+  void CloseWrites() {
+    writes_done_ = true;
+    stream_->WritesDone(Tag(kWritesDone));
+  }
+
+  void FinishStream() { stream_->Finish(&status_, Tag(kFinish)); }
+
+  void OnFinished() {
+    const Clock::time_point now = Clock::now();
+    // A wrong-sized echo was counted already; the stream then ends cleanly.
+    if (!status_.ok()) worker_.recorder().RecordError(status_.error_code(), now);
+    if (hold_) {
+      ended_ = true;
+      if (!opened_) run_.settled_streams.fetch_add(1, std::memory_order_relaxed);
+      Done();
+      return;
+    }
+    // A stream that broke during the run is replaced so the load stays.
+    if (now < run_.window_end) return Start();
+    Done();
+  }
+
+  grpc::GenericStub stub_;
+  const bool hold_;
+  std::optional<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
+  grpc::ByteBuffer response_;
+  grpc::Status status_;
+  Clock::time_point start_;
+  int pending_ = 0;
+  bool failed_ = false;
+  bool writes_done_ = false;
+  bool opened_ = false;
+  bool ended_ = false;
+  bool closing_ = false;
+};
+
+// --- Results ---
+
+uint32_t Percentile(const std::vector<uint32_t>& sorted, double quantile) {
+  if (sorted.empty()) return 0;
+  const auto rank = static_cast<size_t>(quantile * static_cast<double>(sorted.size()) + 0.999999);
+  return sorted[std::min(sorted.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+std::string JsonString(const std::string& text) {
+  std::string quoted = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
+std::string JsonNumber(double value) {
+  if (value < 0) return "null";
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.4f", value);
+  return buffer;
+}
+
+std::string ErrorsJson(const std::array<uint64_t, kStatusCodes + 1>& errors) {
+  std::string json = "{";
+  for (int code = 0; code <= kStatusCodes; ++code) {
+    if (errors[code] == 0) continue;
+    if (json.size() > 1) json += ",";
+    json += JsonString(ErrorName(code)) + ":" + std::to_string(errors[code]);
+  }
+  return json + "}";
+}
+
+struct Snapshot {
+  double machine_busy = 0;
+  double self_cpu = 0;
+  std::vector<double> group_cpu;
+};
+
+Snapshot TakeSnapshot(const Flags& flags) {
+  Snapshot snapshot;
+  snapshot.machine_busy = MachineBusyCpuSeconds();
+  snapshot.self_cpu = SelfCpuSeconds();
+  for (const WatchGroup& group : flags.watch) {
+    snapshot.group_cpu.push_back(SumOverGroup(group, ProcessCpuSeconds));
+  }
+  return snapshot;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Run run;
+  run.flags = ParseFlags(argc, argv);
+  const Flags& flags = run.flags;
+  const std::string payload(static_cast<size_t>(flags.payload), 'x');
+  grpc::Slice slice(payload);
+  run.request = grpc::ByteBuffer(&slice, 1);
+  run.call_timeout = Seconds<std::chrono::system_clock>(flags.call_timeout_s);
+
+  // Connect first, so that connection set-up is not part of the warm-up.
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  const int connections = flags.mode == Mode::kNewChannelPerCall ? 1 : flags.connections;
+  for (int i = 0; i < connections; ++i) {
+    channels.push_back(NewChannel(flags.target, -1 - i));
+  }
+  const auto connect_deadline = std::chrono::system_clock::now() + std::chrono::seconds(10);
+  for (auto& channel : channels) {
+    if (!channel->WaitForConnected(connect_deadline)) {
+      std::fprintf(stderr, "bench_load: cannot connect to %s\n", flags.target.c_str());
+      return 1;
+    }
+  }
+  // The per-call mode's probe channel only proves the target is up.
+  if (flags.mode == Mode::kNewChannelPerCall) channels.clear();
+
+  const bool hold = flags.mode == Mode::kOpenStreams;
+  const Clock::time_point started = Clock::now();
+  // Streams live through the whole run, and may take call_timeout more to end.
+  const double stream_life_s = hold ? flags.duration_s + 10 : flags.warmup_s + flags.duration_s;
+  run.stream_deadline = std::chrono::system_clock::now() + run.call_timeout +
+                        Seconds<std::chrono::system_clock>(stream_life_s);
+  if (hold) {
+    // Every round trip counts; the window is the time the streams are held.
+    run.window_start = Clock::time_point::min();
+    run.window_end = Clock::time_point::max();
+  } else {
+    run.window_start = started + Seconds(flags.warmup_s);
+    run.window_end = run.window_start + Seconds(flags.duration_s);
+  }
+
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i = 0; i < flags.threads; ++i) {
+    workers.push_back(std::make_unique<Worker>(run.window_start, run.window_end));
+  }
+  std::vector<std::unique_ptr<Slot>> slots;
+  for (int i = 0; i < flags.inflight; ++i) {
+    Worker& worker = *workers[i % workers.size()];
+    std::shared_ptr<grpc::Channel> channel =
+        channels.empty() ? nullptr : channels[i % channels.size()];
+    if (flags.mode == Mode::kUnary || flags.mode == Mode::kNewChannelPerCall) {
+      slots.push_back(std::make_unique<UnarySlot>(run, worker, std::move(channel)));
+    } else {
+      slots.push_back(std::make_unique<StreamSlot>(run, worker, std::move(channel), hold));
+    }
+    worker.AddSlot(slots.back().get());
+  }
+  // Started before the threads run: nothing completes until they do.
+  run.active_slots.store(static_cast<int>(slots.size()));
+  for (auto& slot : slots) slot->Start();
+  for (auto& worker : workers) worker->StartThread();
+
+  int max_upstream_connections = 0;
+  auto sample_connections = [&] {
+    if (flags.upstream_port == 0) return;
+    max_upstream_connections =
+        std::max(max_upstream_connections, EstablishedConnectionsOnPort(flags.upstream_port));
+  };
+  // Sleeps until `until`, sampling the upstream's connections every second.
+  auto wait_sampling = [&](Clock::time_point until) {
+    while (Clock::now() < until) {
+      std::this_thread::sleep_until(std::min(until, Clock::now() + std::chrono::seconds(1)));
+      sample_connections();
+    }
+  };
+
+  Clock::time_point window_start;
+  Clock::time_point window_end;
+  if (hold) {
+    const Clock::time_point open_deadline = started + Seconds(flags.call_timeout_s);
+    while (run.settled_streams.load() < flags.inflight && Clock::now() < open_deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    window_start = Clock::now();
+    window_end = window_start + Seconds(flags.duration_s);
+  } else {
+    window_start = run.window_start;
+    window_end = run.window_end;
+    std::this_thread::sleep_until(window_start);
+  }
+  const Snapshot before = TakeSnapshot(flags);
+  wait_sampling(window_end);
+  sample_connections();
+  const Snapshot after_window = TakeSnapshot(flags);
+  std::vector<double> rss_kib;
+  for (const WatchGroup& group : flags.watch) {
+    rss_kib.push_back(
+        SumOverGroup(group, [](int pid) { return double(ProcessStatusKib(pid, "VmRSS")); }));
+  }
+  const int open_streams = run.open_streams.load();
+  if (hold) {
+    for (auto& worker : workers) worker->CloseStreams();
+  }
+
+  // Drain: every call ends by its deadline at the latest.
+  const Clock::time_point drain_deadline = Clock::now() + Seconds(flags.call_timeout_s + 5);
+  while (run.active_slots.load() > 0 && Clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const int undrained = run.active_slots.load();
+
+  std::vector<uint32_t> latencies;
+  uint64_t calls_total = 0;
+  std::array<uint64_t, kStatusCodes + 1> errors_window{};
+  std::array<uint64_t, kStatusCodes + 1> errors_outside{};
+  if (undrained == 0) {
+    for (auto& worker : workers) {
+      const Recorder& recorder = worker->recorder();
+      latencies.insert(latencies.end(), recorder.latencies_us().begin(),
+                       recorder.latencies_us().end());
+      calls_total += recorder.calls_total();
+      for (int code = 0; code <= kStatusCodes; ++code) {
+        errors_window[code] += recorder.errors_window()[code];
+        errors_outside[code] += recorder.errors_outside()[code];
+      }
+    }
+  }
+  std::sort(latencies.begin(), latencies.end());
+  uint64_t errors_total = 0;
+  for (uint64_t count : errors_window) errors_total += count;
+  const double window_s = std::chrono::duration<double>(window_end - window_start).count();
+  double mean_us = 0;
+  for (uint32_t latency : latencies) mean_us += latency;
+  if (!latencies.empty()) mean_us /= static_cast<double>(latencies.size());
+
+  std::string json = "{";
+  json += "\"mode\":" + JsonString(ModeName(flags.mode));
+  json += ",\"target\":" + JsonString(flags.target);
+  json += ",\"method\":" + JsonString(flags.method);
+  json += ",\"connections\":" + std::to_string(connections);
+  json += ",\"inflight\":" + std::to_string(flags.inflight);
+  json += ",\"payload\":" + std::to_string(flags.payload);
+  json += ",\"threads\":" + std::to_string(flags.threads);
+  json += ",\"window_s\":" + JsonNumber(window_s);
+  json += ",\"calls\":" + std::to_string(latencies.size() + errors_total);
+  json += ",\"calls_ok\":" + std::to_string(latencies.size());
+  json += ",\"calls_per_sec\":" +
+          JsonNumber(hold ? 0 : static_cast<double>(latencies.size() + errors_total) / window_s);
+  json += ",\"calls_total\":" + std::to_string(calls_total);
+  json += ",\"latency_us\":{\"p50\":" + std::to_string(Percentile(latencies, 0.50)) +
+          ",\"p90\":" + std::to_string(Percentile(latencies, 0.90)) +
+          ",\"p99\":" + std::to_string(Percentile(latencies, 0.99)) +
+          ",\"p999\":" + std::to_string(Percentile(latencies, 0.999)) +
+          ",\"max\":" + std::to_string(latencies.empty() ? 0 : latencies.back()) +
+          ",\"mean\":" + JsonNumber(mean_us) + "}";
+  json += ",\"errors\":" + ErrorsJson(errors_window);
+  json += ",\"errors_total\":" + std::to_string(errors_total);
+  json += ",\"errors_outside_window\":" + ErrorsJson(errors_outside);
+  json += ",\"cpu_s\":{\"self\":" + JsonNumber(after_window.self_cpu - before.self_cpu);
+  for (size_t i = 0; i < flags.watch.size(); ++i) {
+    const double spent = before.group_cpu[i] < 0 || after_window.group_cpu[i] < 0
+                             ? -1
+                             : after_window.group_cpu[i] - before.group_cpu[i];
+    json += "," + JsonString(flags.watch[i].name) + ":" + JsonNumber(spent);
+  }
+  // Everything the machine did meanwhile, others included: shows how much of
+  // the machine the measured processes had.
+  const bool busy_known = before.machine_busy >= 0 && after_window.machine_busy >= 0;
+  json += ",\"machine_busy\":" +
+          JsonNumber(busy_known ? after_window.machine_busy - before.machine_busy : -1);
+  json += "},\"rss_kib\":{";
+  for (size_t i = 0; i < flags.watch.size(); ++i) {
+    if (i > 0) json += ",";
+    json += JsonString(flags.watch[i].name) + ":" + JsonNumber(rss_kib[i]);
+  }
+  json += "}";
+  if (flags.upstream_port != 0) {
+    json += ",\"upstream_connections_max\":" + std::to_string(max_upstream_connections);
+  }
+  if (flags.mode == Mode::kNewChannelPerCall) {
+    json += ",\"channels_created\":" + std::to_string(run.channels_created.load());
+  }
+  if (hold) json += ",\"open_streams\":" + std::to_string(open_streams);
+  if (undrained > 0) json += ",\"undrained_slots\":" + std::to_string(undrained);
+  json += "}\n";
+  std::fputs(json.c_str(), stdout);
+  std::fflush(stdout);
+
+  if (undrained > 0) {
+    // Calls still hold the queues; shutting them down would wait forever.
+    std::fprintf(stderr, "bench_load: %d slots did not finish in time\n", undrained);
+    std::_Exit(1);
+  }
+  for (auto& worker : workers) worker->Stop();
+  return 0;
+}
