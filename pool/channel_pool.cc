@@ -253,8 +253,9 @@ PoolSnapshot ChannelPool::Snapshot() const {
     ChannelSnapshot channel;
     channel.index = i;
     channel.state = slot.state.load(std::memory_order_relaxed);
-    channel.healthy =
-        channel.state == GRPC_CHANNEL_READY && slot.probe_healthy.load(std::memory_order_relaxed);
+    channel.ejected = slot.ejected.load(std::memory_order_relaxed);
+    channel.healthy = channel.state == GRPC_CHANNEL_READY &&
+                      slot.probe_healthy.load(std::memory_order_relaxed) && !channel.ejected;
     channel.outstanding_calls = slot.outstanding.load(std::memory_order_relaxed);
     channel.calls_started = slot.calls_started.load(std::memory_order_relaxed);
     channel.errors = slot.errors.load(std::memory_order_relaxed);

@@ -157,6 +157,7 @@ void ProxyCall::OnAccepted(bool ok) {
     queue_.recorder->CallStarted();
   }
 
+  if (!AdmitConcurrent()) return;
   const absl::Status copied =
       CopyRequestMetadata(app_context_.client_metadata(), upstream_context_);
   if (!copied.ok()) return FinishApp(ToGrpcStatus(copied));
