@@ -45,10 +45,13 @@ class HealthServer {
   std::unique_ptr<grpc::Server> server_;
 };
 
-std::unique_ptr<ChannelPool> StartPool(const std::string& target, int size) {
+std::unique_ptr<ChannelPool> StartPool(const std::string& target, int size,
+                                       absl::Duration ejection = absl::Seconds(10)) {
   PoolOptions options;
   options.target = target;
   options.size = size;
+  options.outlier_consecutive_failures = 3;
+  options.outlier_ejection = ejection;
   UpstreamChannelOptions channel_options;
   channel_options.target = target;
   auto pool = std::make_unique<ChannelPool>(options, NewUpstreamChannelFactory(channel_options));
@@ -175,6 +178,46 @@ TEST(ChannelPoolTest, ReplacedChannelServesItsRunningCallsAndANewConnectionTakes
   EXPECT_EQ(upstream.DistinctPeers(test::kUnaryMethod).size(), 2u);
   EXPECT_EQ(pool->Snapshot().connections_created, 2u);
   EXPECT_EQ(pool->Snapshot().channels[0].outstanding_calls, 2);
+}
+
+TEST(ChannelPoolTest, EjectsAChannelAfterConsecutiveUnavailableCallsButNotTheLastOne) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  auto pool = StartPool(upstream.target(), 2);
+  ASSERT_TRUE(WaitUntilAllReady(*pool));
+
+  ChannelPool::Lease first = *pool->PickReady();
+  const int ejected = first.slot_index();
+  first.RecordOutcome(true);
+  first.RecordOutcome(false);  // A success resets the count.
+  for (int i = 0; i < 3; ++i) first.RecordOutcome(true);
+  EXPECT_TRUE(pool->Snapshot().channels[ejected].ejected);
+  for (int i = 0; i < 5; ++i) EXPECT_NE(pool->PickReady()->slot_index(), ejected);
+
+  // The other channel is now the last one serving: it stays.
+  ChannelPool::Lease second = *pool->PickReady();
+  for (int i = 0; i < 10; ++i) second.RecordOutcome(true);
+  EXPECT_FALSE(pool->Snapshot().channels[second.slot_index()].ejected);
+  EXPECT_EQ(pool->Snapshot().outlier_ejections, 1u);
+
+  // A passing check during the ejection time does not end it early.
+  pool->EndEjection(ejected);
+  EXPECT_TRUE(pool->Snapshot().channels[ejected].ejected);
+}
+
+TEST(ChannelPoolTest, EjectedChannelReturnsAfterItsTimeOnceACheckPasses) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  auto pool = StartPool(upstream.target(), 2, absl::Milliseconds(100));
+  ASSERT_TRUE(WaitUntilAllReady(*pool));
+  ChannelPool::Lease lease = *pool->PickReady();
+  for (int i = 0; i < 3; ++i) lease.RecordOutcome(true);
+  ASSERT_TRUE(pool->Snapshot().channels[lease.slot_index()].ejected);
+
+  absl::SleepFor(absl::Milliseconds(150));
+  pool->EndEjection(lease.slot_index());
+  EXPECT_FALSE(pool->Snapshot().channels[lease.slot_index()].ejected);
+  EXPECT_TRUE(pool->Snapshot().channels[lease.slot_index()].healthy);
 }
 
 TEST(HealthMonitorTest, MarksChannelsUnhealthyAfterThresholdAndHealthyAfterOneSuccess) {
