@@ -81,12 +81,10 @@ absl::Status CheckTcpAddressFree(absl::string_view address) {
 
 ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics)
     : options_(std::move(options)), pool_(pool), metrics_(metrics) {
-  limits_.max_concurrent = options_.max_concurrent_requests;
-  limits_.max_pending = options_.max_pending_requests;
-  if (metrics_ != nullptr) {
-    limits_.concurrency_overflows = &metrics_->concurrency_overflows();
-    limits_.pending_overflows = &metrics_->pending_overflows();
-  }
+  limits_.concurrent.Configure(options_.max_concurrent_requests,
+                               metrics_ != nullptr ? &metrics_->concurrency_overflows() : nullptr);
+  limits_.pending.Configure(options_.max_pending_requests,
+                            metrics_ != nullptr ? &metrics_->pending_overflows() : nullptr);
 }
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }

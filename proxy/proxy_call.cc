@@ -49,7 +49,7 @@ ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context
 
 ProxyCall::~ProxyCall() {
   LeavePending();
-  if (counted_concurrent_) queue_.limits->concurrent.fetch_sub(1, std::memory_order_relaxed);
+  if (counted_concurrent_) queue_.limits->concurrent.Release();
   if (accepted_ && queue_.recorder != nullptr) {
     // Ended without a status of ours: the app cancelled or went away.
     RecordOutcome(grpc::StatusCode::CANCELLED);
@@ -59,40 +59,33 @@ ProxyCall::~ProxyCall() {
 }
 
 bool ProxyCall::AdmitConcurrent() {
-  CallLimits& limits = *queue_.limits;
-  if (limits.max_concurrent <= 0) return true;
-  if (limits.concurrent.fetch_add(1, std::memory_order_relaxed) >= limits.max_concurrent) {
-    limits.concurrent.fetch_sub(1, std::memory_order_relaxed);
-    if (limits.concurrency_overflows != nullptr) limits.concurrency_overflows->Increment();
+  CallLimit& limit = queue_.limits->concurrent;
+  counted_concurrent_ = limit.TryAcquire();
+  if (!counted_concurrent_) {
     FinishApp(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                           absl::StrCat("poolside: GRPC_MAX_CONCURRENT_REQUESTS (",
-                                        limits.max_concurrent, ") calls already in flight")));
-    return false;
+                           absl::StrCat("poolside: GRPC_MAX_CONCURRENT_REQUESTS (", limit.max(),
+                                        ") calls already in flight")));
   }
-  counted_concurrent_ = true;
-  return true;
+  return counted_concurrent_;
 }
 
 bool ProxyCall::AdmitPending() {
   if (counted_pending_) return true;
-  CallLimits& limits = *queue_.limits;
-  if (limits.pending.fetch_add(1, std::memory_order_relaxed) >= limits.max_pending) {
-    limits.pending.fetch_sub(1, std::memory_order_relaxed);
-    if (limits.pending_overflows != nullptr) limits.pending_overflows->Increment();
+  CallLimit& limit = queue_.limits->pending;
+  counted_pending_ = limit.TryAcquire();
+  if (!counted_pending_) {
     FinishApp(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           absl::StrCat("poolside: GRPC_MAX_PENDING_REQUESTS (", limits.max_pending,
+                           absl::StrCat("poolside: GRPC_MAX_PENDING_REQUESTS (", limit.max(),
                                         ") calls already waiting for a connection to ",
                                         queue_.pool->options().target)));
-    return false;
   }
-  counted_pending_ = true;
-  return true;
+  return counted_pending_;
 }
 
 void ProxyCall::LeavePending() {
   if (!counted_pending_) return;
   counted_pending_ = false;
-  queue_.limits->pending.fetch_sub(1, std::memory_order_relaxed);
+  queue_.limits->pending.Release();
 }
 
 void ProxyCall::RecordOutcome(grpc::StatusCode code) {

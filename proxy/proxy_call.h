@@ -32,16 +32,39 @@
 
 namespace poolside {
 
-// Circuit-breaking limits, shared by every queue. Thread-safe (atomics).
+// One circuit-breaking limit, shared by every queue. Thread-safe (atomics).
+class CallLimit {
+ public:
+  // `max` <= 0 means no limit. `overflows` (may be null) counts refusals.
+  void Configure(int max, prometheus::Counter* overflows) {
+    max_ = max;
+    overflows_ = overflows;
+  }
+  // Takes a place, or returns false (and counts the overflow) when full.
+  bool TryAcquire() {
+    if (max_ <= 0) return true;
+    if (count_.fetch_add(1, std::memory_order_relaxed) < max_) return true;
+    count_.fetch_sub(1, std::memory_order_relaxed);
+    if (overflows_ != nullptr) overflows_->Increment();
+    return false;
+  }
+  // REQUIRES: a place taken with TryAcquire().
+  void Release() {
+    if (max_ > 0) count_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  int max() const { return max_; }
+
+ private:
+  int max_ = 0;
+  prometheus::Counter* overflows_ = nullptr;
+  std::atomic<int64_t> count_{0};
+};
+
 struct CallLimits {
-  // 0 means no limit.
-  int max_concurrent = 0;
-  int max_pending = 1024;
-  std::atomic<int64_t> concurrent{0};
-  std::atomic<int64_t> pending{0};
-  // Null when metrics are off.
-  prometheus::Counter* concurrency_overflows = nullptr;
-  prometheus::Counter* pending_overflows = nullptr;
+  // Calls being forwarded (GRPC_MAX_CONCURRENT_REQUESTS).
+  CallLimit concurrent;
+  // Calls waiting for a ready connection (GRPC_MAX_PENDING_REQUESTS).
+  CallLimit pending;
 };
 
 // What every call on one completion queue shares. Constant after

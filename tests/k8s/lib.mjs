@@ -7,6 +7,8 @@
 //   POOLSIDE_SOURCE_DIR  the repository (default: two levels above this file)
 //   POOLSIDE_BIN, DEMO_UPSTREAM_BIN, DEMO_CLIENT_BIN  the built binaries
 //   POOLSIDE_SANITIZED   "1" in sanitizer builds (their RSS and libraries differ)
+//   POOLSIDE_NO_KUBECTL  "1": render with tests/k8s/kustomize.mjs even where
+//                        kubectl is installed (what a machine without it does)
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -14,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
+import * as subsetKustomize from "./kustomize.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(process.env.POOLSIDE_SOURCE_DIR || path.join(here, "..", ".."));
@@ -79,29 +82,74 @@ export function deployables() {
   return kustomizations().filter((dir) => dir === "base" || dir.startsWith("overlays/"));
 }
 
+// The first executable `program` on PATH, or undefined.
+export function findOnPath(program) {
+  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, program);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      if (fs.statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+// Which kustomize renders k8s/: kubectl's built-in one when kubectl is on
+// PATH (and POOLSIDE_NO_KUBECTL is not "1"), else tests/k8s/kustomize.mjs,
+// the subset that a machine with only Debian's archive and npm has.
+// render_validate_test.mjs checks that both give the same objects wherever
+// kubectl is installed.
+export const KUBECTL = process.env.POOLSIDE_NO_KUBECTL === "1" ? undefined : findOnPath("kubectl");
+export const RENDERER = KUBECTL ? `kubectl kustomize (${KUBECTL})` : "tests/k8s/kustomize.mjs (kubectl not used)";
+
+// The YAML text of the kustomization in the directory `absDir`, rendered by
+// "kubectl" or by "subset". Throws with the renderer's message on failure.
+export function renderTextWith(renderer, absDir) {
+  if (renderer === "kubectl") {
+    if (!KUBECTL) throw new Error("kubectl is not on PATH (or POOLSIDE_NO_KUBECTL=1)");
+    const result = run(KUBECTL, ["kustomize", absDir], { timeoutMs: 60_000 });
+    if (result.status !== 0) throw new Error(describeFailure(`kubectl kustomize ${absDir}`, result));
+    return result.stdout;
+  }
+  if (renderer === "subset") return subsetKustomize.buildText(absDir);
+  throw new Error(`unknown renderer ${renderer}`);
+}
+
+// Parses rendered YAML text into plain JS objects.
+export function parseRendered(text, where) {
+  const docs = YAML.parseAllDocuments(text);
+  for (const doc of docs) {
+    if (doc.errors.length) throw new Error(`${where}: rendered YAML does not parse: ${doc.errors[0].message}`);
+  }
+  return docs.map((doc) => doc.toJS()).filter((object) => object !== null && object !== undefined);
+}
+
 const renderCache = new Map();
 
-// `kubectl kustomize k8s/<dir>`: the rendered YAML text.
+// k8s/<dir> rendered by the renderer in use (RENDERER): the YAML text.
 export function renderText(dir) {
   if (!renderCache.has(dir)) {
-    const result = run("kubectl", ["kustomize", path.join(K8S, dir)], { timeoutMs: 60_000 });
-    if (result.status !== 0) throw new Error(describeFailure(`kubectl kustomize k8s/${dir}`, result));
-    renderCache.set(dir, result.stdout);
+    const absDir = path.join(K8S, dir);
+    try {
+      renderCache.set(dir, renderTextWith(KUBECTL ? "kubectl" : "subset", absDir));
+    } catch (error) {
+      throw new Error(`rendering k8s/${dir} with ${RENDERER}: ${error.message}`);
+    }
   }
   return renderCache.get(dir);
 }
 
 // The rendered objects of k8s/<dir>, as plain JS objects.
 export function render(dir) {
-  const docs = YAML.parseAllDocuments(renderText(dir));
-  for (const doc of docs) {
-    if (doc.errors.length) throw new Error(`k8s/${dir}: rendered YAML does not parse: ${doc.errors[0].message}`);
-  }
-  return docs.map((doc) => doc.toJS()).filter((object) => object !== null);
+  return parseRendered(renderText(dir), `k8s/${dir}`);
 }
 
+// kubectl's kustomize version, e.g. "v5.5.0".
 export function kustomizeVersion() {
-  const result = run("kubectl", ["version", "--client", "-o", "json"]);
+  const result = run(KUBECTL, ["version", "--client", "-o", "json"]);
   if (result.status !== 0) throw new Error(describeFailure("kubectl version --client", result));
   return JSON.parse(result.stdout).kustomizeVersion ?? "";
 }

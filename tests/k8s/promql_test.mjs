@@ -50,6 +50,8 @@ test("the dashboard shows what the issue lists", () => {
   has(/grpc_code!="OK".*\/.*poolside_requests_total/s, "an error ratio");
   has(/histogram_quantile\(0\.5, .*poolside_request_duration_seconds_bucket/, "p50 latency");
   has(/histogram_quantile\(0\.99, .*poolside_request_duration_seconds_bucket/, "p99 latency");
+  has(/sum by \(limit\) \(rate\(poolside_overflow_total/, "calls refused by circuit breaking, by limit");
+  has(/poolside_pool_outlier_ejections_total/, "outlier ejections");
   const timeline = panels.find((p) => p.type === "state-timeline");
   assert.ok(timeline && /poolside_pool_health_status/.test(timeline.targets[0].expr), "no health status timeline");
 });

@@ -18,6 +18,8 @@ const REQUIRED_ALERTS = {
   PoolsideConnectionErrors: "warning",
   PoolsideHealthCheckFailures: "warning",
   PoolsideSaturated: "warning",
+  // Circuit breaking (GRPC_MAX_CONCURRENT_REQUESTS, GRPC_MAX_PENDING_REQUESTS) refusing calls.
+  PoolsideOverflow: "warning",
   PoolsideScrapeTargetMissing: "warning",
 };
 

@@ -3,7 +3,7 @@
 // `poolside --check-config`; every "default:" written in the manifests and in
 // k8s/README.md is the binary's default; probes, ports, shutdown timing,
 // security context, image tag and scrape configuration agree with poolside's
-// configuration.
+// configuration; README.md's variable table agrees with `poolside --help`.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -151,14 +151,43 @@ test("the variable table in k8s/README.md matches poolside --help and k8s/base",
   checkVariableTable(fs.readFileSync(path.join(K8S, "README.md"), "utf8"), "k8s/README.md");
 });
 
-test("so does the one in README.md's \"Deploy as a sidecar\" section", (t) => {
+// A "## TITLE" section of README.md, or undefined.
+function readmeSection(title) {
   const readme = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
-  const section = /^## Deploy as a sidecar\n([\s\S]*?)(?=^## |(?![\s\S]))/m.exec(readme);
-  if (!section) {
-    t.skip("README.md has no \"Deploy as a sidecar\" section");
-    return;
+  const start = readme.indexOf(`\n## ${title}\n`);
+  if (start < 0) return undefined;
+  const end = readme.indexOf("\n## ", start + 1);
+  return readme.slice(start, end < 0 ? undefined : end);
+}
+
+test("README.md's table under \"Running it\" lists every variable with poolside's flag and default", () => {
+  const section = readmeSection("Running it");
+  assert.ok(section, "README.md has no \"Running it\" section");
+  const rows = new Map();
+  for (const match of section.matchAll(/^\|\s*`(GRPC_[A-Z0-9_]+)`\s*\|([^|]*)\|([^|]*)\|([^|]*)\|/gm)) {
+    assert.ok(!rows.has(match[1]), `README.md: ${match[1]} is listed twice`);
+    rows.set(match[1], { flag: match[2].trim(), default: match[3].trim(), meaning: match[4].trim() });
   }
-  checkVariableTable(section[1], "README.md, Deploy as a sidecar");
+  assert.deepEqual(difference(accepted.keys(), rows.keys()), [], "README.md: variables missing from the table");
+  assert.deepEqual(difference(rows.keys(), accepted.keys()), [], "README.md: variables in the table that poolside does not accept");
+  for (const [name, { flag, required, default: actual }] of accepted) {
+    const row = rows.get(name);
+    assert.equal(row.flag, `\`--${flag}\``, `README.md: ${name}'s flag`);
+    // "required", "(empty)", or the default in code, perhaps followed by what it means.
+    const stated = row.default === "required" ? "required" : row.default === "(empty)" ? "" : /^`([^`]*)`/.exec(row.default)?.[1];
+    assert.equal(stated, required ? "required" : actual, `README.md: ${name}'s default (the cell says ${row.default})`);
+    assert.ok(row.meaning, `README.md: ${name} has no meaning`);
+  }
+});
+
+test("README.md's \"Deploy as a sidecar\" section points to k8s/README.md, and the k8s/ paths it names exist", () => {
+  const section = readmeSection("Deploy as a sidecar");
+  assert.ok(section, "README.md has no \"Deploy as a sidecar\" section");
+  assert.match(section, /\]\(k8s\/README\.md\)/, "the section links to k8s/README.md");
+  const paths = [...new Set([...section.matchAll(/\bk8s\/[A-Za-z0-9_./-]*[A-Za-z0-9_]/g)].map((m) => m[0]))];
+  assert.ok(paths.length > 0);
+  for (const named of paths) assert.ok(fs.existsSync(path.join(REPO, named)), `README.md names ${named}, which does not exist`);
+  assert.match(section, new RegExp(`poolside:${poolsideVersion().replaceAll(".", "\\.")}\\b`), "the image tag in the section is poolside's version");
 });
 
 test("probes, ports and the app's target follow GRPC_ADMIN_ADDR and GRPC_LISTEN_ADDR", () => {
