@@ -1,6 +1,7 @@
 #include "proxy/proxy_call.h"
 
-#include <grpc/support/time.h>
+#include <grpc/grpc.h>
+#include <grpc/support/log.h>
 
 #include <algorithm>
 #include <chrono>
@@ -108,9 +109,6 @@ void ProxyCall::Handle(Op op, bool ok) {
     case Op::kWaitForReady:
       awaited_channel_.reset();
       return TryStartUpstream();
-    case Op::kHalfCloseUpstream:
-      half_close_deferred_ = false;
-      return PumpUpward();
     case Op::kUpstreamStarted:
       upstream_started_ = true;
       upstream_writable_ = ok;
@@ -213,21 +211,19 @@ void ProxyCall::OnAppRead(bool ok) {
     upward_message_held_ = true;
     return PumpUpward();
   }
-  // Half-close or cancellation: the async API tells them apart only through
-  // the done tag, which may still be queued behind this event. Half-closing
-  // the upstream one queue turn later lets a cancellation win, so that the
-  // upstream sees a cancel rather than a clean end of the client's stream.
+  // Half-close, or the app's call failed (cancel, disconnect, deadline). The
+  // upstream must see the same: a clean end of the stream, or a cancel.
   app_read_closed_ = true;
-  if (upstream_started_ && !upstream_write_busy_ && !cancelled_) {
-    half_close_deferred_ = true;
-    half_close_alarm_.emplace();
-    half_close_alarm_->Set(queue_.queue, gpr_now(GPR_CLOCK_MONOTONIC), Tag(Op::kHalfCloseUpstream));
+  if (grpc_call_failed_before_recv_message(app_context_.c_call())) {
+    cancelled_ = true;
+    upstream_context_.TryCancel();
+    return;
   }
-  // Otherwise the pending start or write completes first and pumps.
+  PumpUpward();
 }
 
 void ProxyCall::PumpUpward() {
-  if (!upstream_writable_ || upstream_write_busy_ || half_close_deferred_ || cancelled_) return;
+  if (!upstream_writable_ || upstream_write_busy_ || cancelled_) return;
   if (upward_message_held_) {
     upward_message_held_ = false;
     upstream_write_busy_ = true;

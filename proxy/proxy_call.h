@@ -12,7 +12,6 @@
 #ifndef POOLSIDE_PROXY_PROXY_CALL_H_
 #define POOLSIDE_PROXY_PROXY_CALL_H_
 
-#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -101,7 +100,6 @@ class alignas(16) ProxyCall {
     kAccepted,
     kAppDone,
     kWaitForReady,
-    kHalfCloseUpstream,
     kUpstreamStarted,
     kUpstreamHeaders,
     kUpstreamRead,
@@ -161,7 +159,6 @@ class alignas(16) ProxyCall {
   std::optional<grpc::Status> relay_error_;
   absl::Time wait_until_;
   std::shared_ptr<grpc::Channel> awaited_channel_;
-  std::optional<grpc::Alarm> half_close_alarm_;
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
   bool upstream_started_ = false;
@@ -170,7 +167,6 @@ class alignas(16) ProxyCall {
   bool upward_message_held_ = false;
   bool upstream_write_busy_ = false;
   bool writes_done_sent_ = false;
-  bool half_close_deferred_ = false;
 
   // Metrics.
   absl::Time accepted_at_;
