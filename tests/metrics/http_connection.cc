@@ -118,10 +118,4 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
   return connection.ReadResponse(method == "HEAD", timeout);
 }
 
-int PickFreePort() {
-  asio::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  return acceptor.local_endpoint().port();
-}
-
 }  // namespace poolside::test

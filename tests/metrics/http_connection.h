@@ -59,9 +59,6 @@ absl::StatusOr<HttpResponse> HttpRequest(int port, const std::string& method,
                                          const std::string& target,
                                          absl::Duration timeout = absl::Seconds(10));
 
-// A port that was free a moment ago (for a child process to listen on).
-int PickFreePort();
-
 }  // namespace poolside::test
 
 #endif  // POOLSIDE_TESTS_METRICS_HTTP_CONNECTION_H_

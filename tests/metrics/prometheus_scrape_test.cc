@@ -13,6 +13,7 @@
 #include "metrics/pool_metrics.h"
 #include "tests/metrics/http_connection.h"
 #include "tests/metrics/subprocess.h"
+#include "tests/support/poolside_process.h"
 
 namespace poolside {
 namespace {
