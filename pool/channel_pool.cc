@@ -225,7 +225,14 @@ std::optional<ChannelPool::Lease> ChannelPool::PickReady() {
   }
   Slot* chosen = best[0] != nullptr ? best[0] : best[1];
   if (chosen == nullptr) return std::nullopt;
-  return LeaseSlot(*chosen);
+  Lease lease = LeaseSlot(*chosen);
+  // The watcher learns of a dropped connection (GOAWAY, upstream restart) a
+  // moment after the channel does; a call started in that moment fails at
+  // once. Asking the channel itself closes the window (a cheap atomic read).
+  const grpc_connectivity_state actual = lease.channel().channel().GetState(false);
+  if (actual == GRPC_CHANNEL_READY) return lease;
+  chosen->state.store(actual, std::memory_order_relaxed);
+  return PickReady();  // Terminates: this slot no longer counts as READY.
 }
 
 std::shared_ptr<grpc::Channel> ChannelPool::ChannelToWaitOn() {

@@ -129,10 +129,17 @@ TEST_F(ClientFaultTest, ConnectionResetMidStreamCancelsTheUpstreamCall) {
 }
 
 TEST_F(ClientFaultTest, UploadsCutOffByConnectionResetsAreCancelledNotCompleted) {
-  ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()}}));
+  // One forwarding thread, busy with other calls: its queue decides the
+  // order in which poolside learns of a failed read and of the cancel.
+  ASSERT_NO_FATAL_FAILURE(
+      StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_WORKER_THREADS", "1"}}));
+  CallOptions load_options;
+  load_options.timeout = absl::Seconds(10);
+  UnaryLoad bystander(poolside_->listen_target(), 4, load_options);
+  bystander.Start();
   // Client-streaming uploads, each on its own connection, each one message
   // in and not half-closed: the client is still sending.
-  constexpr int kUploads = 20;
+  constexpr int kUploads = 100;
   std::vector<std::unique_ptr<RawConnection>> connections;
   for (int i = 0; i < kUploads; ++i) {
     absl::StatusOr<std::unique_ptr<RawConnection>> connection =
@@ -177,6 +184,9 @@ TEST_F(ClientFaultTest, UploadsCutOffByConnectionResetsAreCancelledNotCompleted)
   std::printf("[ metric ] %d uploads cut off by a connection reset: %d completed OK upstream\n",
               kUploads, completed);
   EXPECT_EQ(completed, 0) << "uploads the client never finished were completed upstream";
+  for (const TimedCall& call : bystander.Stop()) {
+    EXPECT_EQ(call.code, grpc::StatusCode::OK) << call.message;
+  }
   EXPECT_EQ(AwaitMetric(poolside_->admin_port(), kInflight, 0, absl::Seconds(5)), 0);
 }
 

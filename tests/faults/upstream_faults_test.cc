@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <map>
 #include <memory>
@@ -14,8 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
@@ -155,8 +156,13 @@ TEST_F(UpstreamFaultTest, UpstreamKilledMidStreamEndsEveryOpenCallWithUnavailabl
   EXPECT_EQ(AwaitHealthStatus(via_poolside, "unhealthy", absl::Seconds(5)), "unhealthy");
   EXPECT_EQ(AwaitMetric(poolside_->admin_port(), kInflight, 0, absl::Seconds(5)), 0);
 
-  // The upstream is down a while, then comes back on the same port.
-  absl::SleepFor(absl::Seconds(2));
+  // The upstream is down a while (2 s; POOLSIDE_FAULTS_OUTAGE_SECONDS to
+  // measure others), then comes back on the same port.
+  int outage_seconds = 2;
+  if (const char* outage = std::getenv("POOLSIDE_FAULTS_OUTAGE_SECONDS"); outage != nullptr) {
+    if (!absl::SimpleAtoi(outage, &outage_seconds) || outage_seconds < 0) outage_seconds = 2;
+  }
+  absl::SleepFor(absl::Seconds(outage_seconds));
   UpstreamProcess restarted(upstream.port());
   ASSERT_TRUE(restarted.Start().ok());
   const absl::Time restarted_at = absl::Now();
@@ -175,10 +181,10 @@ TEST_F(UpstreamFaultTest, UpstreamKilledMidStreamEndsEveryOpenCallWithUnavailabl
   const int64_t active = AwaitActiveConnections(via_poolside, 4, absl::Seconds(15));
   const absl::Duration full_pool = absl::Now() - restarted_at;
   std::printf(
-      "[ metric ] upstream SIGKILL, 2 s down, restart: first call OK %.2f s after the restart "
+      "[ metric ] upstream SIGKILL, %d s down, restart: first call OK %.2f s after the restart "
       "(%d probes failed); %lld of 4 connections active after %.2f s\n",
-      absl::ToDoubleSeconds(*recovery), failed_probes, static_cast<long long>(active),
-      absl::ToDoubleSeconds(full_pool));
+      outage_seconds, absl::ToDoubleSeconds(*recovery), failed_probes,
+      static_cast<long long>(active), absl::ToDoubleSeconds(full_pool));
   // Reconnect back-off is capped at 5 s (±20% jitter) on the pool's channels.
   EXPECT_LT(*recovery, absl::Seconds(8));
   EXPECT_EQ(active, 4);
