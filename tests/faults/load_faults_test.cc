@@ -189,7 +189,9 @@ TEST_F(LoadFaultTest, TenThousandConcurrentStreamsOpenAndCloseRepeatedlyWithoutL
         absl::FormatDuration(outcome.total_time).c_str(), static_cast<long long>(round_peak.load()),
         static_cast<long long>(rss_after.back()), static_cast<long long>(baseline), fds,
         baseline_fds);
-    EXPECT_EQ(fds, baseline_fds) << "file descriptors leaked";
+    // The baseline may include a transient descriptor (a side-port scrape
+    // still closing), so only growth counts as a leak.
+    EXPECT_LE(fds, baseline_fds) << "file descriptors leaked";
     upstream_.ClearCalls();
   }
   if (!kUnderSanitizer) {
