@@ -73,7 +73,6 @@ grpc::ServerUnaryReactor* AdminService::GetConnectionPoolMetrics(
   return reactor;
 }
 
-
 grpc::ServerUnaryReactor* AdminService::ForceHealthCheck(
     grpc::CallbackServerContext* context, const admin::v1::ForceHealthCheckRequest*,
     admin::v1::ForceHealthCheckResponse* response) {

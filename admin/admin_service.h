@@ -26,9 +26,9 @@ class AdminService final : public admin::v1::PoolAdmin::CallbackService {
       admin::v1::GetConnectionPoolMetricsResponse* response) override;
 
   // Answers when the health monitor has run a round (rate-limited there).
-  grpc::ServerUnaryReactor* ForceHealthCheck(grpc::CallbackServerContext* context,
-                                             const admin::v1::ForceHealthCheckRequest* request,
-                                             admin::v1::ForceHealthCheckResponse* response) override;
+  grpc::ServerUnaryReactor* ForceHealthCheck(
+      grpc::CallbackServerContext* context, const admin::v1::ForceHealthCheckRequest* request,
+      admin::v1::ForceHealthCheckResponse* response) override;
 
  private:
   const ChannelPool& pool_;

@@ -74,7 +74,7 @@ class ScrapeTest : public ::testing::Test {
 };
 
 TEST_F(ScrapeTest, PromtoolAcceptsTheRealMetricsOutput) {
-  if (access(kPromtool, X_OK) != 0) GTEST_SKIP() << kPromtool << " is not installed";
+  ASSERT_EQ(access(kPromtool, X_OK), 0) << kPromtool << " is missing: run scripts/install-deps";
   absl::StatusOr<test::HttpResponse> response =
       test::HttpRequest(server_->port(), "GET", "/metrics");
   ASSERT_TRUE(response.ok()) << response.status();
@@ -106,7 +106,7 @@ std::string QueryUntilAnswered(int port, const std::string& query, absl::Duratio
 }
 
 TEST_F(ScrapeTest, RealPrometheusScrapesThePoolSize) {
-  if (access(kPrometheus, X_OK) != 0) GTEST_SKIP() << kPrometheus << " is not installed";
+  ASSERT_EQ(access(kPrometheus, X_OK), 0) << kPrometheus << " is missing: run scripts/install-deps";
   test::TempDir dir;
   ASSERT_FALSE(dir.path().empty());
   const std::string config_path = dir.path() + "/prometheus.yml";
