@@ -50,6 +50,8 @@
 #include <thread>
 #include <vector>
 
+#include "metrics/request_metrics.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -327,27 +329,7 @@ constexpr int kStatusCodes = 17;
 constexpr int kBadResponseSize = kStatusCodes;
 
 const char* ErrorName(int code) {
-  static constexpr std::array<const char*, kStatusCodes + 1> kNames = {
-      "OK",
-      "CANCELLED",
-      "UNKNOWN",
-      "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED",
-      "NOT_FOUND",
-      "ALREADY_EXISTS",
-      "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION",
-      "ABORTED",
-      "OUT_OF_RANGE",
-      "UNIMPLEMENTED",
-      "INTERNAL",
-      "UNAVAILABLE",
-      "DATA_LOSS",
-      "UNAUTHENTICATED",
-      "BAD_RESPONSE_SIZE",
-  };
-  return code >= 0 && code <= kStatusCodes ? kNames[code] : "UNKNOWN";
+  return code == kBadResponseSize ? "BAD_RESPONSE_SIZE" : poolside::StatusCodeName(code);
 }
 
 // Outcomes of the calls of one worker. Confined to the worker's thread until
