@@ -69,9 +69,27 @@ std::string CopyLegal(const MetadataMap& from, AddFn add) {
   return "";
 }
 
+// What an upstream with grpc's default limits accepts (8 KiB of header
+// list, counted as HPACK does: name + value + 32 per entry), less room for
+// the headers grpc adds itself (:path, :authority, te, user-agent, ...).
+// Forwarding more would make the upstream refuse the headers and close the
+// whole pooled connection, failing every other app's calls on it.
+constexpr size_t kMaxForwardedMetadataBytes = 7 * 1024;
+
+size_t MetadataBytes(const MetadataMap& metadata) {
+  size_t bytes = 0;
+  for (const auto& [key, value] : metadata) bytes += key.size() + value.size() + 32;
+  return bytes;
+}
+
 }  // namespace
 
 absl::Status CopyRequestMetadata(const MetadataMap& from, grpc::ClientContext& to) {
+  if (const size_t bytes = MetadataBytes(from); bytes > kMaxForwardedMetadataBytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("poolside: request metadata of ", bytes, " bytes exceeds the ",
+                     kMaxForwardedMetadataBytes, " bytes an upstream accepts"));
+  }
   std::string reason =
       CopyLegal(from, [&to](std::string key, std::string value) { to.AddMetadata(key, value); });
   if (reason.empty()) return absl::OkStatus();
