@@ -48,7 +48,8 @@ const CLUSTER_SCOPED = new Set([
 ]);
 
 // Kinds in which kustomize's namespace transformer changes more than
-// metadata.namespace (subjects, webhook services): not implemented.
+// metadata.namespace (subjects, webhook services). The subset renderer
+// refuses them with an error rather than render them differently.
 const NAMESPACE_SPECIAL = new Set([
   "RoleBinding", "ClusterRoleBinding", "MutatingWebhookConfiguration",
   "ValidatingWebhookConfiguration", "APIService", "CustomResourceDefinition",
