@@ -192,6 +192,23 @@ struct Seconds {
   }
 };
 
+// GRPC_MEMORY_LIMIT_BYTES: 0 (derived), or a budget grpc can work within.
+struct MemoryLimit {
+  static constexpr int64_t kMin = 16 << 20;
+  static constexpr int64_t kMax = int64_t{1} << 40;
+  static bool Parse(absl::string_view text, Config& config) {
+    const std::optional<int64_t> value = ParseInteger(text, 0, kMax);
+    if (!value || (*value != 0 && *value < kMin)) return false;
+    config.memory_limit_bytes = *value;
+    return true;
+  }
+  static std::string Allowed() {
+    return absl::StrCat("0 (derived from the container's memory limit) or a number of bytes from ",
+                        kMin, " to ", kMax);
+  }
+  static std::string Print(const Config& config) { return absl::StrCat(config.memory_limit_bytes); }
+};
+
 struct TextRule {
   bool (*valid)(absl::string_view text);
   absl::string_view allowed;
@@ -347,6 +364,28 @@ constexpr Variable kVariables[] = {
     Define<Integer<&Config::worker_threads, 0, 256>>(
         "GRPC_WORKER_THREADS", "worker-threads",
         "threads serving forwarded calls; 0 means one per core"),
+    // Hostile peers (SECURITY.md).
+    Define<MemoryLimit>("GRPC_MEMORY_LIMIT_BYTES", "memory-limit-bytes",
+                        "memory budget for grpc's buffers (server and upstream channels); 0 means "
+                        "3/4 of the container's memory limit, or none outside a container"),
+    Define<Boolean<&Config::frame_screen>>(
+        "GRPC_FRAME_SCREEN", "frame-screen",
+        "screen the HTTP/2 frames apps send (rapid reset, CONTINUATION, PING and SETTINGS "
+        "floods) before grpc reads them"),
+    Define<Integer<&Config::max_header_block_bytes, 1024, 16 << 20>>(
+        "GRPC_MAX_HEADER_BLOCK_BYTES", "max-header-block-bytes",
+        "longest header block (HEADERS + CONTINUATION) an app may send; longer closes the "
+        "connection (frame screen)"),
+    Define<Integer<&Config::rapid_reset_min_streams, 0, 1000000>>(
+        "GRPC_RAPID_RESET_MIN_STREAMS", "rapid-reset-min-streams",
+        "an app connection that opens at least this many streams in 10 s and resets more than "
+        "half is closed (frame screen); 0 turns the rule off"),
+    Define<Integer<&Config::max_app_connections, 1, 1000000>>(
+        "GRPC_MAX_APP_CONNECTIONS", "max-app-connections",
+        "app connections open at once; further ones are closed at once (frame screen)"),
+    Define<Integer<&Config::max_streams_per_app_connection, 1, 1000000>>(
+        "GRPC_MAX_STREAMS_PER_APP_CONNECTION", "max-streams-per-app-connection",
+        "concurrent calls one app connection may have open (HTTP/2 MAX_CONCURRENT_STREAMS)"),
     Define<OneOf<&Config::log_level, kLogLevelNames>>("GRPC_LOG_LEVEL", "log-level",
                                                       "least severe level logged"),
     Define<OneOf<&Config::log_format, kLogFormatNames>>(

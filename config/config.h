@@ -65,6 +65,23 @@ struct Config {
   std::string upstream_server_name;
   // Completion-queue threads serving forwarded calls; 0 means one per core.
   int worker_threads = 0;
+  // Hostile peers (SECURITY.md).
+  // Memory budget given to grpc (ResourceQuota of the server and of every
+  // upstream channel); 0 means derived: 3/4 of the container's memory limit,
+  // or grpc's default (none) outside a memory-limited container.
+  int64_t memory_limit_bytes = 0;
+  // Relay app connections through the frame screen (rapid reset, CONTINUATION,
+  // PING and SETTINGS floods); false lets grpc listen on its own.
+  bool frame_screen = true;
+  // Longest header block (HEADERS + CONTINUATION) an app may send.
+  int max_header_block_bytes = 64 << 10;
+  // Streams an app connection opens in a window before the rapid-reset rule
+  // (more than half reset) applies; 0 turns the rule off.
+  int rapid_reset_min_streams = 500;
+  // App connections open at once (frame screen only).
+  int max_app_connections = 1000;
+  // SETTINGS_MAX_CONCURRENT_STREAMS advertised to each app connection.
+  int max_streams_per_app_connection = 1000;
   // spdlog level name: trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
   // "text" or "json".

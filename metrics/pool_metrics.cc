@@ -77,6 +77,7 @@ Metrics::Metrics(MetricsOptions options)
                                     "UNAVAILABLE calls.")),
       concurrency_overflows_(OverflowFamily(*registry_).Add({{"limit", "concurrency"}})),
       pending_overflows_(OverflowFamily(*registry_).Add({{"limit", "pending"}})),
+      hostile_peers_(*registry_),
       channel_outstanding_calls_(GaugeFamily(*registry_, "poolside_pool_channel_outstanding_calls",
                                              "Calls in flight on one pooled connection.")),
       channel_healthy_(GaugeFamily(*registry_, "poolside_pool_channel_healthy",

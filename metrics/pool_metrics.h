@@ -21,6 +21,7 @@
 // request_metrics.h): poolside_requests_total, poolside_request_duration_seconds,
 // poolside_inflight_requests, poolside_forwarded_bytes_total,
 // poolside_forwarded_messages_total.
+// Hostile peers (hostile_peer_metrics.h): poolside_hostile_peer_total{side,reason}.
 //
 // Ownership and threading: main owns one Metrics for the life of the process.
 // Thread-safe. It must outlive every CallRecorder it made.
@@ -42,6 +43,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "metrics/call_recorder.h"
+#include "metrics/hostile_peer_metrics.h"
 #include "metrics/request_metrics.h"
 #include "pool/pool_snapshot.h"
 
@@ -81,6 +83,9 @@ class Metrics {
   prometheus::Counter& concurrency_overflows() { return concurrency_overflows_; }
   prometheus::Counter& pending_overflows() { return pending_overflows_; }
 
+  // poolside_hostile_peer_total{side,reason}. Thread-safe.
+  HostilePeerCounter& hostile_peers() { return hostile_peers_; }
+
  private:
   struct ChannelGauges {
     prometheus::Gauge* outstanding_calls;
@@ -108,6 +113,7 @@ class Metrics {
   prometheus::Counter& outlier_ejections_;
   prometheus::Counter& concurrency_overflows_;
   prometheus::Counter& pending_overflows_;
+  HostilePeerMetrics hostile_peers_;
   prometheus::Family<prometheus::Gauge>& channel_outstanding_calls_;
   prometheus::Family<prometheus::Gauge>& channel_healthy_;
   prometheus::Family<prometheus::Gauge>& channel_age_seconds_;

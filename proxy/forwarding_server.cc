@@ -1,6 +1,7 @@
 #include "proxy/forwarding_server.h"
 
 #include <arpa/inet.h>
+#include <grpcpp/resource_quota.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -93,8 +94,27 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen_addr, grpc::InsecureServerCredentials(),
-                           &selected_port_);
+  if (options_.frame_screen) {
+    ScreenOptions screen_options;
+    screen_options.listen_addr = options_.listen_addr;
+    screen_options.limits = options_.screen_limits;
+    screen_options.max_connections = options_.max_app_connections;
+    listener_ = std::make_unique<ScreenedListener>(
+        std::move(screen_options), metrics_ != nullptr ? &metrics_->hostile_peers() : nullptr);
+    if (absl::Status bound = listener_->Bind(); !bound.ok()) return bound;
+  } else {
+    builder.AddListeningPort(options_.listen_addr, grpc::InsecureServerCredentials(),
+                             &selected_port_);
+  }
+  // Stream hoarding: grpc 1.51 lets one app connection open streams without
+  // limit unless told.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             options_.max_streams_per_app_connection);
+  if (options_.memory_limit_bytes > 0) {
+    grpc::ResourceQuota quota("poolside-app-side");
+    quota.Resize(static_cast<size_t>(options_.memory_limit_bytes));
+    builder.SetResourceQuota(quota);
+  }
   const int max_bytes = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
@@ -105,6 +125,12 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
 
   server_ = builder.BuildAndStart();
+  if (server_ != nullptr && listener_ != nullptr) {
+    selected_port_ = listener_->port();
+    // A unix socket has no port; any non-zero value says "listening".
+    if (selected_port_ == 0) selected_port_ = -1;
+    listener_->Start(server_.get());
+  }
   if (server_ == nullptr || selected_port_ == 0) {
     server_.reset();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_addr));
@@ -127,7 +153,8 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   for (auto& queue : call_queues_) {
     threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
   }
-  spdlog::info("proxy: listening on {} with {} forwarding threads", options_.listen_addr, threads);
+  spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr,
+               threads, listener_ != nullptr ? ", frame screen on" : "");
   return absl::OkStatus();
 }
 
@@ -145,6 +172,7 @@ int64_t ForwardingServer::LiveCalls() const {
 
 void ForwardingServer::Shutdown(absl::Duration grace) {
   if (server_ == nullptr) return;
+  if (listener_ != nullptr) listener_->StopAccepting();
   // Refuses new calls at once; cancels those still running at the deadline.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   // Every call has ended on the app side; the queues still finish their
@@ -160,6 +188,8 @@ void ForwardingServer::Shutdown(absl::Duration grace) {
   for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
+  // grpc has sent its GOAWAYs through the relay by now.
+  if (listener_ != nullptr) listener_->Shutdown();
   server_.reset();
   spdlog::info("proxy: stopped");
 }

@@ -25,6 +25,7 @@
 #include "metrics/pool_metrics.h"
 #include "pool/channel_pool.h"
 #include "proxy/proxy_call.h"
+#include "screen/screened_listener.h"
 
 namespace poolside {
 
@@ -37,6 +38,17 @@ struct ProxyOptions {
   // 0 means no limit.
   int max_concurrent_requests = 0;
   int max_pending_requests = 1024;
+
+  // Hostile peers (SECURITY.md). With the frame screen on, poolside owns the
+  // listening socket and relays each app connection to grpc through a
+  // FrameScreen; off, grpc listens itself.
+  bool frame_screen = true;
+  FrameScreenLimits screen_limits;
+  int max_app_connections = 1000;
+  // SETTINGS_MAX_CONCURRENT_STREAMS advertised to each app connection.
+  int max_streams_per_app_connection = 1000;
+  // grpc::ResourceQuota of the listening server; 0 means grpc's default.
+  int64_t memory_limit_bytes = 0;
 };
 
 class ForwardingServer {
@@ -71,6 +83,7 @@ class ForwardingServer {
   // One per queue, each confined to its queue's thread.
   std::vector<std::unique_ptr<CallRecorder>> recorders_;
   CallLimits limits_;
+  std::unique_ptr<ScreenedListener> listener_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;
   int selected_port_ = 0;

@@ -15,6 +15,7 @@
 #include "admin/admin_service.h"
 #include "config/config.h"
 #include "config/logging.h"
+#include "config/memory_limit.h"
 #include "metrics/admin_http_server.h"
 #include "metrics/pool_metrics.h"
 #include "pool/channel_factory.h"
@@ -65,6 +66,12 @@ poolside::HealthCheckOptions HealthOptionsFrom(
   return options;
 }
 
+// GRPC_MEMORY_LIMIT_BYTES, or its default from the container's limit.
+int64_t EffectiveMemoryLimit(const poolside::Config& config) {
+  if (config.memory_limit_bytes > 0) return config.memory_limit_bytes;
+  return poolside::DefaultMemoryLimitBytes(poolside::ContainerMemoryLimitBytes());
+}
+
 poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   poolside::ProxyOptions options;
   options.listen_addr = config.listen_addr;
@@ -75,6 +82,12 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;
+  options.frame_screen = config.frame_screen;
+  options.screen_limits.max_header_block_bytes = config.max_header_block_bytes;
+  options.screen_limits.rapid_reset_min_streams = config.rapid_reset_min_streams;
+  options.max_app_connections = config.max_app_connections;
+  options.max_streams_per_app_connection = config.max_streams_per_app_connection;
+  options.memory_limit_bytes = EffectiveMemoryLimit(config);
   return options;
 }
 

@@ -1,0 +1,185 @@
+#include "screen/frame_screen.h"
+
+#include <algorithm>
+
+namespace poolside {
+namespace {
+
+// RFC 9113: the client connection preface, then frames.
+constexpr size_t kPrefaceSize = 24;
+
+constexpr uint8_t kData = 0x0;
+constexpr uint8_t kHeaders = 0x1;
+constexpr uint8_t kRstStream = 0x3;
+constexpr uint8_t kSettings = 0x4;
+constexpr uint8_t kPing = 0x6;
+constexpr uint8_t kGoaway = 0x7;
+constexpr uint8_t kContinuation = 0x9;
+
+constexpr uint8_t kFlagAck = 0x1;
+constexpr uint8_t kFlagEndHeaders = 0x4;
+
+constexpr uint32_t kNoError = 0x0;
+
+uint32_t Read24(const uint8_t* bytes) {
+  return (uint32_t{bytes[0]} << 16) | (uint32_t{bytes[1]} << 8) | bytes[2];
+}
+
+uint32_t Read32(const uint8_t* bytes) {
+  return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
+         bytes[3];
+}
+
+void Append32(std::string& out, uint32_t value) {
+  out.push_back(static_cast<char>(value >> 24));
+  out.push_back(static_cast<char>(value >> 16));
+  out.push_back(static_cast<char>(value >> 8));
+  out.push_back(static_cast<char>(value));
+}
+
+}  // namespace
+
+FrameScreen::FrameScreen(const FrameScreenLimits& limits)
+    : limits_(limits), preface_left_(kPrefaceSize) {}
+
+HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now) {
+  const uint8_t* const end = data + size;
+  if (preface_left_ > 0) {
+    const size_t skipped = std::min(preface_left_, size);
+    preface_left_ -= skipped;
+    data += skipped;
+  }
+  while (data < end) {
+    if (payload_left_ > 0) {
+      // Skip the payload, except the error code of a RST_STREAM.
+      if (reading_rst_code_) {
+        while (data < end && rst_code_filled_ < 4) {
+          rst_code_[rst_code_filled_++] = *data++;
+          --payload_left_;
+        }
+        if (rst_code_filled_ == 4) {
+          reading_rst_code_ = false;
+          if (HostileReason broken = OnRstStreamCode(Read32(rst_code_));
+              broken != HostileReason::kNone) {
+            return broken;
+          }
+        }
+        continue;
+      }
+      const size_t skipped = std::min<size_t>(payload_left_, end - data);
+      payload_left_ -= static_cast<uint32_t>(skipped);
+      data += skipped;
+      continue;
+    }
+    // Most frame headers arrive whole; copy only what this read holds.
+    const size_t taken = std::min<size_t>(sizeof(header_) - header_filled_, end - data);
+    std::copy(data, data + taken, header_ + header_filled_);
+    header_filled_ += taken;
+    data += taken;
+    if (header_filled_ < sizeof(header_)) break;
+    header_filled_ = 0;
+    if (HostileReason broken = OnFrameHeader(now); broken != HostileReason::kNone) return broken;
+  }
+  return HostileReason::kNone;
+}
+
+HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
+  const uint32_t length = Read24(header_);
+  const uint8_t type = header_[3];
+  const uint8_t flags = header_[4];
+  const uint32_t stream = Read32(header_ + 5) & 0x7fffffffu;
+  payload_left_ = length;
+  if (now - window_start_ >= limits_.window) StartWindow(now);
+
+  if (in_header_block_ && type != kContinuation) return HostileReason::kMalformed;
+  switch (type) {
+    case kHeaders:
+      // A HEADERS frame on a stream above every earlier one opens it; one on
+      // an open stream carries its trailers.
+      if (stream > last_stream_id_) {
+        last_stream_id_ = stream;
+        ++opened_;
+      }
+      header_block_bytes_ = 0;
+      [[fallthrough]];
+    case kContinuation:
+      header_block_bytes_ += length;
+      if (header_block_bytes_ > limits_.max_header_block_bytes) {
+        return HostileReason::kHeaderBlockTooLarge;
+      }
+      in_header_block_ = (flags & kFlagEndHeaders) == 0;
+      break;
+    case kRstStream:
+      // The error code decides; RFC 9113 fixes the payload at four bytes.
+      if (length >= 4) {
+        reading_rst_code_ = true;
+        rst_code_filled_ = 0;
+      }
+      break;
+    case kPing:
+      if ((flags & kFlagAck) == 0 && ++pings_ > limits_.max_pings) {
+        return HostileReason::kPingFlood;
+      }
+      break;
+    case kSettings:
+      if ((flags & kFlagAck) == 0 && ++settings_ > limits_.max_settings) {
+        return HostileReason::kSettingsFlood;
+      }
+      break;
+    case kData:
+    case kGoaway:
+    default:
+      break;
+  }
+  return HostileReason::kNone;
+}
+
+HostileReason FrameScreen::OnRstStreamCode(uint32_t code) {
+  // NO_ERROR is how a client ends a stream the server already answered; any
+  // other code abandons a request.
+  if (code == kNoError || limits_.rapid_reset_min_streams <= 0) return HostileReason::kNone;
+  ++resets_;
+  if (opened_ >= limits_.rapid_reset_min_streams && 2 * resets_ > opened_) {
+    return HostileReason::kRapidReset;
+  }
+  return HostileReason::kNone;
+}
+
+void FrameScreen::StartWindow(absl::Time now) {
+  window_start_ = now;
+  opened_ = 0;
+  resets_ = 0;
+  pings_ = 0;
+  settings_ = 0;
+}
+
+void DownstreamFrames::Feed(const uint8_t* data, size_t size) {
+  const uint8_t* const end = data + size;
+  while (data < end) {
+    if (payload_left_ > 0) {
+      const size_t skipped = std::min<size_t>(payload_left_, end - data);
+      payload_left_ -= static_cast<uint32_t>(skipped);
+      data += skipped;
+      continue;
+    }
+    const size_t taken = std::min<size_t>(sizeof(header_) - header_filled_, end - data);
+    std::copy(data, data + taken, header_ + header_filled_);
+    header_filled_ += taken;
+    data += taken;
+    if (header_filled_ < sizeof(header_)) break;
+    header_filled_ = 0;
+    payload_left_ = Read24(header_);
+  }
+}
+
+std::string GoawayFrame(uint32_t last_stream_id, uint32_t code) {
+  std::string frame;
+  frame.reserve(17);
+  // Length 8, type GOAWAY, no flags, stream 0.
+  frame.append({'\0', '\0', '\x08', static_cast<char>(kGoaway), '\0', '\0', '\0', '\0', '\0'});
+  Append32(frame, last_stream_id & 0x7fffffffu);
+  Append32(frame, code);
+  return frame;
+}
+
+}  // namespace poolside

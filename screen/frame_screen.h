@@ -1,0 +1,115 @@
+// FrameScreen reads the HTTP/2 frame headers an app sends poolside, before
+// grpc sees the bytes, and says when a connection has to be cut off: grpc++
+// 1.51 (Debian 12) does not bound a header block that never ends
+// (CONTINUATION flood), keeps a connection open through any number of reset
+// streams (rapid reset, CVE-2023-44487) and answers PINGs without limit.
+//
+// Only the nine-byte frame headers are read, plus the four-byte error code of
+// RST_STREAM; payloads are skipped by length, so the cost is a few compares
+// per frame, whatever the frame size.
+//
+// The rules, each within a window of `window` (counters restart each window):
+//   header_block_too_large  one header block (HEADERS + CONTINUATION frames
+//                           up to END_HEADERS) longer than max_header_block_bytes
+//   rapid_reset             at least rapid_reset_min_streams streams opened and
+//                           more than half of them reset by the app (RST_STREAM
+//                           with an error code other than NO_ERROR)
+//   ping_flood              more than max_pings PINGs (not ACKs)
+//   settings_flood          more than max_settings SETTINGS frames (not ACKs)
+//   malformed               a frame HTTP/2 forbids where it stands (a frame
+//                           other than CONTINUATION inside a header block)
+//
+// DownstreamFrames tracks frame boundaries in the other direction, so that a
+// GOAWAY can be slipped in between grpc's frames.
+//
+// Threading: not thread-safe; each relayed connection owns one of each,
+// confined to the relay thread.
+#ifndef POOLSIDE_SCREEN_FRAME_SCREEN_H_
+#define POOLSIDE_SCREEN_FRAME_SCREEN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "metrics/hostile_peer.h"
+
+namespace poolside {
+
+struct FrameScreenLimits {
+  int64_t max_header_block_bytes = 64 << 10;
+  // 0 turns the rapid-reset rule off.
+  int64_t rapid_reset_min_streams = 500;
+  int64_t max_pings = 1000;
+  int64_t max_settings = 1000;
+  absl::Duration window = absl::Seconds(10);
+};
+
+class FrameScreen {
+ public:
+  explicit FrameScreen(const FrameScreenLimits& limits);
+
+  // Reads the next `size` bytes the app sent. Returns kNone while the
+  // connection keeps to the rules, else the rule it broke; once broken, the
+  // connection is to be closed and Feed not called again. `now` is any
+  // monotonic clock (the relay's coarse one).
+  HostileReason Feed(const uint8_t* data, size_t size, absl::Time now);
+
+  // The highest stream the app opened: the last-stream-id of a GOAWAY.
+  uint32_t last_stream_id() const { return last_stream_id_; }
+
+ private:
+  HostileReason OnFrameHeader(absl::Time now);
+  HostileReason OnRstStreamCode(uint32_t code);
+  void StartWindow(absl::Time now);
+
+  // Constant after construction.
+  const FrameScreenLimits limits_;
+
+  // Where the parser stands in the byte stream.
+  size_t preface_left_;
+  uint8_t header_[9];
+  size_t header_filled_ = 0;
+  // Payload bytes of the current frame not yet seen.
+  uint32_t payload_left_ = 0;
+  // RST_STREAM error code being collected (its first four payload bytes).
+  bool reading_rst_code_ = false;
+  uint8_t rst_code_[4];
+  size_t rst_code_filled_ = 0;
+
+  // Header block state.
+  bool in_header_block_ = false;
+  int64_t header_block_bytes_ = 0;
+  uint32_t last_stream_id_ = 0;
+
+  // Counters of the current window.
+  absl::Time window_start_ = absl::InfinitePast();
+  int64_t opened_ = 0;
+  int64_t resets_ = 0;
+  int64_t pings_ = 0;
+  int64_t settings_ = 0;
+};
+
+// Frame boundaries of the bytes grpc sends the app. Confined like FrameScreen.
+class DownstreamFrames {
+ public:
+  // Accounts for `size` more bytes of grpc's output.
+  void Feed(const uint8_t* data, size_t size);
+  // True when the bytes fed so far end exactly at a frame boundary.
+  bool AtBoundary() const { return header_filled_ == 0 && payload_left_ == 0; }
+
+ private:
+  uint8_t header_[9];
+  size_t header_filled_ = 0;
+  uint32_t payload_left_ = 0;
+};
+
+// A GOAWAY frame (stream 0, no debug data) with `last_stream_id` and `code`.
+std::string GoawayFrame(uint32_t last_stream_id, uint32_t code);
+
+// HTTP/2 error code ENHANCE_YOUR_CALM (RFC 9113, section 7).
+inline constexpr uint32_t kEnhanceYourCalm = 0xb;
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_SCREEN_FRAME_SCREEN_H_
