@@ -17,10 +17,12 @@ enum class HostileReason {
   kPingFlood,
   kSettingsFlood,
   kMalformed,
+  // Too many streams opened before acknowledging poolside's SETTINGS.
+  kSettingsNotAcked,
   // More app connections at once than GRPC_MAX_APP_CONNECTIONS.
   kTooManyConnections,
 };
-inline constexpr size_t kHostileReasonCount = 7;
+inline constexpr size_t kHostileReasonCount = 8;
 
 enum class PeerSide { kApp, kUpstream };
 inline constexpr size_t kPeerSideCount = 2;

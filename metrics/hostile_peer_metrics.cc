@@ -18,6 +18,8 @@ absl::string_view HostileReasonName(HostileReason reason) {
       return "settings_flood";
     case HostileReason::kMalformed:
       return "malformed";
+    case HostileReason::kSettingsNotAcked:
+      return "settings_not_acked";
     case HostileReason::kTooManyConnections:
       return "too_many_connections";
   }

@@ -98,6 +98,8 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     ScreenOptions screen_options;
     screen_options.listen_addr = options_.listen_addr;
     screen_options.limits = options_.screen_limits;
+    screen_options.limits.max_streams_before_settings_ack =
+        options_.max_streams_per_app_connection;
     screen_options.max_connections = options_.max_app_connections;
     listener_ = std::make_unique<ScreenedListener>(
         std::move(screen_options), metrics_ != nullptr ? &metrics_->hostile_peers() : nullptr);

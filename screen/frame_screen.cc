@@ -99,6 +99,10 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       if (stream > last_stream_id_) {
         last_stream_id_ = stream;
         ++opened_;
+        if (!settings_acked_ &&
+            ++opened_before_ack_ > limits_.max_streams_before_settings_ack) {
+          return HostileReason::kSettingsNotAcked;
+        }
       }
       header_block_bytes_ = 0;
       [[fallthrough]];
@@ -122,6 +126,7 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       }
       break;
     case kSettings:
+      if ((flags & kFlagAck) != 0) settings_acked_ = true;
       if ((flags & kFlagAck) == 0 && ++settings_ > limits_.max_settings) {
         return HostileReason::kSettingsFlood;
       }

@@ -18,6 +18,11 @@
 //   settings_flood          more than max_settings SETTINGS frames (not ACKs)
 //   malformed               a frame HTTP/2 forbids where it stands (a frame
 //                           other than CONTINUATION inside a header block)
+//   settings_not_acked      more than max_streams_before_settings_ack streams
+//                           opened before the app acknowledged poolside's
+//                           SETTINGS: grpc 1.51 enforces MAX_CONCURRENT_STREAMS
+//                           only once it is acknowledged, so a client that
+//                           never acknowledges could open streams without end
 //
 // DownstreamFrames tracks frame boundaries in the other direction, so that a
 // GOAWAY can be slipped in between grpc's frames.
@@ -42,6 +47,7 @@ struct FrameScreenLimits {
   int64_t rapid_reset_min_streams = 500;
   int64_t max_pings = 1000;
   int64_t max_settings = 1000;
+  int64_t max_streams_before_settings_ack = 1000;
   absl::Duration window = absl::Seconds(10);
 };
 
@@ -81,6 +87,8 @@ class FrameScreen {
   bool in_header_block_ = false;
   int64_t header_block_bytes_ = 0;
   uint32_t last_stream_id_ = 0;
+  bool settings_acked_ = false;
+  int64_t opened_before_ack_ = 0;
 
   // Counters of the current window.
   absl::Time window_start_ = absl::InfinitePast();
