@@ -79,6 +79,12 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_UPSTREAM_KEY_FILE", "--upstream-key-file", "/dev/null"},
       {"GRPC_UPSTREAM_SERVER_NAME", "--upstream-server-name", "api.internal"},
       {"GRPC_WORKER_THREADS", "--worker-threads", "256"},
+      {"GRPC_MEMORY_LIMIT_BYTES", "--memory-limit-bytes", "268435456"},
+      {"GRPC_FRAME_SCREEN", "--frame-screen", "false"},
+      {"GRPC_MAX_HEADER_BLOCK_BYTES", "--max-header-block-bytes", "16384"},
+      {"GRPC_RAPID_RESET_MIN_STREAMS", "--rapid-reset-min-streams", "0"},
+      {"GRPC_MAX_APP_CONNECTIONS", "--max-app-connections", "50"},
+      {"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "--max-streams-per-app-connection", "2000"},
       {"GRPC_LOG_LEVEL", "--log-level", "warn"},
       {"GRPC_LOG_FORMAT", "--log-format", "json"},
   };
@@ -532,6 +538,12 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_UPSTREAM_KEY_FILE=\n"
             "GRPC_UPSTREAM_SERVER_NAME=\n"
             "GRPC_WORKER_THREADS=0\n"
+            "GRPC_MEMORY_LIMIT_BYTES=0\n"
+            "GRPC_FRAME_SCREEN=true\n"
+            "GRPC_MAX_HEADER_BLOCK_BYTES=65536\n"
+            "GRPC_RAPID_RESET_MIN_STREAMS=500\n"
+            "GRPC_MAX_APP_CONNECTIONS=1000\n"
+            "GRPC_MAX_STREAMS_PER_APP_CONNECTION=1000\n"
             "GRPC_LOG_LEVEL=info\n"
             "GRPC_LOG_FORMAT=text\n");
 }
