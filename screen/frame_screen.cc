@@ -43,7 +43,10 @@ FrameScreen::FrameScreen(const FrameScreenLimits& limits)
     : limits_(limits), preface_left_(kPrefaceSize) {}
 
 HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now) {
+  const uint8_t* const begin = data;
   const uint8_t* const end = data + size;
+  const uint64_t fed_before = fed_;
+  fed_ += size;
   if (preface_left_ > 0) {
     const size_t skipped = std::min(preface_left_, size);
     preface_left_ -= skipped;
@@ -69,8 +72,10 @@ HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now
       const size_t skipped = std::min<size_t>(payload_left_, end - data);
       payload_left_ -= static_cast<uint32_t>(skipped);
       data += skipped;
+      if (payload_left_ == 0 && block_closing_) block_open_ = block_closing_ = false;
       continue;
     }
+    if (header_filled_ == 0) frame_begin_ = fed_before + static_cast<uint64_t>(data - begin);
     // Most frame headers arrive whole; copy only what this read holds.
     const size_t taken = std::min<size_t>(sizeof(header_) - header_filled_, end - data);
     std::copy(data, data + taken, header_ + header_filled_);
@@ -105,13 +110,20 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
         }
       }
       header_block_bytes_ = 0;
+      block_open_ = true;
+      block_begin_ = frame_begin_;
       [[fallthrough]];
     case kContinuation:
-      header_block_bytes_ += length;
+      // Frame headers count too: empty CONTINUATION frames are not free.
+      header_block_bytes_ += length + sizeof(header_);
       if (header_block_bytes_ > limits_.max_header_block_bytes) {
         return HostileReason::kHeaderBlockTooLarge;
       }
       in_header_block_ = (flags & kFlagEndHeaders) == 0;
+      if (!in_header_block_) {
+        block_closing_ = length > 0;
+        block_open_ = block_closing_;
+      }
       break;
     case kRstStream:
       // The error code decides; RFC 9113 fixes the payload at four bytes.

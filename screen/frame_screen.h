@@ -10,7 +10,8 @@
 //
 // The rules, each within a window of `window` (counters restart each window):
 //   header_block_too_large  one header block (HEADERS + CONTINUATION frames
-//                           up to END_HEADERS) longer than max_header_block_bytes
+//                           up to END_HEADERS, frame headers included) longer
+//                           than max_header_block_bytes
 //   rapid_reset             at least rapid_reset_min_streams streams opened and
 //                           more than half of them reset by the app (RST_STREAM
 //                           with an error code other than NO_ERROR)
@@ -34,6 +35,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -64,6 +66,17 @@ class FrameScreen {
   // The highest stream the app opened: the last-stream-id of a GOAWAY.
   uint32_t last_stream_id() const { return last_stream_id_; }
 
+  // Bytes fed so far, the preface included.
+  uint64_t fed_bytes() const { return fed_; }
+  // Where (in fed bytes) the header block still unfinished after the last
+  // Feed begins, or nullopt if every header block fed so far has ended.
+  // grpc 1.51 hands a call its headers parsed so far when the connection
+  // closes mid-block, so the relay withholds an unfinished block from grpc
+  // until it ends: cutting a connection then never leaves grpc a partial one.
+  std::optional<uint64_t> unfinished_block_begin() const {
+    return block_open_ ? std::optional<uint64_t>(block_begin_) : std::nullopt;
+  }
+
  private:
   HostileReason OnFrameHeader(absl::Time now);
   HostileReason OnRstStreamCode(uint32_t code);
@@ -83,7 +96,14 @@ class FrameScreen {
   uint8_t rst_code_[4];
   size_t rst_code_filled_ = 0;
 
-  // Header block state.
+  // Bytes fed so far, and where the frame being read began.
+  uint64_t fed_ = 0;
+  uint64_t frame_begin_ = 0;
+  // Header block state. The block is open from the first byte of its HEADERS
+  // frame to the last byte of the frame with END_HEADERS.
+  bool block_open_ = false;
+  bool block_closing_ = false;
+  uint64_t block_begin_ = 0;
   bool in_header_block_ = false;
   int64_t header_block_bytes_ = 0;
   uint32_t last_stream_id_ = 0;

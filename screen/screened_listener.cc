@@ -12,10 +12,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -110,6 +112,7 @@ class ScreenedListener::Relay {
 
   ~Relay() {
     for (auto& [key, connection] : connections_) CloseBoth(*connection);
+    if (listen_fd_ >= 0) close(listen_fd_);
     close(epoll_fd_);
     close(wake_fd_);
   }
@@ -134,8 +137,14 @@ class ScreenedListener::Relay {
     int app_fd = -1;
     int grpc_fd = -1;
     std::string peer;
-    Buffer up;    // app -> grpc
+    Buffer up;    // app -> grpc, as read (the common case: no header block split)
     Buffer down;  // grpc -> app
+    // app -> grpc when a header block spans reads: what may go to grpc, and
+    // the unfinished block withheld from it (FrameScreen::unfinished_block_begin).
+    // `held` stays within the header-block limit plus one read.
+    std::string up_out;
+    size_t up_out_begin = 0;
+    std::string held;
     FrameScreen screen;
     DownstreamFrames down_frames;
     End app_end{this, true};
@@ -174,6 +183,11 @@ class ScreenedListener::Relay {
   // connection has ended or been cut off.
   bool Pump(Connection& connection);
   void UpdateInterest(Connection& connection);
+  // Moves the chunk just read from `up` to `up_out`, keeping back (in `held`)
+  // the bytes of a header block that has not ended; `block` is where it begins.
+  void Withhold(Connection& connection, uint64_t chunk_start, std::optional<uint64_t> block);
+  // Writes what it can of `up_out`. False if grpc's end is gone.
+  bool FlushOut(Connection& connection);
   void Cut(Connection& connection, HostileReason reason);
   void Remove(Connection& connection);
   void CloseBoth(Connection& connection);
@@ -216,8 +230,10 @@ void ScreenedListener::Relay::Run() {
     }
     for (Connection* connection : removed_) connections_.erase(connection);
     removed_.clear();
-    if (!accepting_ && listen_watched_) {
-      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+    if (!accepting_ && listen_fd_ >= 0) {
+      // Closed, not just ignored: new connections are refused at once.
+      close(listen_fd_);
+      listen_fd_ = -1;
       listen_watched_ = false;
     }
     if (accepting_ && !listen_watched_ && now >= accept_paused_until_) {
@@ -291,11 +307,12 @@ void ScreenedListener::Relay::Serve(End& end, uint32_t events) {
 
 bool ScreenedListener::Relay::Pump(Connection& connection) {
   // Upward: app -> screen -> grpc.
-  if (!Flush(connection.grpc_fd, connection.up)) {
+  if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
     Remove(connection);
     return false;
   }
-  if (connection.up.empty()) {
+  if (connection.up.empty() && connection.up_out.empty()) {
+    const uint64_t chunk_start = connection.screen.fed_bytes();
     switch (Fill(connection.app_fd, connection.up)) {
       case ReadResult::kData: {
         const HostileReason broken = connection.screen.Feed(
@@ -304,7 +321,9 @@ bool ScreenedListener::Relay::Pump(Connection& connection) {
           Cut(connection, broken);
           return false;
         }
-        if (!Flush(connection.grpc_fd, connection.up)) {
+        const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
+        if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
+        if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
           Remove(connection);
           return false;
         }
@@ -344,13 +363,48 @@ bool ScreenedListener::Relay::Pump(Connection& connection) {
   return true;
 }
 
+void ScreenedListener::Relay::Withhold(Connection& connection, uint64_t chunk_start,
+                                       std::optional<uint64_t> block) {
+  Buffer& up = connection.up;
+  const auto* chunk = reinterpret_cast<const char*>(up.data.get());
+  const size_t size = up.end;
+  // The chunk's bytes before the unfinished block may go; the rest waits.
+  const size_t sendable =
+      !block ? size
+             : static_cast<size_t>(std::min<uint64_t>(
+                   size, *block > chunk_start ? *block - chunk_start : 0));
+  if (sendable > 0 || !block) {
+    // Whatever was held belongs before these bytes: its block has ended.
+    connection.up_out.assign(connection.held);
+    connection.up_out.append(chunk, sendable);
+    connection.up_out_begin = 0;
+    connection.held.clear();
+  }
+  connection.held.append(chunk + sendable, size - sendable);
+  up.begin = up.end = 0;
+}
+
+bool ScreenedListener::Relay::FlushOut(Connection& connection) {
+  std::string& out = connection.up_out;
+  while (connection.up_out_begin < out.size()) {
+    const ssize_t written = send(connection.grpc_fd, out.data() + connection.up_out_begin,
+                                 out.size() - connection.up_out_begin, MSG_NOSIGNAL);
+    if (written < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    connection.up_out_begin += static_cast<size_t>(written);
+  }
+  out.clear();
+  connection.up_out_begin = 0;
+  return true;
+}
+
 void ScreenedListener::Relay::UpdateInterest(Connection& connection) {
   // Read a side only when its buffer is free; wait for writability only
   // while bytes are held for that side.
+  const bool up_empty = connection.up.empty() && connection.up_out.empty();
   const uint32_t app_wanted =
-      (connection.up.empty() ? EPOLLIN : 0u) | (connection.down.empty() ? 0u : EPOLLOUT);
+      (up_empty ? EPOLLIN : 0u) | (connection.down.empty() ? 0u : EPOLLOUT);
   const uint32_t grpc_wanted =
-      (connection.down.empty() ? EPOLLIN : 0u) | (connection.up.empty() ? 0u : EPOLLOUT);
+      (connection.down.empty() ? EPOLLIN : 0u) | (up_empty ? 0u : EPOLLOUT);
   Rewatch(connection.app_fd, connection.app_events, app_wanted, &connection.app_end);
   Rewatch(connection.grpc_fd, connection.grpc_events, grpc_wanted, &connection.grpc_end);
 }
@@ -505,7 +559,9 @@ absl::Status ScreenedListener::Bind() {
 }
 
 void ScreenedListener::Start(grpc::Server* server) {
+  // The relay owns the listening socket from here on.
   relay_ = std::make_unique<Relay>(*this, listen_fd_, server);
+  listen_fd_ = -1;
   thread_ = std::thread([relay = relay_.get()] { relay->Run(); });
 }
 

@@ -63,7 +63,7 @@ class ScreenedListener {
   // been started and must outlive Shutdown().
   void Start(grpc::Server* server);
 
-  // Stops accepting new connections; those open keep being relayed (grpc
+  // Closes the listening socket; connections open keep being relayed (grpc
   // sends them its GOAWAY while it drains).
   void StopAccepting();
 

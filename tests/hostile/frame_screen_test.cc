@@ -72,10 +72,11 @@ TEST_F(FrameScreenTest, WellBehavedTrafficPasses) {
 }
 
 TEST_F(FrameScreenTest, HeaderBlockOverTheLimitIsCut) {
-  std::string bytes = std::string(kPreface) + Headers(1, 16384, /*end_headers=*/false);
-  for (int i = 0; i < 3; ++i) bytes += Continuation(1, 16384, /*end_headers=*/false);
-  EXPECT_EQ(Feed(bytes), HostileReason::kNone);  // 64 KiB exactly.
-  EXPECT_EQ(Feed(Continuation(1, 1, /*end_headers=*/false)), HostileReason::kHeaderBlockTooLarge);
+  // Four frames of 16,384 bytes each, frame headers included: 64 KiB exactly.
+  std::string bytes = std::string(kPreface) + Headers(1, 16375, /*end_headers=*/false);
+  for (int i = 0; i < 3; ++i) bytes += Continuation(1, 16375, /*end_headers=*/false);
+  EXPECT_EQ(Feed(bytes), HostileReason::kNone);
+  EXPECT_EQ(Feed(Continuation(1, 0, /*end_headers=*/false)), HostileReason::kHeaderBlockTooLarge);
 }
 
 TEST_F(FrameScreenTest, HeaderBlockLimitCountsOneBlockAtATime) {
@@ -162,6 +163,27 @@ TEST_F(FrameScreenTest, StreamsAfterSettingsAckAreLeftToGrpc) {
   std::string bytes = std::string(kPrefaceText) + Headers(1, 50) + SettingsAck();
   for (uint32_t stream = 3; stream < 6000; stream += 2) bytes += Headers(stream, 50);
   EXPECT_EQ(Feed(bytes), HostileReason::kNone);
+}
+
+TEST_F(FrameScreenTest, EmptyContinuationFramesCountAgainstTheLimit) {
+  std::string bytes = std::string(kPreface) + Headers(1, 10, /*end_headers=*/false);
+  for (int i = 0; i < 8000; ++i) bytes += Continuation(1, 0, /*end_headers=*/false);
+  EXPECT_EQ(Feed(bytes), HostileReason::kHeaderBlockTooLarge);
+}
+
+TEST_F(FrameScreenTest, SaysWhereAnUnfinishedHeaderBlockBegins) {
+  const std::string start = std::string(kPreface) + Headers(1, 20) + Frame(0x0, 0x1, 1, "data");
+  EXPECT_EQ(Feed(start), HostileReason::kNone);
+  EXPECT_FALSE(screen_.unfinished_block_begin().has_value());
+  const std::string headers = Headers(3, 100, /*end_headers=*/false);
+  EXPECT_EQ(Feed(headers.substr(0, 50)), HostileReason::kNone);
+  EXPECT_EQ(screen_.unfinished_block_begin(), start.size());
+  EXPECT_EQ(Feed(headers.substr(50) + Continuation(3, 30, /*end_headers=*/true).substr(0, 20)),
+            HostileReason::kNone);
+  EXPECT_EQ(screen_.unfinished_block_begin(), start.size());  // Its last frame is unread.
+  EXPECT_EQ(Feed(Continuation(3, 30, /*end_headers=*/true).substr(20)), HostileReason::kNone);
+  EXPECT_FALSE(screen_.unfinished_block_begin().has_value());
+  EXPECT_EQ(screen_.fed_bytes(), start.size() + headers.size() + 39);
 }
 
 TEST(DownstreamFramesTest, KnowsFrameBoundaries) {
