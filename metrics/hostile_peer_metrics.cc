@@ -49,8 +49,7 @@ HostilePeerMetrics::HostilePeerMetrics(prometheus::Registry& registry) {
 }
 
 void HostilePeerMetrics::Count(PeerSide side, HostileReason reason) {
-  prometheus::Counter* counter =
-      counters_[static_cast<size_t>(side)][static_cast<size_t>(reason)];
+  prometheus::Counter* counter = counters_[static_cast<size_t>(side)][static_cast<size_t>(reason)];
   if (counter != nullptr) counter->Increment();
 }
 

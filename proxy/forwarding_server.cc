@@ -98,8 +98,7 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     ScreenOptions screen_options;
     screen_options.listen_addr = options_.listen_addr;
     screen_options.limits = options_.screen_limits;
-    screen_options.limits.max_streams_before_settings_ack =
-        options_.max_streams_per_app_connection;
+    screen_options.limits.max_streams_before_settings_ack = options_.max_streams_per_app_connection;
     screen_options.max_connections = options_.max_app_connections;
     listener_ = std::make_unique<ScreenedListener>(
         std::move(screen_options), metrics_ != nullptr ? &metrics_->hostile_peers() : nullptr);
@@ -155,8 +154,8 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   for (auto& queue : call_queues_) {
     threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
   }
-  spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr,
-               threads, listener_ != nullptr ? ", frame screen on" : "");
+  spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr, threads,
+               listener_ != nullptr ? ", frame screen on" : "");
   return absl::OkStatus();
 }
 

@@ -104,8 +104,7 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       if (stream > last_stream_id_) {
         last_stream_id_ = stream;
         ++opened_;
-        if (!settings_acked_ &&
-            ++opened_before_ack_ > limits_.max_streams_before_settings_ack) {
+        if (!settings_acked_ && ++opened_before_ack_ > limits_.max_streams_before_settings_ack) {
           return HostileReason::kSettingsNotAcked;
         }
       }

@@ -315,8 +315,8 @@ bool ScreenedListener::Relay::Pump(Connection& connection) {
     const uint64_t chunk_start = connection.screen.fed_bytes();
     switch (Fill(connection.app_fd, connection.up)) {
       case ReadResult::kData: {
-        const HostileReason broken = connection.screen.Feed(
-            connection.up.data.get(), connection.up.end, absl::Now());
+        const HostileReason broken =
+            connection.screen.Feed(connection.up.data.get(), connection.up.end, absl::Now());
         if (broken != HostileReason::kNone) {
           Cut(connection, broken);
           return false;
@@ -369,10 +369,9 @@ void ScreenedListener::Relay::Withhold(Connection& connection, uint64_t chunk_st
   const auto* chunk = reinterpret_cast<const char*>(up.data.get());
   const size_t size = up.end;
   // The chunk's bytes before the unfinished block may go; the rest waits.
-  const size_t sendable =
-      !block ? size
-             : static_cast<size_t>(std::min<uint64_t>(
-                   size, *block > chunk_start ? *block - chunk_start : 0));
+  const size_t sendable = !block ? size
+                                 : static_cast<size_t>(std::min<uint64_t>(
+                                       size, *block > chunk_start ? *block - chunk_start : 0));
   if (sendable > 0 || !block) {
     // Whatever was held belongs before these bytes: its block has ended.
     connection.up_out.assign(connection.held);
@@ -401,8 +400,7 @@ void ScreenedListener::Relay::UpdateInterest(Connection& connection) {
   // Read a side only when its buffer is free; wait for writability only
   // while bytes are held for that side.
   const bool up_empty = connection.up.empty() && connection.up_out.empty();
-  const uint32_t app_wanted =
-      (up_empty ? EPOLLIN : 0u) | (connection.down.empty() ? 0u : EPOLLOUT);
+  const uint32_t app_wanted = (up_empty ? EPOLLIN : 0u) | (connection.down.empty() ? 0u : EPOLLOUT);
   const uint32_t grpc_wanted =
       (connection.down.empty() ? EPOLLIN : 0u) | (up_empty ? 0u : EPOLLOUT);
   Rewatch(connection.app_fd, connection.app_events, app_wanted, &connection.app_end);
@@ -497,8 +495,8 @@ absl::Status ScreenedListener::Bind() {
     if (absl::StartsWith(path, "//")) path = path.substr(2);
     auto* un = reinterpret_cast<sockaddr_un*>(&storage);
     if (path.size() >= sizeof(un->sun_path)) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", address,
-                                                     ": path too long"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot listen on ", address, ": path too long"));
     }
     un->sun_family = AF_UNIX;
     std::memcpy(un->sun_path, path.data(), path.size());

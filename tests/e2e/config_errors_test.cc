@@ -37,31 +37,26 @@ TEST_P(ConfigErrorsTest, ExitsWithTwoNamingTheVariableAndValue) {
                                                            << result.stderr_output;
 }
 
-INSTANTIATE_TEST_SUITE_P(BadValues, ConfigErrorsTest,
-                         ::testing::Values(BadValue{"GRPC_CONNECTION_POOL_SIZE", "0"},
-                                           BadValue{"GRPC_CONNECTION_POOL_SIZE", "-3"},
-                                           BadValue{"GRPC_CONNECTION_POOL_SIZE", "ten"},
-                                           BadValue{"GRPC_CONNECTION_POOL_SIZE", "4x"},
-                                           BadValue{"GRPC_CONNECTION_TIMEOUT_SECS", "-1"},
-                                           BadValue{"GRPC_CONNECTION_TIMEOUT_SECS", "soon"},
-                                           BadValue{"GRPC_HEALTH_CHECK_INTERVAL_SECS", "often"},
-                                           BadValue{"GRPC_MAX_MESSAGE_BYTES", "huge"},
-                                           BadValue{"GRPC_MAX_MESSAGE_BYTES", "-1"},
-                                           BadValue{"GRPC_SHUTDOWN_GRACE_SECS", "forever"},
-                                           BadValue{"GRPC_LOG_LEVEL", "loud"},
-                                           BadValue{"GRPC_LISTEN_ADDR", "127.0.0.1:99999"},
-                                           BadValue{"GRPC_ADMIN_ADDR", "127.0.0.1:port"},
-                                           // Hostile-peer settings (issue 14).
-                                           BadValue{"GRPC_MEMORY_LIMIT_BYTES", "1024"},
-                                           BadValue{"GRPC_MEMORY_LIMIT_BYTES", "lots"},
-                                           BadValue{"GRPC_FRAME_SCREEN", "maybe"},
-                                           BadValue{"GRPC_MAX_HEADER_BLOCK_BYTES", "100"},
-                                           BadValue{"GRPC_RAPID_RESET_MIN_STREAMS", "-1"},
-                                           BadValue{"GRPC_MAX_APP_CONNECTIONS", "0"},
-                                           BadValue{"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "0"}),
-                         [](const ::testing::TestParamInfo<BadValue>& info) {
-                           return absl::StrCat(info.param.variable, "_", info.index);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    BadValues, ConfigErrorsTest,
+    ::testing::Values(
+        BadValue{"GRPC_CONNECTION_POOL_SIZE", "0"}, BadValue{"GRPC_CONNECTION_POOL_SIZE", "-3"},
+        BadValue{"GRPC_CONNECTION_POOL_SIZE", "ten"}, BadValue{"GRPC_CONNECTION_POOL_SIZE", "4x"},
+        BadValue{"GRPC_CONNECTION_TIMEOUT_SECS", "-1"},
+        BadValue{"GRPC_CONNECTION_TIMEOUT_SECS", "soon"},
+        BadValue{"GRPC_HEALTH_CHECK_INTERVAL_SECS", "often"},
+        BadValue{"GRPC_MAX_MESSAGE_BYTES", "huge"}, BadValue{"GRPC_MAX_MESSAGE_BYTES", "-1"},
+        BadValue{"GRPC_SHUTDOWN_GRACE_SECS", "forever"}, BadValue{"GRPC_LOG_LEVEL", "loud"},
+        BadValue{"GRPC_LISTEN_ADDR", "127.0.0.1:99999"},
+        BadValue{"GRPC_ADMIN_ADDR", "127.0.0.1:port"},
+        // Hostile-peer settings (issue 14).
+        BadValue{"GRPC_MEMORY_LIMIT_BYTES", "1024"}, BadValue{"GRPC_MEMORY_LIMIT_BYTES", "lots"},
+        BadValue{"GRPC_FRAME_SCREEN", "maybe"}, BadValue{"GRPC_MAX_HEADER_BLOCK_BYTES", "100"},
+        BadValue{"GRPC_RAPID_RESET_MIN_STREAMS", "-1"}, BadValue{"GRPC_MAX_APP_CONNECTIONS", "0"},
+        BadValue{"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "0"}),
+    [](const ::testing::TestParamInfo<BadValue>& info) {
+      return absl::StrCat(info.param.variable, "_", info.index);
+    });
 
 TEST(RequiredConfigTest, MissingUpstreamTargetExitsWithTwo) {
   const PoolsideProcess::ExitResult result = PoolsideProcess::RunToExit({}, {}, absl::Seconds(10));

@@ -212,8 +212,8 @@ TEST_P(HostilePeerTest, AttackerIsCutOffWhileOthersKeepTheirRateAndMemoryStaysBo
       << "well-behaved calls/s: " << baseline_rate << " before, " << attack_rate << " during";
   if (!attack.reason.empty()) {
     // prometheus-cpp prints labels in name order.
-    const std::string series = absl::StrCat("poolside_hostile_peer_total{reason=\"", attack.reason,
-                                            "\",side=\"app\"}");
+    const std::string series =
+        absl::StrCat("poolside_hostile_peer_total{reason=\"", attack.reason, "\",side=\"app\"}");
     const std::optional<double> cut = AwaitMetric(
         poolside_->admin_port(), series, static_cast<double>(result.cut), absl::Seconds(5));
     EXPECT_GE(cut.value_or(0), 1) << series;
