@@ -134,8 +134,11 @@ TEST_F(LoadFaultTest, SlowClientOnFastServerStreamKeepsPoolsideMemoryBounded) {
 }
 
 TEST_F(LoadFaultTest, TenThousandConcurrentStreamsOpenAndCloseRepeatedlyWithoutLeaking) {
-  ASSERT_NO_FATAL_FAILURE(StartAndFind(
-      {{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_CONNECTION_POOL_SIZE", "4"}}));
+  // 10,000 streams over 8 connections is 1,250 per app connection, past the
+  // default GRPC_MAX_STREAMS_PER_APP_CONNECTION (1,000): raise it for this test.
+  ASSERT_NO_FATAL_FAILURE(StartAndFind({{"GRPC_UPSTREAM_TARGET", upstream_.target()},
+                                        {"GRPC_CONNECTION_POOL_SIZE", "4"},
+                                        {"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "2000"}}));
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < 8; ++i) channels.push_back(CreateTestChannel(poolside_->listen_target()));
 
