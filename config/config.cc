@@ -365,9 +365,10 @@ constexpr Variable kVariables[] = {
         "GRPC_WORKER_THREADS", "worker-threads",
         "threads serving forwarded calls; 0 means one per core"),
     // Hostile peers (SECURITY.md).
-    Define<MemoryLimit>("GRPC_MEMORY_LIMIT_BYTES", "memory-limit-bytes",
-                        "memory budget for grpc's buffers (server and upstream channels); 0 means "
-                        "3/4 of the container's memory limit, or none outside a container"),
+    Define<MemoryLimit>(
+        "GRPC_MEMORY_LIMIT_BYTES", "memory-limit-bytes",
+        "memory budget for grpc's buffers on the app side (a ResourceQuota); 0 means "
+        "3/4 of the container's memory limit, or none outside a container"),
     Define<Boolean<&Config::frame_screen>>(
         "GRPC_FRAME_SCREEN", "frame-screen",
         "screen the HTTP/2 frames apps send (rapid reset, CONTINUATION, PING and SETTINGS "

@@ -66,9 +66,9 @@ struct Config {
   // Completion-queue threads serving forwarded calls; 0 means one per core.
   int worker_threads = 0;
   // Hostile peers (SECURITY.md).
-  // Memory budget given to grpc (ResourceQuota of the server and of every
-  // upstream channel); 0 means derived: 3/4 of the container's memory limit,
-  // or grpc's default (none) outside a memory-limited container.
+  // Memory budget given to grpc's listening server (a ResourceQuota); 0 means
+  // derived: 3/4 of the container's memory limit, or grpc's default (none)
+  // outside a memory-limited container.
   int64_t memory_limit_bytes = 0;
   // Relay app connections through the frame screen (rapid reset, CONTINUATION,
   // PING and SETTINGS floods); false lets grpc listen on its own.
