@@ -10,11 +10,11 @@ admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl
   admin::v1::HealthCheckResponse response;
   const PoolHealth health = PoolHealthOf(snapshot);
   response.set_status(PoolHealthName(health));
-  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.channels.size(),
+  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.ActiveCount(),
                                      " upstream connections healthy");
   for (const ChannelSnapshot& channel : snapshot.channels) {
-    if (!channel.healthy) {
-      absl::StrAppend(&message, "; channel ", channel.index, " ",
+    if (channel.phase == SlotPhase::kActive && !channel.healthy) {
+      absl::StrAppend(&message, "; channel ", channel.index, " (", channel.backend, ") ",
                       ConnectivityStateName(channel.state));
     }
   }
@@ -36,6 +36,20 @@ void DescribeChannels(const PoolSnapshot& snapshot,
     detail->set_calls_started(channel.calls_started);
     detail->set_errors(channel.errors);
     detail->set_age_seconds(absl::ToDoubleSeconds(channel.age));
+    detail->set_backend(channel.backend);
+    detail->set_phase(SlotPhaseName(channel.phase));
+  }
+}
+
+void DescribeBackends(const PoolSnapshot& snapshot,
+                      google::protobuf::RepeatedPtrField<admin::v1::BackendMetrics>* backends) {
+  for (const BackendSnapshot& backend : snapshot.backends) {
+    admin::v1::BackendMetrics* detail = backends->Add();
+    detail->set_address(backend.address);
+    detail->set_active_connections(backend.active_connections);
+    detail->set_connecting_connections(backend.connecting);
+    detail->set_draining_connections(backend.draining);
+    detail->set_calls_started(backend.calls_started);
   }
 }
 
@@ -43,7 +57,7 @@ void DescribeChannels(const PoolSnapshot& snapshot,
 
 admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot) {
   admin::v1::GetConnectionPoolMetricsResponse response;
-  response.set_total_connections(snapshot.channels.size());
+  response.set_total_connections(snapshot.ActiveCount());
   response.set_active_connections(snapshot.HealthyCount());
   response.set_available_connections(snapshot.AvailableCount());
   response.set_connection_errors(snapshot.connection_errors);
@@ -52,6 +66,10 @@ admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& 
                                                ? 0
                                                : absl::ToUnixSeconds(snapshot.last_health_check));
   DescribeChannels(snapshot, response.mutable_channels());
+  DescribeBackends(snapshot, response.mutable_backends());
+  response.set_address_set_changes(snapshot.address_set_changes);
+  response.set_resolution_failures(snapshot.resolution_failures);
+  response.set_resolution_failing(snapshot.resolution_failing);
   return response;
 }
 

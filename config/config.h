@@ -40,6 +40,9 @@ struct Config {
   int health_check_unhealthy_threshold = 2;
   // Connections older than this (±10% jitter) are refreshed; 0 means never.
   absl::Duration connection_max_age = absl::ZeroDuration();
+  // How often a DNS target is resolved again (also at once when a
+  // connection is lost); the pool follows the addresses it finds.
+  absl::Duration dns_refresh = absl::Seconds(10);
   // Streams one upstream connection is expected to carry, for utilization.
   int max_streams_per_connection = 100;
   // Distinct methods labelled in request metrics; the rest count as "other".

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,13 +18,19 @@
 #include "config/logging.h"
 #include "metrics/admin_http_server.h"
 #include "metrics/pool_metrics.h"
+#include "pool/address_tracker.h"
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
+#include "pool/resolver.h"
+#include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
 
 namespace {
+
+// How long one DNS lookup of the upstream may take (start-up included).
+constexpr absl::Duration kResolveTimeout = absl::Seconds(2);
 
 // Each component gets its own slice of the configuration.
 
@@ -48,6 +55,28 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
   return options;
+}
+
+// Null for a target whose addresses are literal: nothing to follow.
+std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Config& config,
+                                                            poolside::ChannelPool& pool) {
+  absl::StatusOr<poolside::UpstreamTarget> target =
+      poolside::ParseUpstreamTarget(config.upstream_target);
+  if (!target.ok() || target->kind != poolside::UpstreamTarget::Kind::kDns) return nullptr;
+  absl::StatusOr<std::unique_ptr<poolside::Resolver>> resolver =
+      poolside::NewResolver(*target, kResolveTimeout);
+  if (!resolver.ok()) {
+    spdlog::warn(
+        "pool: cannot resolve {} here ({}); grpc resolves it, every connection to the "
+        "address it picks",
+        config.upstream_target, std::string(resolver.status().message()));
+    return nullptr;
+  }
+  poolside::AddressTrackerOptions options;
+  options.refresh_interval = config.dns_refresh;
+  options.drain_grace = config.shutdown_grace;
+  options.connect_timeout = config.connection_timeout;
+  return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
 }
 
 poolside::HealthCheckOptions HealthOptionsFrom(
@@ -97,6 +126,8 @@ int Run(const poolside::Config& config) {
   const poolside::UpstreamChannelOptions channel_options = ChannelOptionsFrom(config);
   poolside::ChannelPool pool(PoolOptionsFrom(config),
                              poolside::NewUpstreamChannelFactory(channel_options));
+  // A DNS name is resolved here, so that each slot gets one backend address.
+  std::unique_ptr<poolside::AddressTracker> tracker = NewAddressTracker(config, pool);
   // Declared before everything that records into it, so it outlives them.
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
@@ -106,7 +137,18 @@ int Run(const poolside::Config& config) {
       pool, HealthOptionsFrom(config, channel_options),
       [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });
   pool.SetEjectionListener([&monitor](absl::Time probe_at) { monitor.ProbeAt(probe_at); });
-  pool.Start();
+  if (tracker != nullptr) {
+    pool.SetConnectionLostListener([&tracker] { tracker->RequestResolve(); });
+    const std::vector<poolside::BackendAddress> initial = tracker->ResolveInitial();
+    if (initial.empty()) {
+      pool.Start();  // On the name itself, until it resolves.
+    } else {
+      pool.Start(initial);
+    }
+    tracker->Start();
+  } else {
+    pool.Start();
+  }
   monitor.Start();
 
   poolside::AdminService admin(pool, monitor);
@@ -139,6 +181,7 @@ int Run(const poolside::Config& config) {
   server.Shutdown(config.shutdown_grace);
   admin_http.Shutdown();
   monitor.Shutdown();
+  if (tracker != nullptr) tracker->Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");
   return 0;

@@ -360,7 +360,8 @@ class TestUpstream::Service final : public grpc::CallbackGenericService {
 };
 
 TestUpstream::TestUpstream(Options options)
-    : max_receive_message_size_(options.max_receive_message_size),
+    : host_(options.host),
+      max_receive_message_size_(options.max_receive_message_size),
       recorder_(std::make_unique<Recorder>()),
       port_(options.port) {}
 
@@ -372,7 +373,7 @@ absl::Status TestUpstream::Start() {
   auto service = std::make_unique<Service>(recorder_.get());
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(absl::StrCat("127.0.0.1:", port_), grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(absl::StrCat(host_, ":", port_), grpc::InsecureServerCredentials(),
                            &selected_port);
   builder.RegisterCallbackGenericService(service.get());
   // Two servers must never share a port: a restart test relies on the port
@@ -383,7 +384,7 @@ absl::Status TestUpstream::Start() {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
     return absl::UnavailableError(
-        absl::StrCat("test upstream: cannot listen on 127.0.0.1:", port_));
+        absl::StrCat("test upstream: cannot listen on ", host_, ":", port_));
   }
   port_ = selected_port;
   service_ = std::move(service);
@@ -405,7 +406,7 @@ int TestUpstream::port() const {
   return port_;
 }
 
-std::string TestUpstream::target() const { return absl::StrCat("127.0.0.1:", port()); }
+std::string TestUpstream::target() const { return absl::StrCat(host_, ":", port()); }
 
 std::vector<ObservedCall> TestUpstream::Calls(const std::string& method) const {
   return recorder_->Calls(method);
