@@ -35,12 +35,13 @@ constexpr absl::Duration kSettleTimeout = absl::Seconds(20);
 // each status counted. Every call is bounded by its wait; Stop() joins.
 class Load {
  public:
-  Load(const std::string& target, int threads) {
+  // Each call waits `sleep_ms` in the upstream (0: answers at once).
+  Load(const std::string& target, int threads, int sleep_ms = 5) {
     channel_ = CreateTestChannel(target);
     for (int i = 0; i < threads; ++i) {
-      threads_.emplace_back([this] {
+      threads_.emplace_back([this, sleep_ms] {
         CallOptions options;
-        options.metadata = {{"x-sleep-ms", "5"}};
+        if (sleep_ms > 0) options.metadata = {{"x-sleep-ms", std::to_string(sleep_ms)}};
         options.wait = absl::Seconds(20);
         while (!stopping_.load()) {
           const CallResult result = UnaryCall(channel_, kUnaryMethod, "ping", options);
@@ -298,6 +299,23 @@ TEST_F(BackendsTest, RollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
     ASSERT_TRUE(upstreams_[0]->Start().ok());
   }
   ASSERT_TRUE(load.AwaitMoreSuccesses(200, absl::Seconds(20)));
+  load.Stop();
+  EXPECT_EQ(load.Count(grpc::StatusCode::UNAVAILABLE), 0) << load.FirstFailures();
+}
+
+// The issue's own reproduction: one upstream, restarted three times under
+// load. Calls that never reached it must not fail.
+TEST_F(BackendsTest, RollingRestartsOfTheOnlyUpstreamFailNoCallWithUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", Address(0)},
+                                         {"GRPC_CONNECTION_POOL_SIZE", "4"},
+                                         {"GRPC_SHUTDOWN_GRACE_SECS", "5"}}));
+  Load load(poolside_->listen_target(), 32, /*sleep_ms=*/0);
+  for (int restart = 0; restart < 3; ++restart) {
+    ASSERT_TRUE(load.AwaitMoreSuccesses(2000, absl::Seconds(20)));
+    upstreams_[0]->Shutdown(absl::Seconds(2));
+    ASSERT_TRUE(upstreams_[0]->Start().ok());
+  }
+  ASSERT_TRUE(load.AwaitMoreSuccesses(2000, absl::Seconds(20)));
   load.Stop();
   EXPECT_EQ(load.Count(grpc::StatusCode::UNAVAILABLE), 0) << load.FirstFailures();
 }
