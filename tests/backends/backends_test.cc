@@ -48,8 +48,8 @@ class Load {
           absl::MutexLock lock(&mutex_);
           ++codes_[result.status.error_code()];
           if (!result.status.ok() && failures_.size() < 5) {
-            failures_.push_back(absl::StrCat(result.status.error_code(), ": ",
-                                             result.status.error_message()));
+            failures_.push_back(
+                absl::StrCat(result.status.error_code(), ": ", result.status.error_message()));
           }
         }
       });
@@ -185,10 +185,10 @@ std::string Describe(const std::map<std::string, int>& spread) {
 }
 
 TEST_F(BackendsTest, Ipv4ListSpreadsConnectionsEvenly) {
-  ASSERT_NO_FATAL_FAILURE(StartPoolside(
-      {{"GRPC_UPSTREAM_TARGET",
-        absl::StrCat("ipv4:", Address(0), ",", Address(1), ",", Address(2))},
-       {"GRPC_CONNECTION_POOL_SIZE", "9"}}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartPoolside({{"GRPC_UPSTREAM_TARGET",
+                      absl::StrCat("ipv4:", Address(0), ",", Address(1), ",", Address(2))},
+                     {"GRPC_CONNECTION_POOL_SIZE", "9"}}));
   EXPECT_EQ(Describe(AwaitSpread({{Address(0), 3}, {Address(1), 3}, {Address(2), 3}})),
             Describe({{Address(0), 3}, {Address(1), 3}, {Address(2), 3}}));
   Load load(poolside_->listen_target(), 24);
@@ -198,10 +198,10 @@ TEST_F(BackendsTest, Ipv4ListSpreadsConnectionsEvenly) {
 }
 
 TEST_F(BackendsTest, UnevenSplitDiffersByAtMostOne) {
-  ASSERT_NO_FATAL_FAILURE(StartPoolside(
-      {{"GRPC_UPSTREAM_TARGET",
-        absl::StrCat("ipv4:", Address(0), ",", Address(1), ",", Address(2))},
-       {"GRPC_CONNECTION_POOL_SIZE", "4"}}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartPoolside({{"GRPC_UPSTREAM_TARGET",
+                      absl::StrCat("ipv4:", Address(0), ",", Address(1), ",", Address(2))},
+                     {"GRPC_CONNECTION_POOL_SIZE", "4"}}));
   EXPECT_EQ(Describe(AwaitSpread({{Address(0), 2}, {Address(1), 1}, {Address(2), 1}})),
             Describe({{Address(0), 2}, {Address(1), 1}, {Address(2), 1}}));
 }

@@ -36,7 +36,8 @@ void AppendU32(std::string& out, uint32_t value) {
 }
 
 uint16_t ReadU16(const std::string& in, size_t at) {
-  return static_cast<uint16_t>((static_cast<uint8_t>(in[at]) << 8) | static_cast<uint8_t>(in[at + 1]));
+  return static_cast<uint16_t>((static_cast<uint8_t>(in[at]) << 8) |
+                               static_cast<uint8_t>(in[at + 1]));
 }
 
 }  // namespace
@@ -84,8 +85,8 @@ void DnsResponder::Serve() {
     if (poll(&fd, 1, kPollMs) <= 0) continue;
     sockaddr_storage peer{};
     socklen_t peer_length = sizeof(peer);
-    const ssize_t received = recvfrom(fd_, buffer, sizeof(buffer), 0,
-                                      reinterpret_cast<sockaddr*>(&peer), &peer_length);
+    const ssize_t received =
+        recvfrom(fd_, buffer, sizeof(buffer), 0, reinterpret_cast<sockaddr*>(&peer), &peer_length);
     if (received <= 0) continue;
     queries_.fetch_add(1);
     const std::string reply = Answer(std::string(buffer, static_cast<size_t>(received)));
