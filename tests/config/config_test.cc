@@ -67,6 +67,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_HEALTH_CHECK_TIMEOUT_MS", "--health-check-timeout-ms", "250"},
       {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "--health-check-unhealthy-threshold", "3"},
       {"GRPC_CONNECTION_MAX_AGE_SECS", "--connection-max-age-secs", "600"},
+      {"GRPC_DNS_REFRESH_SECS", "--dns-refresh-secs", "5"},
       {"GRPC_MAX_STREAMS_PER_CONNECTION", "--max-streams-per-connection", "250"},
       {"GRPC_METRICS_MAX_METHODS", "--metrics-max-methods", "50"},
       {"GRPC_MAX_CONCURRENT_REQUESTS", "--max-concurrent-requests", "5000"},
@@ -134,6 +135,7 @@ const std::vector<IntegerVariable>& IntegerVariables() {
       {"GRPC_HEALTH_CHECK_TIMEOUT_MS", 1, 60000},
       {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", 1, 100},
       {"GRPC_CONNECTION_MAX_AGE_SECS", 0, 2592000},
+      {"GRPC_DNS_REFRESH_SECS", 1, 3600},
       {"GRPC_MAX_STREAMS_PER_CONNECTION", 1, 1000000},
       {"GRPC_METRICS_MAX_METHODS", 1, 100000},
       {"GRPC_MAX_CONCURRENT_REQUESTS", 0, 10000000},
@@ -520,6 +522,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_HEALTH_CHECK_TIMEOUT_MS=1000\n"
             "GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD=2\n"
             "GRPC_CONNECTION_MAX_AGE_SECS=0\n"
+            "GRPC_DNS_REFRESH_SECS=10\n"
             "GRPC_MAX_STREAMS_PER_CONNECTION=100\n"
             "GRPC_METRICS_MAX_METHODS=200\n"
             "GRPC_MAX_CONCURRENT_REQUESTS=0\n"
