@@ -14,8 +14,9 @@ admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl
                                      " upstream connections healthy");
   for (const ChannelSnapshot& channel : snapshot.channels) {
     if (channel.phase == SlotPhase::kActive && !channel.healthy) {
-      absl::StrAppend(&message, "; channel ", channel.index, " (", channel.backend, ") ",
-                      ConnectivityStateName(channel.state));
+      absl::StrAppend(&message, "; channel ", channel.index, " ",
+                      ConnectivityStateName(channel.state),
+                      channel.backend.empty() ? "" : " (" + channel.backend + ")");
     }
   }
   response.set_message(message);

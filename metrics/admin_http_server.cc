@@ -131,8 +131,8 @@ Reply Readiness(const PoolSnapshot& snapshot, bool draining) {
   if (health != PoolHealth::kUnhealthy) return {http::status::ok, kTextContentType, reason + "\n"};
   for (const ChannelSnapshot& channel : snapshot.channels) {
     if (channel.phase != SlotPhase::kActive) continue;
-    absl::StrAppend(&reason, "; channel ", channel.index, " (", channel.backend, ") ",
-                    ConnectivityStateName(channel.state));
+    absl::StrAppend(&reason, "; channel ", channel.index, " ", ConnectivityStateName(channel.state),
+                    channel.backend.empty() ? "" : " (" + channel.backend + ")");
   }
   return {http::status::service_unavailable, kTextContentType, reason + "\n"};
 }
