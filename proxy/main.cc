@@ -128,6 +128,12 @@ int Run(const poolside::Config& config) {
                              poolside::NewUpstreamChannelFactory(channel_options));
   // A DNS name is resolved here, so that each slot gets one backend address.
   std::unique_ptr<poolside::AddressTracker> tracker = NewAddressTracker(config, pool);
+  // The pool's watcher thread calls the tracker: on every way out of Run(),
+  // it stops before the tracker is destroyed.
+  struct StopPoolFirst {
+    poolside::ChannelPool& pool;
+    ~StopPoolFirst() { pool.Shutdown(); }
+  } stop_pool_first{pool};
   // Declared before everything that records into it, so it outlives them.
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
