@@ -287,6 +287,23 @@ TEST_F(BackendsTest, BackendStoppingBeforeDnsDropsItFailsNoCallWithUnavailable) 
   EXPECT_EQ(load.Count(grpc::StatusCode::UNAVAILABLE), 0) << load.FirstFailures();
 }
 
+// With an hour between refreshes, only a lost connection can make poolside
+// look the name up again.
+TEST_F(BackendsTest, LostConnectionResolvesTheNameAgainAtOnce) {
+  dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
+  Environment env = DnsEnvironment(6);
+  env["GRPC_DNS_REFRESH_SECS"] = "3600";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  ASSERT_EQ(Describe(AwaitSpread({{Address(0), 2}, {Address(1), 2}, {Address(2), 2}})),
+            Describe({{Address(0), 2}, {Address(1), 2}, {Address(2), 2}}));
+  const int64_t queries_before = dns_->queries();
+  dns_->SetAddresses({kHosts[0], kHosts[1]});
+  upstreams_[2]->Shutdown(absl::Seconds(1));
+  EXPECT_EQ(Describe(AwaitSpread({{Address(0), 3}, {Address(1), 3}})),
+            Describe({{Address(0), 3}, {Address(1), 3}}));
+  EXPECT_GT(dns_->queries(), queries_before);
+}
+
 TEST_F(BackendsTest, RollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
   dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
   ASSERT_NO_FATAL_FAILURE(StartPoolside(DnsEnvironment(6)));
