@@ -33,7 +33,7 @@ struct AddressTrackerOptions {
   // How long a surplus connection may take to finish its calls
   // (GRPC_SHUTDOWN_GRACE_SECS).
   absl::Duration drain_grace = absl::Seconds(25);
-  // Beyond this a new connection that is still not READY is logged.
+  // Beyond this a new connection that is still not READY is logged (once).
   absl::Duration connect_timeout = absl::Seconds(30);
 };
 

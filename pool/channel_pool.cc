@@ -41,6 +41,8 @@ struct alignas(64) ChannelPool::Slot {
   // Protected by the pool's structure_mutex_.
   BackendAddress backend;
   absl::Time phase_since;
+  // A connecting slot past the connect timeout has been logged.
+  bool slow_connect_logged = false;
 };
 
 // A pending connectivity watch on one slot's channel, or, while the slot is
@@ -434,6 +436,7 @@ int ChannelPool::OpenSlot(const BackendAddress& backend, SlotPhase phase) {
     std::shared_ptr<PooledChannel> channel = CreateChannel(backend, i);
     slot.backend = backend;
     slot.phase_since = absl::Now();
+    slot.slow_connect_logged = false;
     slot.calls_started.store(0);
     slot.errors.store(0);
     slot.consecutive_unavailable.store(0);
@@ -570,9 +573,12 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
       const grpc_connectivity_state state = channel->channel().GetState(/*try_to_connect=*/true);
       slot->state.store(state, std::memory_order_relaxed);
       if (state != GRPC_CHANNEL_READY) {
-        if (now - slot->phase_since > connect_timeout && total_active >= options_.size) {
-          spdlog::debug("pool: channel {} to {} not ready after {}", slot->index, label,
-                        absl::FormatDuration(now - slot->phase_since));
+        if (now - slot->phase_since > connect_timeout && !slot->slow_connect_logged) {
+          // It keeps trying (grpc's backoff); the slots it would replace
+          // keep serving meanwhile.
+          spdlog::warn("pool: new connection {} to {} not ready after {}; still trying",
+                       slot->index, label, absl::FormatDuration(now - slot->phase_since));
+          slot->slow_connect_logged = true;
         }
         continue;
       }

@@ -150,6 +150,8 @@ class ChannelPool {
   // share, puts each into rotation once READY while taking a surplus slot
   // out (the surplus drains: no new calls, its calls finish), and frees
   // draining slots whose calls are over or whose `drain_grace` has passed.
+  // A new connection not READY after `connect_timeout` is logged once and
+  // keeps trying; it never displaces a working slot until READY.
   // Returns true while the pool has not settled (call again soon).
   bool Rebalance(const std::vector<BackendAddress>& backends, absl::Duration connect_timeout,
                  absl::Duration drain_grace);
