@@ -89,7 +89,7 @@ ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metr
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
-absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_services) {
+absl::Status ForwardingServer::Start(LocalService* local) {
   if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
 
   grpc::ServerBuilder builder;
@@ -99,7 +99,6 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  for (grpc::Service* service : extra_services) builder.RegisterService(service);
   builder.RegisterAsyncGenericService(&generic_service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
@@ -117,6 +116,7 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
     queue->limits = &limits_;
+    queue->local = local;
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();

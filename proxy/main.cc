@@ -111,7 +111,7 @@ int Run(const poolside::Config& config) {
 
   poolside::AdminService admin(pool, monitor);
   poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
-  if (absl::Status started = server.Start({&admin}); !started.ok()) {
+  if (absl::Status started = server.Start(&admin); !started.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(started.message()).c_str());
     return 1;

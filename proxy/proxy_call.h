@@ -12,6 +12,7 @@
 #ifndef POOLSIDE_PROXY_PROXY_CALL_H_
 #define POOLSIDE_PROXY_PROXY_CALL_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -28,6 +29,7 @@
 #include "metrics/call_recorder.h"
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
+#include "proxy/local_service.h"
 
 namespace poolside {
 
@@ -74,6 +76,8 @@ struct CallQueue {
   ChannelPool* pool = nullptr;
   absl::Duration connection_timeout;
   CallLimits* limits = nullptr;
+  // Methods answered here instead of forwarded; null when there are none.
+  LocalService* local = nullptr;
   // Confined to this queue's thread; null when metrics are off.
   CallRecorder* recorder = nullptr;
   // ProxyCalls that exist on this queue, accepting ones included. Written only
@@ -81,6 +85,11 @@ struct CallQueue {
   std::atomic<int64_t> live_calls{0};
 };
 
+// One forwarded call. Its state is three small machines instead of a dozen
+// flags (chart in proxy/ARCHITECTURE.md): where the call is as a whole
+// (Stage), and what each direction is doing (Upward: app -> upstream,
+// Downward: upstream -> app). Each direction has at most one operation of its
+// own in flight, so each state names the operation the direction waits for.
 class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
@@ -110,6 +119,34 @@ class alignas(16) ProxyCall {
     kAppHeaders,
     kAppWrite,
     kAppFinish,
+    kLocalReply,
+  };
+
+  enum class Stage {
+    kAccepting,         // RequestCall issued; no app call yet.
+    kAwaitingChannel,   // No channel READY: watching one until one is.
+    kStartingUpstream,  // StartCall issued on a leased channel.
+    kForwarding,        // Upstream call started: both directions run.
+    kAnsweringLocally,  // A LocalService method: read, answer, finish.
+    kFinished,          // app Finish issued; only completions remain.
+  };
+  enum class Upward {
+    kReadingApp,        // app Read in flight.
+    kHoldingMessage,    // A message read, waiting for the upstream call to start.
+    kHoldingHalfClose,  // The app half-closed, waiting for the upstream call to start.
+    kWritingUpstream,   // upstream Write in flight.
+    kClosingUpstream,   // upstream WritesDone in flight.
+    kClosed,            // Half-close forwarded: nothing more goes up.
+    kStopped,           // Cancelled, failed, or the upstream call ended.
+  };
+  enum class Downward {
+    kNotStarted,         // No upstream call yet.
+    kAwaitingHeaders,    // upstream ReadInitialMetadata in flight.
+    kSendingHeaders,     // app SendInitialMetadata in flight.
+    kReadingUpstream,    // upstream Read in flight.
+    kWritingApp,         // app Write in flight.
+    kFinishingUpstream,  // upstream Finish in flight.
+    kDone,               // Upstream status relayed (or the call never started).
   };
 
   explicit ProxyCall(CallQueue& queue);
@@ -120,34 +157,44 @@ class alignas(16) ProxyCall {
 
   void OnAccepted(bool ok);
   void OnAppDone();
+  void CancelUpstream();
+  // Stage: waiting for and starting the upstream call.
   void TryStartUpstream();
   void StartUpstream(ChannelPool::Lease lease);
+  void OnUpstreamStarted(bool ok);
   // Upward direction: app -> upstream.
   void OnAppRead(bool ok);
   void PumpUpward();
   void OnUpstreamWrite(bool ok);
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
+  void OnAppHeadersOrWrite(bool ok);
   void ReadUpstream();
   void OnUpstreamRead(bool ok);
   void FinishUpstream();
   void OnUpstreamFinish();
+  // The end, for every path.
   void FinishApp(const grpc::Status& status);
   void RecordOutcome(grpc::StatusCode code);
+  // Locally answered methods.
+  void OnLocalRequestRead(bool ok);
+  void OnLocalReply();
   // False (and the call already failing) when a circuit-breaking limit is hit.
   bool AdmitConcurrent();
   bool AdmitPending();
   void LeavePending();
 
   CallQueue& queue_;
+  Stage stage_ = Stage::kAccepting;
+  Upward upward_ = Upward::kReadingApp;
+  Downward downward_ = Downward::kNotStarted;
+  // The app cancelled, went away or passed its deadline.
+  bool cancelled_ = false;
 
   // App side.
   grpc::GenericServerContext app_context_;
   grpc::GenericServerAsyncReaderWriter app_stream_;
   grpc::ByteBuffer upward_message_;
-  bool app_read_closed_ = false;
-  bool app_finish_sent_ = false;
-  bool cancelled_ = false;
 
   // Upstream side.
   grpc::ClientContext upstream_context_;
@@ -161,17 +208,17 @@ class alignas(16) ProxyCall {
   std::shared_ptr<grpc::Channel> awaited_channel_;
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
-  bool upstream_started_ = false;
-  // Started and not yet ended: writes may be issued.
-  bool upstream_writable_ = false;
-  bool upward_message_held_ = false;
-  bool upstream_write_busy_ = false;
-  bool writes_done_sent_ = false;
+
+  // Locally answered calls only: set by the reply (on any thread) before the
+  // alarm posts kLocalReply to this call's queue.
+  std::unique_ptr<grpc::Alarm> local_alarm_;
+  grpc::Status local_status_;
+  bool local_request_read_ = false;
 
   // Metrics.
   absl::Time accepted_at_;
   MethodId method_ = kOtherMethod;
-  bool accepted_ = false;
+  bool recorded_start_ = false;
   bool outcome_recorded_ = false;
 
   int pending_ops_ = 0;
