@@ -34,8 +34,13 @@ struct alignas(64) ChannelPool::Slot {
   std::shared_ptr<PooledChannel> channel;
 };
 
-// A pending connectivity watch on one slot's channel. Confined to the watcher.
-struct ChannelPool::Watch {
+// A pending connectivity watch on one slot's channel. Confined to the thread
+// that drains its queue.
+struct ChannelPool::Watch final : QueueEvent {
+  void OnQueueEvent(bool /*state_changed*/) override { pool->OnWatchEvent(*this); }
+
+  ChannelPool* pool = nullptr;
+  grpc::CompletionQueue* queue = nullptr;
   Slot* slot = nullptr;
   std::shared_ptr<PooledChannel> watched;
   grpc_connectivity_state last_state = GRPC_CHANNEL_IDLE;
@@ -135,14 +140,25 @@ void ChannelPool::Start() {
     slot.state.store(channel->channel().GetState(/*try_to_connect=*/false));
     std::atomic_store(&slot.channel, channel);
     auto watch = std::make_unique<Watch>();
+    watch->pool = this;
     watch->slot = &slot;
     watch->watched = std::move(channel);
     watch->last_state = slot.state.load();
-    ArmWatch(*watch);
     watches_.push_back(std::move(watch));
   }
   spdlog::info("pool: {} channels to {}", options_.size, options_.target);
+  if (options_.watch_on_caller_queues) return;
+  WatchOn({&watch_queue_});
   watcher_ = std::thread([this] { WatchLoop(); });
+}
+
+void ChannelPool::WatchOn(const std::vector<grpc::CompletionQueue*>& queues) {
+  for (size_t i = 0; i < watches_.size(); ++i) {
+    Watch& watch = *watches_[i];
+    watch.queue = queues[i % queues.size()];
+    armed_watches_.fetch_add(1, std::memory_order_relaxed);
+    ArmWatch(watch);
+  }
 }
 
 void ChannelPool::Shutdown() {
@@ -152,20 +168,24 @@ void ChannelPool::Shutdown() {
 
 void ChannelPool::ArmWatch(Watch& watch) {
   watch.watched->channel().NotifyOnStateChange(
-      watch.last_state, std::chrono::system_clock::now() + kWatchSlice, &watch_queue_, &watch);
+      watch.last_state, std::chrono::system_clock::now() + kWatchSlice, watch.queue, watch.tag());
+}
+
+void ChannelPool::OnWatchEvent(Watch& watch) {
+  if (stopping_.load()) {
+    armed_watches_.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  OnStateChange(watch);
+  ArmWatch(watch);
 }
 
 void ChannelPool::WatchLoop() {
-  size_t armed = watches_.size();
   void* tag = nullptr;
   bool state_changed = false;
-  while (armed > 0 && watch_queue_.Next(&tag, &state_changed)) {
-    --armed;
-    if (stopping_.load()) continue;
-    Watch& watch = *static_cast<Watch*>(tag);
-    OnStateChange(watch);
-    ArmWatch(watch);
-    ++armed;
+  while (armed_watches_.load(std::memory_order_relaxed) > 0 &&
+         watch_queue_.Next(&tag, &state_changed)) {
+    QueueEvent::Dispatch(tag, state_changed);
   }
   watch_queue_.Shutdown();
   while (watch_queue_.Next(&tag, &state_changed)) {

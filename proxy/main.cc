@@ -47,6 +47,9 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   options.max_streams_per_connection = config.max_streams_per_connection;
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
+  // The forwarding threads drain the connectivity watches too: a thread of
+  // the pool's own waiting in grpc would poll the forwarded connections.
+  options.watch_on_caller_queues = true;
   return options;
 }
 

@@ -100,6 +100,10 @@ void ProxyCall::RecordOutcome(grpc::StatusCode code) {
 }
 
 void* ProxyCall::Tag(Op op) {
+  // The pool's connectivity watches share these queues, tagged with every
+  // low bit set: no Op may look like one.
+  static_assert(kOpMask == QueueEvent::kTagBits);
+  static_assert(static_cast<uintptr_t>(Op::kLocalReply) < kOpMask);
   ++pending_ops_;
   return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(this) | static_cast<uintptr_t>(op));
 }
