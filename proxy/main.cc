@@ -22,6 +22,7 @@
 #include "pool/health_monitor.h"
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
+#include "proxy/grpc_runtime.h"
 
 namespace {
 
@@ -91,6 +92,7 @@ int Run(const poolside::Config& config) {
   signal(SIGPIPE, SIG_IGN);
 
   poolside::RouteGrpcLogsToSpdlog();
+  poolside::StartGrpcRuntime(/*inline_executor_work=*/true);
   spdlog::info("poolside {} starting", POOLSIDE_VERSION);
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
