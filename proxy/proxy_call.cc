@@ -133,8 +133,9 @@ void ProxyCall::Handle(Op op, bool ok) {
     case Op::kAppRead:
       return stage_ == Stage::kAnsweringLocally ? OnLocalRequestRead(ok) : OnAppRead(ok);
     case Op::kAppHeaders:
+      return OnAppHeaders(ok);
     case Op::kAppWrite:
-      return OnAppHeadersOrWrite(ok);
+      return OnAppWrite(ok);
     case Op::kAppFinish:
       return;
     case Op::kLocalReply:
@@ -284,11 +285,20 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
     upstream_context_.TryCancel();
     return FinishUpstream();
   }
-  downward_ = Downward::kSendingHeaders;
+  // The headers go to the app at once; the first message is read meanwhile
+  // instead of after they are sent, and grpc sends the app's writes in
+  // order behind them.
   app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
+  ReadUpstream();
 }
 
-void ProxyCall::OnAppHeadersOrWrite(bool ok) {
+void ProxyCall::OnAppHeaders(bool ok) {
+  // Not ok: the app is gone. Stop the upstream call; the pending read then
+  // drains it to its status.
+  if (!ok) upstream_context_.TryCancel();
+}
+
+void ProxyCall::OnAppWrite(bool ok) {
   // Not ok: the app is gone. Stop the upstream call, then drain it to its
   // status.
   if (!ok) upstream_context_.TryCancel();

@@ -142,7 +142,6 @@ class alignas(16) ProxyCall {
   enum class Downward {
     kNotStarted,         // No upstream call yet.
     kAwaitingHeaders,    // upstream ReadInitialMetadata in flight.
-    kSendingHeaders,     // app SendInitialMetadata in flight.
     kReadingUpstream,    // upstream Read in flight.
     kWritingApp,         // app Write in flight.
     kFinishingUpstream,  // upstream Finish in flight.
@@ -168,7 +167,8 @@ class alignas(16) ProxyCall {
   void OnUpstreamWrite(bool ok);
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
-  void OnAppHeadersOrWrite(bool ok);
+  void OnAppHeaders(bool ok);
+  void OnAppWrite(bool ok);
   void ReadUpstream();
   void OnUpstreamRead(bool ok);
   void FinishUpstream();
