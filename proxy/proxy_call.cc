@@ -151,6 +151,7 @@ void ProxyCall::OnAccepted(bool ok) {
 
   if (queue_.local != nullptr && queue_.local->Serves(app_context_.method())) {
     stage_ = Stage::kAnsweringLocally;
+    local_ = std::make_unique<LocalAnswer>();
     app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
     return;
   }
@@ -357,9 +358,9 @@ void ProxyCall::FinishApp(const grpc::Status& status) {
 void ProxyCall::OnLocalRequestRead(bool ok) {
   if (stage_ != Stage::kAnsweringLocally) return;
   if (ok) {
-    if (!local_request_read_) {
+    if (!local_->request_read) {
       // A unary request: expect the half-close next.
-      local_request_read_ = true;
+      local_->request_read = true;
       app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
       return;
     }
@@ -370,28 +371,27 @@ void ProxyCall::OnLocalRequestRead(bool ok) {
     cancelled_ = true;
     return;
   }
-  if (!local_request_read_) {
+  if (!local_->request_read) {
     return FinishApp(grpc::Status(grpc::StatusCode::INTERNAL,
                                   "poolside: PoolAdmin methods take one request message"));
   }
   // The reply may come on another thread; the alarm brings it back to this
   // call's queue, so every other step stays on the queue's thread.
-  local_alarm_ = std::make_unique<grpc::Alarm>();
   void* const reply_tag = Tag(Op::kLocalReply);
   queue_.local->Answer(app_context_.method(), upward_message_,
                        [this, reply_tag](grpc::Status status, grpc::ByteBuffer response) {
-                         local_status_ = std::move(status);
+                         local_->status = std::move(status);
                          downward_message_ = std::move(response);
-                         local_alarm_->Set(queue_.queue, gpr_time_0(GPR_CLOCK_MONOTONIC),
+                         local_->alarm.Set(queue_.queue, gpr_time_0(GPR_CLOCK_MONOTONIC),
                                            reply_tag);
                        });
 }
 
 void ProxyCall::OnLocalReply() {
   if (stage_ != Stage::kAnsweringLocally) return;  // Cancelled meanwhile.
-  if (!local_status_.ok()) return FinishApp(local_status_);
+  if (!local_->status.ok()) return FinishApp(local_->status);
   stage_ = Stage::kFinished;
-  app_stream_.WriteAndFinish(downward_message_, grpc::WriteOptions(), local_status_,
+  app_stream_.WriteAndFinish(downward_message_, grpc::WriteOptions(), local_->status,
                              Tag(Op::kAppFinish));
 }
 

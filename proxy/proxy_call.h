@@ -209,11 +209,16 @@ class alignas(16) ProxyCall {
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
 
-  // Locally answered calls only: set by the reply (on any thread) before the
-  // alarm posts kLocalReply to this call's queue.
-  std::unique_ptr<grpc::Alarm> local_alarm_;
-  grpc::Status local_status_;
-  bool local_request_read_ = false;
+  // Locally answered calls only (kept out of line: forwarded calls, the
+  // many, do not pay for it).
+  struct LocalAnswer {
+    bool request_read = false;
+    // Set by the reply (on any thread) before the alarm posts kLocalReply to
+    // this call's queue.
+    grpc::Status status;
+    grpc::Alarm alarm;
+  };
+  std::unique_ptr<LocalAnswer> local_;
 
   // Metrics.
   absl::Time accepted_at_;
