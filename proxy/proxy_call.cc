@@ -224,7 +224,6 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
   upstream_stream_ =
       lease_->channel().stub().PrepareCall(&upstream_context_, app_context_.method(), queue_.queue);
   upstream_stream_->StartCall(Tag(Op::kUpstreamStarted));
-  downward_ = Downward::kAwaitingHeaders;
   upstream_stream_->ReadInitialMetadata(Tag(Op::kUpstreamHeaders));
 }
 
@@ -307,7 +306,6 @@ void ProxyCall::OnAppWrite(bool ok) {
 }
 
 void ProxyCall::ReadUpstream() {
-  downward_ = Downward::kReadingUpstream;
   upstream_stream_->Read(&downward_message_, Tag(Op::kUpstreamRead));
 }
 
@@ -316,17 +314,14 @@ void ProxyCall::OnUpstreamRead(bool ok) {
   if (queue_.recorder != nullptr) {
     queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
   }
-  downward_ = Downward::kWritingApp;
   app_stream_.Write(downward_message_, Tag(Op::kAppWrite));
 }
 
 void ProxyCall::FinishUpstream() {
-  downward_ = Downward::kFinishingUpstream;
   upstream_stream_->Finish(&upstream_status_, Tag(Op::kUpstreamFinish));
 }
 
 void ProxyCall::OnUpstreamFinish() {
-  downward_ = Downward::kDone;
   if (upward_ != Upward::kClosingUpstream) upward_ = Upward::kStopped;
   // A cancelled app call says nothing about the upstream connection.
   if (!cancelled_) {

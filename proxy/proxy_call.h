@@ -85,11 +85,11 @@ struct CallQueue {
   std::atomic<int64_t> live_calls{0};
 };
 
-// One forwarded call. Its state is three small machines instead of a dozen
-// flags (chart in proxy/ARCHITECTURE.md): where the call is as a whole
-// (Stage), and what each direction is doing (Upward: app -> upstream,
-// Downward: upstream -> app). Each direction has at most one operation of its
-// own in flight, so each state names the operation the direction waits for.
+// One forwarded call. Where it is, is two small machines instead of a dozen
+// flags (chart in proxy/ARCHITECTURE.md): the call as a whole (Stage) and the
+// app -> upstream direction (Upward), which must remember what it holds while
+// the upstream call starts. The upstream -> app direction needs no state of
+// its own: it is a fixed chain in which every completion names the next step.
 class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
@@ -139,14 +139,6 @@ class alignas(16) ProxyCall {
     kClosed,            // Half-close forwarded: nothing more goes up.
     kStopped,           // Cancelled, failed, or the upstream call ended.
   };
-  enum class Downward {
-    kNotStarted,         // No upstream call yet.
-    kAwaitingHeaders,    // upstream ReadInitialMetadata in flight.
-    kReadingUpstream,    // upstream Read in flight.
-    kWritingApp,         // app Write in flight.
-    kFinishingUpstream,  // upstream Finish in flight.
-    kDone,               // Upstream status relayed (or the call never started).
-  };
 
   explicit ProxyCall(CallQueue& queue);
   ~ProxyCall();
@@ -187,7 +179,6 @@ class alignas(16) ProxyCall {
   CallQueue& queue_;
   Stage stage_ = Stage::kAccepting;
   Upward upward_ = Upward::kReadingApp;
-  Downward downward_ = Downward::kNotStarted;
   // The app cancelled, went away or passed its deadline.
   bool cancelled_ = false;
 
