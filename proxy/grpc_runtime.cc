@@ -14,11 +14,11 @@ class Executor {
 
 namespace poolside {
 
-void StartGrpcRuntime(bool inline_executor_work) {
+void StartGrpcRuntime() {
   // Never released: grpc would stop its threads (and restart the executor's)
   // whenever the last grpc object of the moment went away.
   grpc_init();
-  if (inline_executor_work) grpc_core::Executor::SetThreadingDefault(false);
+  grpc_core::Executor::SetThreadingDefault(false);
 }
 
 }  // namespace poolside

@@ -15,10 +15,9 @@
 
 namespace poolside {
 
-// Initializes grpc for the life of the process and, when
-// `inline_executor_work`, runs grpc's default-executor work inline. Call once,
-// before any grpc object exists.
-void StartGrpcRuntime(bool inline_executor_work);
+// Initializes grpc for the life of the process and runs grpc's
+// default-executor work inline. Call once, before any grpc object exists.
+void StartGrpcRuntime();
 
 }  // namespace poolside
 

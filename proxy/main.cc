@@ -92,7 +92,7 @@ int Run(const poolside::Config& config) {
   signal(SIGPIPE, SIG_IGN);
 
   poolside::RouteGrpcLogsToSpdlog();
-  poolside::StartGrpcRuntime(/*inline_executor_work=*/true);
+  poolside::StartGrpcRuntime();
   spdlog::info("poolside {} starting", POOLSIDE_VERSION);
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {

@@ -352,21 +352,17 @@ void ProxyCall::FinishApp(const grpc::Status& status) {
 
 void ProxyCall::OnLocalRequestRead(bool ok) {
   if (stage_ != Stage::kAnsweringLocally) return;
-  if (ok) {
-    if (!local_->request_read) {
-      // A unary request: expect the half-close next.
-      local_->request_read = true;
-      app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
-      return;
-    }
-    return FinishApp(grpc::Status(grpc::StatusCode::INTERNAL,
-                                  "poolside: PoolAdmin methods take one request message"));
+  if (ok && !local_->request_read) {
+    // A unary request: expect the half-close next.
+    local_->request_read = true;
+    app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+    return;
   }
-  if (grpc_call_failed_before_recv_message(app_context_.c_call())) {
+  if (!ok && grpc_call_failed_before_recv_message(app_context_.c_call())) {
     cancelled_ = true;
     return;
   }
-  if (!local_->request_read) {
+  if (ok || !local_->request_read) {  // A second message, or none at all.
     return FinishApp(grpc::Status(grpc::StatusCode::INTERNAL,
                                   "poolside: PoolAdmin methods take one request message"));
   }
