@@ -22,9 +22,10 @@ import grpc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from python_client_test import (  # noqa: E402
     CALL_TIMEOUT_S,
-    START_TIMEOUT_S,
     CheckFailed,
     expect,
+    report,
+    run_direct_and_through,
     start_poolside,
     stop,
     values,
@@ -72,7 +73,7 @@ class RawHandlers(grpc.GenericRpcHandler):
         return HANDLERS.get(handler_call_details.method)
 
 
-def check_ok_with_details(channel):
+def check_ok_with_details(channel, _rng):
     response, call = channel.unary_unary("/py.Upstream/OkWithDetails").with_call(
         b"payload", timeout=CALL_TIMEOUT_S
     )
@@ -83,7 +84,7 @@ def check_ok_with_details(channel):
     expect(values(trailing, "x-after") == ["ok"], "trailer lost: %r" % (trailing,))
 
 
-def check_error_with_details(channel):
+def check_error_with_details(channel, _rng):
     try:
         channel.unary_unary("/py.Upstream/ErrorWithDetails")(b"x", timeout=CALL_TIMEOUT_S)
     except grpc.RpcError as error:
@@ -95,7 +96,7 @@ def check_error_with_details(channel):
     raise CheckFailed("error-with-details: the call succeeded")
 
 
-def check_error_non_ascii(channel):
+def check_error_non_ascii(channel, _rng):
     try:
         channel.unary_unary("/py.Upstream/ErrorNonAscii")(b"x", timeout=CALL_TIMEOUT_S)
     except grpc.RpcError as error:
@@ -105,7 +106,7 @@ def check_error_non_ascii(channel):
     raise CheckFailed("non-ascii message: the call succeeded")
 
 
-def check_stream_ok_with_details(channel):
+def check_stream_ok_with_details(channel, _rng):
     call = channel.unary_stream("/py.Upstream/StreamOkWithDetails")(b"s", timeout=CALL_TIMEOUT_S)
     responses = list(call)
     expect(responses == [b"s"] * 3, "stream: %r" % (responses,))
@@ -115,20 +116,6 @@ def check_stream_ok_with_details(channel):
 
 CHECKS = [check_ok_with_details, check_error_with_details, check_error_non_ascii,
           check_stream_ok_with_details]
-
-
-def run_checks(label, target):
-    failures = 0
-    with grpc.insecure_channel(target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_S)
-        for check in CHECKS:
-            try:
-                check(channel)
-                print("ok    %s %s" % (label, check.__name__))
-            except (CheckFailed, grpc.RpcError) as error:
-                failures += 1
-                print("FAIL  %s %s: %s" % (label, check.__name__, error))
-    return failures
 
 
 def main():
@@ -144,25 +131,15 @@ def main():
     failures = 0
     try:
         poolside, listen_target = start_poolside(args.poolside, upstream_port, log)
-        failures += run_checks("direct         ", "127.0.0.1:%d" % upstream_port)
-        try:
-            failures += run_checks("through poolside", listen_target)
-        except grpc.FutureTimeoutError:
-            failures += 1
-            print("FAIL  poolside did not serve on %s" % listen_target)
-        expect(poolside.poll() is None, "poolside exited with %s" % poolside.poll())
+        failures += run_direct_and_through("127.0.0.1:%d" % upstream_port, poolside,
+                                           listen_target, CHECKS)
     except CheckFailed as error:
         failures += 1
         print("FAIL  %s" % error)
     finally:
         stop(poolside)
         server.stop(grace=None)
-    if failures:
-        log.seek(0)
-        sys.stdout.write("---- poolside output ----\n")
-        sys.stdout.write(log.read().decode(errors="replace")[-6000:])
-    print("%s: %d failure(s)" % ("FAILED" if failures else "PASSED", failures))
-    return 1 if failures else 0
+    return report(failures, log)
 
 
 if __name__ == "__main__":
