@@ -46,8 +46,13 @@ struct alignas(64) ChannelPool::Slot {
 };
 
 // A pending connectivity watch on one slot's channel, or, while the slot is
-// free, an alarm that looks again later. Confined to the watcher.
-struct ChannelPool::Watch {
+// free, an alarm that looks again later. Confined to the thread that drains
+// its queue.
+struct ChannelPool::Watch final : QueueEvent {
+  void OnQueueEvent(bool /*state_changed*/) override { pool->OnWatchEvent(*this); }
+
+  ChannelPool* pool = nullptr;
+  grpc::CompletionQueue* queue = nullptr;
   Slot* slot = nullptr;
   std::shared_ptr<PooledChannel> watched;
   grpc_connectivity_state last_state = GRPC_CHANNEL_IDLE;
@@ -167,15 +172,26 @@ void ChannelPool::Start(const std::vector<BackendAddress>& backends) {
   }
   for (int i = 0; i < capacity_; ++i) {
     auto watch = std::make_unique<Watch>();
+    watch->pool = this;
     watch->slot = &slots_[i];
     watch->watched = std::atomic_load(&slots_[i].channel);
     watch->last_state = slots_[i].state.load();
-    ArmWatch(*watch);
     watches_.push_back(std::move(watch));
   }
   spdlog::info("pool: {} channels to {} over {} backend address{}", options_.size, options_.target,
                backends.size(), backends.size() == 1 ? "" : "es");
+  if (options_.watch_on_caller_queues) return;
+  WatchOn({&watch_queue_});
   watcher_ = std::thread([this] { WatchLoop(); });
+}
+
+void ChannelPool::WatchOn(const std::vector<grpc::CompletionQueue*>& queues) {
+  for (size_t i = 0; i < watches_.size(); ++i) {
+    Watch& watch = *watches_[i];
+    watch.queue = queues[i % queues.size()];
+    armed_watches_.fetch_add(1, std::memory_order_relaxed);
+    ArmWatch(watch);
+  }
 }
 
 void ChannelPool::Shutdown() {
@@ -190,23 +206,28 @@ void ChannelPool::SetConnectionLostListener(std::function<void()> listener) {
 void ChannelPool::ArmWatch(Watch& watch) {
   const auto deadline = std::chrono::system_clock::now() + kWatchSlice;
   if (watch.watched == nullptr) {
-    watch.alarm.Set(&watch_queue_, deadline, &watch);
+    watch.alarm.Set(watch.queue, deadline, watch.tag());
     return;
   }
-  watch.watched->channel().NotifyOnStateChange(watch.last_state, deadline, &watch_queue_, &watch);
+  watch.watched->channel().NotifyOnStateChange(watch.last_state, deadline, watch.queue,
+                                               watch.tag());
+}
+
+void ChannelPool::OnWatchEvent(Watch& watch) {
+  if (stopping_.load()) {
+    armed_watches_.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  OnStateChange(watch);
+  ArmWatch(watch);
 }
 
 void ChannelPool::WatchLoop() {
-  size_t armed = watches_.size();
   void* tag = nullptr;
   bool state_changed = false;
-  while (armed > 0 && watch_queue_.Next(&tag, &state_changed)) {
-    --armed;
-    if (stopping_.load()) continue;
-    Watch& watch = *static_cast<Watch*>(tag);
-    OnStateChange(watch);
-    ArmWatch(watch);
-    ++armed;
+  while (armed_watches_.load(std::memory_order_relaxed) > 0 &&
+         watch_queue_.Next(&tag, &state_changed)) {
+    QueueEvent::Dispatch(tag, state_changed);
   }
   watch_queue_.Shutdown();
   while (watch_queue_.Next(&tag, &state_changed)) {

@@ -36,6 +36,7 @@
 #include "absl/time/time.h"
 #include "pool/channel_factory.h"
 #include "pool/pool_snapshot.h"
+#include "pool/queue_event.h"
 #include "pool/upstream_target.h"
 
 namespace poolside {
@@ -52,6 +53,10 @@ struct PoolOptions {
   // 0 turns ejection off. The last healthy channel is never ejected.
   int outlier_consecutive_failures = 5;
   absl::Duration outlier_ejection = absl::Seconds(10);
+  // false: Start() watches connectivity on a thread of the pool's own.
+  // true: the watches wait on queues handed to WatchOn(), drained by their
+  // owner's threads (see queue_event.h for why that is cheaper).
+  bool watch_on_caller_queues = false;
 };
 
 // One upstream channel and the stub that starts generic calls on it.
@@ -113,14 +118,20 @@ class ChannelPool {
   ChannelPool& operator=(const ChannelPool&) = delete;
 
   // Creates `size` channels spread over `backends` (not empty), asks each to
-  // connect, and starts watching their connectivity. Never waits for the
-  // upstream.
+  // connect, and (unless watch_on_caller_queues) starts watching their
+  // connectivity. Never waits for the upstream.
   void Start(const std::vector<BackendAddress>& backends);
   // Start() over the target's literal addresses, or, for a name, one backend
   // that is the target itself (grpc resolves it) until Rebalance() is given
   // the name's addresses.
   void Start();
-  // Stops the watcher. Leases still held stay valid until released.
+  // With watch_on_caller_queues, after Start(): arms the connectivity
+  // watches on `queues`, spread over them. Whoever drains a queue passes
+  // every tag that QueueEvent::IsQueueEventTag() claims to
+  // QueueEvent::Dispatch(), and keeps draining until the watches have ended:
+  // within a watch slice (500 ms) of Shutdown().
+  void WatchOn(const std::vector<grpc::CompletionQueue*>& queues);
+  // Stops the watches. Leases still held stay valid until released.
   void Shutdown();
 
   // The ready channel with the fewest outstanding calls, or nullopt when no
@@ -194,6 +205,7 @@ class ChannelPool {
   void MaybeEject(Slot& slot);
   void WatchLoop();
   void ArmWatch(Watch& watch);
+  void OnWatchEvent(Watch& watch);
   void OnStateChange(Watch& watch);
   std::shared_ptr<PooledChannel> CreateChannel(const BackendAddress& backend, int slot);
   // Gives a free slot a new channel to `backend`; -1 if every slot is taken.
@@ -232,9 +244,12 @@ class ChannelPool {
   uint64_t retired_errors_ ABSL_GUARDED_BY(structure_mutex_) = 0;
   bool resolution_failing_ ABSL_GUARDED_BY(structure_mutex_) = false;
 
-  // Confined to the watcher thread once Start() returns.
-  grpc::CompletionQueue watch_queue_;
+  // Each watch is confined to the thread draining its queue once armed.
   std::vector<std::unique_ptr<Watch>> watches_;
+  // Watches armed and not yet ended by Shutdown().
+  std::atomic<int> armed_watches_{0};
+  // The pool's own watcher, unless watch_on_caller_queues.
+  grpc::CompletionQueue watch_queue_;
   std::thread watcher_;
 };
 

@@ -89,7 +89,7 @@ ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metr
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
-absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_services) {
+absl::Status ForwardingServer::Start(LocalService* local) {
   if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
 
   grpc::ServerBuilder builder;
@@ -99,7 +99,6 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  for (grpc::Service* service : extra_services) builder.RegisterService(service);
   builder.RegisterAsyncGenericService(&generic_service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
@@ -117,12 +116,18 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
     queue->limits = &limits_;
+    queue->local = local;
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();
     }
     for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
     call_queues_.push_back(std::move(queue));
+  }
+  if (pool_.options().watch_on_caller_queues) {
+    std::vector<grpc::CompletionQueue*> queues;
+    for (auto& completion_queue : completion_queues_) queues.push_back(completion_queue.get());
+    pool_.WatchOn(queues);
   }
   for (auto& queue : call_queues_) {
     threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
@@ -134,7 +139,13 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
 void ForwardingServer::ServeQueue(CallQueue& queue) {
   void* tag = nullptr;
   bool ok = false;
-  while (queue.queue->Next(&tag, &ok)) ProxyCall::Dispatch(tag, ok);
+  while (queue.queue->Next(&tag, &ok)) {
+    if (QueueEvent::IsQueueEventTag(tag)) {
+      QueueEvent::Dispatch(tag, ok);
+    } else {
+      ProxyCall::Dispatch(tag, ok);
+    }
+  }
 }
 
 int64_t ForwardingServer::LiveCalls() const {
@@ -157,6 +168,9 @@ void ForwardingServer::Shutdown(absl::Duration grace) {
   if (const int64_t live = LiveCalls(); live > 0) {
     spdlog::error("proxy: {} calls still open after shutdown", live);
   }
+  // The pool's watches on these queues end within a watch slice; none may
+  // be re-armed once a queue is shut down.
+  if (pool_.options().watch_on_caller_queues) pool_.Shutdown();
   for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "metrics/pool_metrics.h"
 #include "pool/channel_pool.h"
+#include "proxy/local_service.h"
 #include "proxy/proxy_call.h"
 
 namespace poolside {
@@ -48,8 +49,9 @@ class ForwardingServer {
   ForwardingServer& operator=(const ForwardingServer&) = delete;
 
   // Binds and starts serving. Fails (one-line message) when the address is in
-  // use or invalid. `extra_services` must outlive the server.
-  absl::Status Start(const std::vector<grpc::Service*>& extra_services);
+  // use or invalid. `local` (may be null) answers the methods it serves
+  // instead of their being forwarded; it must outlive the server.
+  absl::Status Start(LocalService* local);
 
   // Stops accepting, lets calls in flight finish until `grace` has passed,
   // cancels the rest, and stops the threads.

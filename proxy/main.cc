@@ -26,6 +26,7 @@
 #include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
+#include "proxy/grpc_runtime.h"
 
 namespace {
 
@@ -54,6 +55,9 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   options.max_streams_per_connection = config.max_streams_per_connection;
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
+  // The forwarding threads drain the connectivity watches too: a thread of
+  // the pool's own waiting in grpc would poll the forwarded connections.
+  options.watch_on_caller_queues = true;
   return options;
 }
 
@@ -117,6 +121,7 @@ int Run(const poolside::Config& config) {
   signal(SIGPIPE, SIG_IGN);
 
   poolside::RouteGrpcLogsToSpdlog();
+  poolside::StartGrpcRuntime();
   spdlog::info("poolside {} starting", POOLSIDE_VERSION);
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
@@ -159,7 +164,7 @@ int Run(const poolside::Config& config) {
 
   poolside::AdminService admin(pool, monitor);
   poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
-  if (absl::Status started = server.Start({&admin}); !started.ok()) {
+  if (absl::Status started = server.Start(&admin); !started.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(started.message()).c_str());
     return 1;
