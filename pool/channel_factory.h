@@ -38,12 +38,13 @@ struct UpstreamChannelOptions {
   std::string key_file;
   std::string server_name;
 
-  // GRPC_ARG_ENABLE_RETRIES. No retry policy is configured, so grpc would
-  // retry only what provably never reached the upstream, on the same channel
-  // (so the same backend). Off: it costs 5% more instructions per call and,
-  // alone, did not make an upstream's restart lose fewer calls (see
-  // pool/ARCHITECTURE.md, "Calls that never reached an upstream").
-  bool transparent_retries = false;
+  // GRPC_ARG_ENABLE_RETRIES. No retry policy is configured, so grpc retries
+  // only what provably never reached the upstream, on the same channel (so
+  // the same backend), once the channel is back: ProxyCall's upstream calls
+  // wait for ready, with a bound of its own. Costs about 5% more
+  // instructions per call (pool/ARCHITECTURE.md, "Calls that never reached
+  // an upstream").
+  bool transparent_retries = true;
 };
 
 // The files whose change must roll the pool's connections over.
@@ -52,8 +53,9 @@ std::vector<std::string> CredentialFiles(const UpstreamChannelOptions& options);
 // Channels to one backend address of `options.target` each (h2c, or TLS
 // re-reading its files as they change), named as the target (its authority
 // and TLS server name), tuned for forwarding: a private subchannel pool so
-// that each channel is its own connection, and no retry (the app's own client
-// decides about retries; see `transparent_retries`).
+// that each channel is its own connection, and no retry beyond grpc's
+// transparent one (the app's own client decides about retries; see
+// `transparent_retries`).
 std::unique_ptr<ChannelFactory> NewUpstreamChannelFactory(UpstreamChannelOptions options);
 
 }  // namespace poolside

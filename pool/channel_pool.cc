@@ -9,6 +9,7 @@
 #include <iterator>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 
 namespace poolside {
@@ -197,6 +198,13 @@ void ChannelPool::WatchOn(const std::vector<grpc::CompletionQueue*>& queues) {
 void ChannelPool::Shutdown() {
   stopping_.store(true);
   if (watcher_.joinable()) watcher_.join();
+  // Watches on the caller's queues: a watch being handled right now may arm
+  // once more, so the caller may shut its queues down only once every watch
+  // has come back (within a slice while the queues are drained).
+  const auto give_up = std::chrono::steady_clock::now() + 2 * kWatchSlice;
+  while (armed_watches_.load() > 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 void ChannelPool::SetConnectionLostListener(std::function<void()> listener) {
@@ -515,17 +523,20 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
     }
   }
 
-  // Draining slots leave when their calls are over or their grace is up; a
-  // call still running then keeps its channel alive until it ends.
+  // Draining slots leave when their calls are over or their grace is up; the
+  // calls still running then are cut (their forwarding threads end them
+  // within a check interval) and keep the channel alive until they end.
   for (int i = 0; i < capacity_; ++i) {
     Slot& slot = slots_[i];
     if (slot.phase.load() != SlotPhase::kDraining) continue;
     const int64_t outstanding = slot.outstanding.load();
     if (outstanding == 0 || now - slot.phase_since >= drain_grace) {
       if (outstanding > 0) {
-        spdlog::warn("pool: channel {} ({}) drained after {} with {} calls still running",
+        spdlog::warn("pool: channel {} ({}) drained after {}; ending the {} calls still on it",
                      slot.index, slot.backend.label, absl::FormatDuration(drain_grace),
                      outstanding);
+        std::atomic_load(&slot.channel)->Cut();
+        cuts_.fetch_add(1, std::memory_order_release);
       } else {
         spdlog::debug("pool: channel {} ({}) drained", slot.index, slot.backend.label);
       }

@@ -72,12 +72,17 @@ class PooledChannel {
   absl::Time created_at() const { return created_at_; }
   // Unique within the pool: tells a slot's new channel from its old one.
   uint64_t id() const { return id_; }
+  // The pool gave up on this channel (a drain outlived its grace): calls
+  // still on it are to end. Any thread.
+  void Cut() { cut_.store(true, std::memory_order_relaxed); }
+  bool cut() const { return cut_.load(std::memory_order_relaxed); }
 
  private:
   const std::shared_ptr<grpc::Channel> channel_;
   grpc::GenericStub stub_;
   const absl::Time created_at_;
   const uint64_t id_;
+  std::atomic<bool> cut_{false};
 };
 
 class ChannelPool {
@@ -131,7 +136,8 @@ class ChannelPool {
   // QueueEvent::Dispatch(), and keeps draining until the watches have ended:
   // within a watch slice (500 ms) of Shutdown().
   void WatchOn(const std::vector<grpc::CompletionQueue*>& queues);
-  // Stops the watches. Leases still held stay valid until released.
+  // Stops the watches and waits (up to two watch slices) until the last has
+  // come back. Leases still held stay valid until released.
   void Shutdown();
 
   // The ready channel with the fewest outstanding calls, or nullopt when no
@@ -145,6 +151,11 @@ class ChannelPool {
   // Leases the slot whose channel is `channel`, if it is still in the pool
   // (the watcher may not have seen the channel become ready yet).
   std::optional<Lease> LeaseIfCurrent(const std::shared_ptr<grpc::Channel>& channel);
+
+  // How many times the pool has cut channels (PooledChannel::Cut) that still
+  // had calls: a caller holding leases looks at them again only when this
+  // has changed. Lock-free.
+  uint64_t cuts() const { return cuts_.load(std::memory_order_acquire); }
 
   PoolSnapshot Snapshot() const;
   const PoolOptions& options() const { return options_; }
@@ -225,6 +236,7 @@ class ChannelPool {
   std::atomic<uint32_t> next_pick_{0};
   std::atomic<uint64_t> next_channel_id_{1};
   std::atomic<uint64_t> connections_created_{0};
+  std::atomic<uint64_t> cuts_{0};
   std::atomic<uint64_t> outlier_ejections_{0};
   std::function<void(absl::Time)> ejection_listener_;
   std::atomic<uint64_t> health_check_failures_{0};

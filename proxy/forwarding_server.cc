@@ -30,6 +30,10 @@ constexpr int kAcceptsPerQueue = 4;
 // calls they still hold (waiting calls notice within a wait slice).
 constexpr absl::Duration kDrainLimit = absl::Seconds(5);
 
+// How often calls waiting for their upstream's answer have their connection
+// looked at; their wait is bounded by the connection timeout plus this.
+constexpr auto kConnectionCheckInterval = std::chrono::milliseconds(250);
+
 // grpc binds with SO_REUSEPORT, so a port held by another process's socket
 // that also set it would be shared silently instead of refused. Probe the
 // address with a plain bind first so that "in use" is a clear error.
@@ -122,6 +126,8 @@ absl::Status ForwardingServer::Start(LocalService* local) {
       queue->recorder = recorders_.back().get();
     }
     for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
+    connection_checks_.push_back(std::make_unique<ConnectionCheck>(*this, *queue));
+    connection_checks_.back()->Arm();
     call_queues_.push_back(std::move(queue));
   }
   if (pool_.options().watch_on_caller_queues) {
@@ -148,6 +154,29 @@ void ForwardingServer::ServeQueue(CallQueue& queue) {
   }
 }
 
+ForwardingServer::ConnectionCheck::ConnectionCheck(ForwardingServer& server, CallQueue& queue)
+    : server_(server), queue_(queue) {}
+
+void ForwardingServer::ConnectionCheck::Arm() {
+  server_.armed_checks_.fetch_add(1);
+  alarm_.Set(queue_.queue, std::chrono::system_clock::now() + kConnectionCheckInterval, tag());
+}
+
+void ForwardingServer::ConnectionCheck::OnQueueEvent(bool /*ok*/) {
+  ProxyCall::CheckUpstreamCalls(queue_, absl::Now());
+  // Re-armed before it counts as ended, so StopConnectionChecks() never sees
+  // zero while one is about to be armed again.
+  if (!server_.stopping_checks_.load()) Arm();
+  server_.armed_checks_.fetch_sub(1);
+}
+
+void ForwardingServer::StopConnectionChecks() {
+  stopping_checks_.store(true);
+  // The queues are still drained, so every armed check fires within an
+  // interval and is not armed again.
+  while (armed_checks_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
 int64_t ForwardingServer::LiveCalls() const {
   int64_t live = 0;
   for (const auto& queue : call_queues_) live += queue->live_calls.load(std::memory_order_relaxed);
@@ -171,6 +200,7 @@ void ForwardingServer::Shutdown(absl::Duration grace) {
   // The pool's watches on these queues end within a watch slice; none may
   // be re-armed once a queue is shut down.
   if (pool_.options().watch_on_caller_queues) pool_.Shutdown();
+  StopConnectionChecks();
   for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();

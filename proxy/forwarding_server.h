@@ -10,10 +10,12 @@
 #ifndef POOLSIDE_PROXY_FORWARDING_SERVER_H_
 #define POOLSIDE_PROXY_FORWARDING_SERVER_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,6 +26,7 @@
 #include "absl/time/time.h"
 #include "metrics/pool_metrics.h"
 #include "pool/channel_pool.h"
+#include "pool/queue_event.h"
 #include "proxy/local_service.h"
 #include "proxy/proxy_call.h"
 
@@ -61,8 +64,24 @@ class ForwardingServer {
   int port() const { return selected_port_; }
 
  private:
+  // Runs ProxyCall::CheckUpstreamCalls on one queue every
+  // kConnectionCheckInterval, riding that queue. Confined to its thread.
+  class ConnectionCheck final : public QueueEvent {
+   public:
+    ConnectionCheck(ForwardingServer& server, CallQueue& queue);
+    void Arm();
+    void OnQueueEvent(bool ok) override;
+
+   private:
+    ForwardingServer& server_;
+    CallQueue& queue_;
+    grpc::Alarm alarm_;
+  };
+
   void ServeQueue(CallQueue& queue);
   int64_t LiveCalls() const;
+  // Stops the connection checks; returns once none is armed.
+  void StopConnectionChecks();
 
   const ProxyOptions options_;
   ChannelPool& pool_;
@@ -70,6 +89,9 @@ class ForwardingServer {
   grpc::AsyncGenericService generic_service_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> completion_queues_;
   std::vector<std::unique_ptr<CallQueue>> call_queues_;
+  std::vector<std::unique_ptr<ConnectionCheck>> connection_checks_;
+  std::atomic<bool> stopping_checks_{false};
+  std::atomic<int> armed_checks_{0};
   // One per queue, each confined to its queue's thread.
   std::vector<std::unique_ptr<CallRecorder>> recorders_;
   CallLimits limits_;

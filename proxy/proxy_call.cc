@@ -53,6 +53,7 @@ ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context
 }
 
 ProxyCall::~ProxyCall() {
+  MoveToList(Listed::kNone);
   LeavePending();
   if (counted_concurrent_) queue_.limits->concurrent.Release();
   if (recorded_start_) {
@@ -165,6 +166,9 @@ void ProxyCall::OnAccepted(bool ok) {
       CopyRequestMetadata(app_context_.client_metadata(), upstream_context_);
   if (!copied.ok()) return FinishApp(ToGrpcStatus(copied));
   upstream_context_.set_deadline(app_context_.raw_deadline());
+  // Only a call that raced a disconnect ever waits (it starts on a channel
+  // just seen READY); CheckUpstreamCalls bounds that wait.
+  upstream_context_.set_wait_for_ready(true);
   // The first message is read while a channel is picked; it waits in
   // kHoldingMessage if it arrives before the upstream call has started.
   upward_ = Upward::kReadingApp;
@@ -225,6 +229,80 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
       lease_->channel().stub().PrepareCall(&upstream_context_, app_context_.method(), queue_.queue);
   upstream_stream_->StartCall(Tag(Op::kUpstreamStarted));
   upstream_stream_->ReadInitialMetadata(Tag(Op::kUpstreamHeaders));
+  MoveToList(Listed::kAwaitingAnswer);
+}
+
+void ProxyCall::MoveToList(Listed list) {
+  if (listed_ == list) return;
+  if (listed_ != Listed::kNone) {
+    ProxyCall*& head =
+        listed_ == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+    if (previous_listed_ != nullptr) {
+      previous_listed_->next_listed_ = next_listed_;
+    } else {
+      head = next_listed_;
+    }
+    if (next_listed_ != nullptr) next_listed_->previous_listed_ = previous_listed_;
+    previous_listed_ = nullptr;
+    next_listed_ = nullptr;
+  }
+  listed_ = list;
+  if (list == Listed::kNone) return;
+  ProxyCall*& head = list == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+  next_listed_ = head;
+  if (next_listed_ != nullptr) next_listed_->previous_listed_ = this;
+  head = this;
+}
+
+void ProxyCall::CheckUpstreamCalls(CallQueue& queue, absl::Time now) {
+  const uint64_t cuts = queue.pool->cuts();
+  const bool new_cuts = cuts != queue.cuts_seen;
+  queue.cuts_seen = cuts;
+  // Each step may take its call out of the list: read the next one first.
+  for (ProxyCall* call = queue.awaiting_answer; call != nullptr;) {
+    ProxyCall* const next = call->next_listed_;
+    if (new_cuts) call->EndIfCut();
+    if (call->listed_ == Listed::kAwaitingAnswer) call->CheckConnection(now);
+    call = next;
+  }
+  if (!new_cuts) return;
+  for (ProxyCall* call = queue.answered; call != nullptr;) {
+    ProxyCall* const next = call->next_listed_;
+    call->EndIfCut();
+    call = next;
+  }
+}
+
+void ProxyCall::CheckConnection(absl::Time now) {
+  // A cheap read of the channel's state; it never starts a connection.
+  if (lease_->channel().channel().GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
+    connection_down_since_ = absl::InfiniteFuture();
+    return;
+  }
+  if (connection_down_since_ == absl::InfiniteFuture()) connection_down_since_ = now;
+  if (now - connection_down_since_ < queue_.connection_timeout) return;
+  EndUpstreamWith(grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("poolside: the connection to upstream ", queue_.pool->options().target,
+                   " was lost before the call was answered and did not come back within ",
+                   absl::FormatDuration(queue_.connection_timeout))));
+}
+
+void ProxyCall::EndIfCut() {
+  if (!lease_->channel().cut()) return;
+  EndUpstreamWith(grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("poolside: the connection this call used was drained (its backend left ",
+                   queue_.pool->options().target,
+                   " or the pool was rebalanced) and the call outlived GRPC_SHUTDOWN_GRACE_SECS")));
+}
+
+void ProxyCall::EndUpstreamWith(grpc::Status status) {
+  MoveToList(Listed::kNone);
+  relay_error_ = std::move(status);
+  // The pending upstream operations then fail, and the call ends with
+  // relay_error_ (OnUpstreamFinish).
+  upstream_context_.TryCancel();
 }
 
 void ProxyCall::OnUpstreamStarted(bool ok) {
@@ -276,6 +354,7 @@ void ProxyCall::OnUpstreamWrite(bool ok) {
 }
 
 void ProxyCall::OnUpstreamHeaders(bool ok) {
+  if (listed_ == Listed::kAwaitingAnswer) MoveToList(Listed::kAnswered);
   // Not ok: the upstream answered with trailers only, or the call failed.
   if (!ok) return FinishUpstream();
   const absl::Status copied =
@@ -322,10 +401,14 @@ void ProxyCall::FinishUpstream() {
 }
 
 void ProxyCall::OnUpstreamFinish() {
+  MoveToList(Listed::kNone);
   if (upward_ != Upward::kClosingUpstream) upward_ = Upward::kStopped;
-  // A cancelled app call says nothing about the upstream connection.
-  if (!cancelled_) {
-    lease_->RecordOutcome(upstream_status_.error_code() == grpc::StatusCode::UNAVAILABLE);
+  // A cancelled app call says nothing about the upstream connection, nor does
+  // one the pool cut (its slot may hold another channel by now).
+  if (!cancelled_ && !lease_->channel().cut()) {
+    const grpc::StatusCode code =
+        relay_error_ ? relay_error_->error_code() : upstream_status_.error_code();
+    lease_->RecordOutcome(code == grpc::StatusCode::UNAVAILABLE);
   }
   if (relay_error_) return FinishApp(*relay_error_);
   const MetadataMap& trailers = upstream_context_.GetServerTrailingMetadata();

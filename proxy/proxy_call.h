@@ -68,8 +68,10 @@ struct CallLimits {
   CallLimit pending;
 };
 
+class ProxyCall;
+
 // What every call on one completion queue shares. Constant after
-// construction, except for live_calls.
+// construction, except for live_calls and awaiting_answer.
 struct CallQueue {
   grpc::AsyncGenericService* service = nullptr;
   grpc::ServerCompletionQueue* queue = nullptr;
@@ -83,6 +85,12 @@ struct CallQueue {
   // ProxyCalls that exist on this queue, accepting ones included. Written only
   // by the queue's thread; read by the shutdown sequence.
   std::atomic<int64_t> live_calls{0};
+  // Calls whose upstream call has started, in two lists: not yet answered
+  // with headers, and answered (ProxyCall::CheckUpstreamCalls). Confined to
+  // this queue's thread, as is cuts_seen (the pool's cuts() last looked at).
+  ProxyCall* awaiting_answer = nullptr;
+  ProxyCall* answered = nullptr;
+  uint64_t cuts_seen = 0;
 };
 
 // One forwarded call. Where it is, is two small machines instead of a dozen
@@ -98,6 +106,14 @@ class alignas(16) ProxyCall {
 
   // Handles a completion-queue event whose tag a ProxyCall issued.
   static void Dispatch(void* tag, bool ok);
+
+  // Ends, with UNAVAILABLE, the upstream calls of `queue` that are not to go
+  // on: those not yet answered whose connection has been down for the
+  // connection timeout (upstream calls wait for their connection, so that
+  // grpc's transparent retry of a call the upstream never saw can outlast a
+  // reconnect; this bounds that wait), and those on a channel the pool has
+  // cut. Runs on the queue's thread, every few hundred milliseconds.
+  static void CheckUpstreamCalls(CallQueue& queue, absl::Time now);
 
   ProxyCall(const ProxyCall&) = delete;
   ProxyCall& operator=(const ProxyCall&) = delete;
@@ -153,6 +169,12 @@ class alignas(16) ProxyCall {
   void TryStartUpstream();
   void StartUpstream(ChannelPool::Lease lease);
   void OnUpstreamStarted(bool ok);
+  // Which of the queue's lists of upstream calls this call is in.
+  enum class Listed { kNone, kAwaitingAnswer, kAnswered };
+  void MoveToList(Listed list);
+  void CheckConnection(absl::Time now);
+  void EndIfCut();
+  void EndUpstreamWith(grpc::Status status);
   // Upward direction: app -> upstream.
   void OnAppRead(bool ok);
   void PumpUpward();
@@ -199,6 +221,12 @@ class alignas(16) ProxyCall {
   std::shared_ptr<grpc::Channel> awaited_channel_;
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
+
+  Listed listed_ = Listed::kNone;
+  ProxyCall* previous_listed_ = nullptr;
+  ProxyCall* next_listed_ = nullptr;
+  // When the leased connection was first seen down while the call waited.
+  absl::Time connection_down_since_ = absl::InfiniteFuture();
 
   // Locally answered calls only (kept out of line: forwarded calls, the
   // many, do not pay for it).

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <memory>
 #include <set>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -269,6 +271,66 @@ TEST_F(BackendsTest, FollowsScaleOutAndScaleInUnderLoadWithoutFailingCalls) {
   EXPECT_EQ(metrics->address_set_changes(), 2u);
 }
 
+// A backend that leaves the address set but keeps serving: its connections
+// drain, and a call still on one when GRPC_SHUTDOWN_GRACE_SECS is up is
+// ended with UNAVAILABLE instead of holding the connection open. Calls on
+// the other backends are untouched.
+TEST_F(BackendsTest, CallsOutlivingTheDrainGraceOfARemovedBackendEndUnavailable) {
+  dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
+  Environment env = DnsEnvironment(3);
+  env["GRPC_SHUTDOWN_GRACE_SECS"] = "1";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  ASSERT_EQ(Describe(AwaitSpread({{Address(0), 1}, {Address(1), 1}, {Address(2), 1}})),
+            Describe({{Address(0), 1}, {Address(1), 1}, {Address(2), 1}}));
+  const auto channel = CreateTestChannel(poolside_->listen_target());
+  CallOptions options;
+  options.metadata = {{"x-sleep-ms", "8000"}};
+  options.wait = absl::Seconds(30);
+  constexpr int kCalls = 6;
+  std::vector<std::future<CallResult>> calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.push_back(std::async(std::launch::async,
+                               [&] { return UnaryCall(channel, kUnaryMethod, "long", options); }));
+  }
+  ASSERT_TRUE(upstreams_[0]->WaitForCalls(1, absl::Seconds(10), kUnaryMethod) &&
+              upstreams_[1]->WaitForCalls(1, absl::Seconds(10), kUnaryMethod) &&
+              upstreams_[2]->WaitForCalls(1, absl::Seconds(10), kUnaryMethod))
+      << "the calls did not reach every backend";
+  absl::SleepFor(absl::Milliseconds(200));
+  const size_t on_removed = upstreams_[2]->Calls(kUnaryMethod).size();
+
+  const absl::Time removed = absl::Now();
+  dns_->SetAddresses({kHosts[0], kHosts[1]});
+  size_t cut = 0;
+  size_t succeeded = 0;
+  for (auto& call : calls) {
+    const CallResult result = call.get();
+    if (result.status.ok()) {
+      ++succeeded;
+      continue;
+    }
+    EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
+    EXPECT_TRUE(absl::StrContains(result.status.error_message(), "drained")) << result;
+    ++cut;
+  }
+  EXPECT_EQ(cut, on_removed);
+  EXPECT_EQ(succeeded, kCalls - on_removed);
+  // The removed backend saw its calls cancelled, long before they would
+  // have ended (8 s) on their own.
+  EXPECT_TRUE(upstreams_[2]->WaitForCancelled(on_removed, absl::Seconds(1), kUnaryMethod));
+  EXPECT_LT(absl::Now() - removed, absl::Seconds(20));
+  // Three connections over the two backends left; which gets two is the
+  // pool's choice.
+  const absl::Time deadline = absl::Now() + kSettleTimeout;
+  std::map<std::string, int> spread = ReportedSpread();
+  while (spread.size() != 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    spread = ReportedSpread();
+  }
+  EXPECT_EQ(spread[Address(0)] + spread[Address(1)], 3) << Describe(spread);
+  EXPECT_EQ(spread.size(), 2u) << Describe(spread);
+}
+
 // Kubernetes removes a terminating pod from DNS and sends it SIGTERM at about
 // the same time: the upstream may go away before poolside hears of it.
 TEST_F(BackendsTest, BackendStoppingBeforeDnsDropsItFailsNoCallWithUnavailable) {
@@ -321,13 +383,9 @@ TEST_F(BackendsTest, RollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
 }
 
 // The issue's own reproduction: one upstream, restarted three times under
-// load. Calls that never reached it must not fail.
-// DISABLED: fails in about 6 runs of 10 (1 to 13 calls UNAVAILABLE: "GOAWAY
-// received", "failed to connect to all addresses", "Broken pipe"). It passed
-// 10 of 10 only with grpc's transparent retry on *and* wait-for-ready on the
-// upstream calls, which needs a bound that only ProxyCall can set (see
-// pool/ARCHITECTURE.md). Run with --gtest_also_run_disabled_tests.
-TEST_F(BackendsTest, DISABLED_RollingRestartsOfTheOnlyUpstreamFailNoCallWithUnavailable) {
+// load. Calls that never reached it are retried by grpc once the connection
+// is back (transparent retry + wait-for-ready); none may fail.
+TEST_F(BackendsTest, RollingRestartsOfTheOnlyUpstreamFailNoCallWithUnavailable) {
   ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", Address(0)},
                                          {"GRPC_CONNECTION_POOL_SIZE", "4"},
                                          {"GRPC_SHUTDOWN_GRACE_SECS", "5"}}));

@@ -362,6 +362,7 @@ class TestUpstream::Service final : public grpc::CallbackGenericService {
 TestUpstream::TestUpstream(Options options)
     : host_(options.host),
       max_receive_message_size_(options.max_receive_message_size),
+      max_concurrent_streams_(options.max_concurrent_streams),
       recorder_(std::make_unique<Recorder>()),
       port_(options.port) {}
 
@@ -381,6 +382,9 @@ absl::Status TestUpstream::Start() {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(max_receive_message_size_);
   builder.SetMaxSendMessageSize(-1);
+  if (max_concurrent_streams_ > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_concurrent_streams_);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
     return absl::UnavailableError(

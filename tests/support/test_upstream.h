@@ -97,6 +97,9 @@ class TestUpstream {
     std::string host = "127.0.0.1";
     // Largest message the server accepts; -1 keeps gRPC's default (4 MiB).
     int max_receive_message_size = -1;
+    // HTTP/2 MAX_CONCURRENT_STREAMS the server announces; 0 keeps gRPC's
+    // default (no limit).
+    int max_concurrent_streams = 0;
   };
 
   TestUpstream() : TestUpstream(Options()) {}
@@ -147,6 +150,7 @@ class TestUpstream {
   // Constant after construction.
   const std::string host_;
   const int max_receive_message_size_;
+  const int max_concurrent_streams_;
   // Thread-safe; outlives every call (Shutdown() waits for them).
   const std::unique_ptr<Recorder> recorder_;
 
