@@ -76,6 +76,8 @@ admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& 
   response.set_address_set_changes(snapshot.address_set_changes);
   response.set_resolution_failures(snapshot.resolution_failures);
   response.set_resolution_failing(snapshot.resolution_failing);
+  response.set_calls_ended_connection_lost(snapshot.calls_ended_connection_lost);
+  response.set_calls_ended_drain_grace(snapshot.calls_ended_drain_grace);
   return response;
 }
 

@@ -110,6 +110,8 @@ std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
   absl::StrAppend(&json, "],\"address_set_changes\":", snapshot.address_set_changes,
                   ",\"resolution_failures\":", snapshot.resolution_failures,
                   ",\"resolution_failing\":", snapshot.resolution_failing ? "true" : "false",
+                  ",\"calls_ended_connection_lost\":", snapshot.calls_ended_connection_lost,
+                  ",\"calls_ended_drain_grace\":", snapshot.calls_ended_drain_grace,
                   ",\"backends\":[");
   first = true;
   for (const BackendSnapshot& backend : snapshot.backends) {

@@ -26,6 +26,16 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::strin
   return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
 }
 
+// prometheus-cpp hands back the registered family when asked again.
+prometheus::Family<prometheus::Counter>& CallsEndedFamily(prometheus::Registry& registry) {
+  return prometheus::BuildCounter()
+      .Name("poolside_pool_calls_ended_total")
+      .Help("Calls poolside ended with UNAVAILABLE, by reason: connection_lost (never "
+            "answered while the connection stayed down for the connection timeout), "
+            "drain_grace (still running on a drained connection when its grace was up).")
+      .Register(registry);
+}
+
 // Built once per registry; both limits share it.
 prometheus::Family<prometheus::Counter>& OverflowFamily(prometheus::Registry& registry) {
   return prometheus::BuildCounter()
@@ -100,6 +110,8 @@ Metrics::Metrics(MetricsOptions options)
       resolution_failures_(AddCounter(*registry_, "poolside_pool_resolution_failures_total",
                                       "Lookups of the upstream's name that failed or found no "
                                       "address; the pool kept the last good set.")),
+      calls_ended_connection_lost_(CallsEndedFamily(*registry_).Add({{"reason", "connection_lost"}})),
+      calls_ended_drain_grace_(CallsEndedFamily(*registry_).Add({{"reason", "drain_grace"}})),
       resolution_failing_(AddGauge(*registry_, "poolside_pool_resolution_failing",
                                    "1 while the last lookup of the upstream's name failed (the "
                                    "pool runs on the last good set), else 0.")) {
@@ -180,6 +192,8 @@ void Metrics::UpdateBackends(const PoolSnapshot& snapshot) {
   backends_.Set(static_cast<double>(snapshot.backends.size()));
   AdvanceTo(address_set_changes_, snapshot.address_set_changes);
   AdvanceTo(resolution_failures_, snapshot.resolution_failures);
+  AdvanceTo(calls_ended_connection_lost_, snapshot.calls_ended_connection_lost);
+  AdvanceTo(calls_ended_drain_grace_, snapshot.calls_ended_drain_grace);
   resolution_failing_.Set(snapshot.resolution_failing ? 1 : 0);
   std::map<std::string, BackendSeries> current;
   for (const BackendSnapshot& backend : snapshot.backends) {

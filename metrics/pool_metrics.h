@@ -24,6 +24,10 @@
 //   poolside_pool_address_set_changes_total                 counter
 //   poolside_pool_resolution_failures_total                 counter
 //   poolside_pool_resolution_failing                        gauge, 0/1
+//   poolside_pool_calls_ended_total{reason}                 counter
+//     reason="connection_lost": never answered, connection down for the
+//     connection timeout; reason="drain_grace": still running on a drained
+//     connection when GRPC_SHUTDOWN_GRACE_SECS was up.
 // Per-channel series exist for the slots that have a connection (at most
 // twice the pool size); per-backend series for the current address set
 // (the pool never holds more backends than its size has connections).
@@ -136,6 +140,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& backend_calls_started_;
   prometheus::Counter& address_set_changes_;
   prometheus::Counter& resolution_failures_;
+  prometheus::Counter& calls_ended_connection_lost_;
+  prometheus::Counter& calls_ended_drain_grace_;
   prometheus::Gauge& resolution_failing_;
 
   // Serializes UpdateFromPool callers (health monitor, scrapes).

@@ -407,6 +407,8 @@ PoolSnapshot ChannelPool::Snapshot() const {
   for (auto& [label, backend] : backends) snapshot.backends.push_back(std::move(backend));
   snapshot.connection_errors += retired_errors_;
   snapshot.address_set_changes = address_set_changes_;
+  snapshot.calls_ended_connection_lost = ended_connection_lost_.load();
+  snapshot.calls_ended_drain_grace = ended_drain_grace_.load();
   snapshot.resolution_failures = resolution_failures_;
   snapshot.resolution_failing = resolution_failing_;
   snapshot.connections_created = connections_created_.load(std::memory_order_relaxed);

@@ -156,6 +156,10 @@ class ChannelPool {
   // had calls: a caller holding leases looks at them again only when this
   // has changed. Lock-free.
   uint64_t cuts() const { return cuts_.load(std::memory_order_acquire); }
+  // Counts a call ended by the caller for one of those reasons (see
+  // PoolSnapshot). Any thread.
+  void CountCallEndedForLostConnection() { ended_connection_lost_.fetch_add(1); }
+  void CountCallEndedAtDrainGrace() { ended_drain_grace_.fetch_add(1); }
 
   PoolSnapshot Snapshot() const;
   const PoolOptions& options() const { return options_; }
@@ -237,6 +241,8 @@ class ChannelPool {
   std::atomic<uint64_t> next_channel_id_{1};
   std::atomic<uint64_t> connections_created_{0};
   std::atomic<uint64_t> cuts_{0};
+  std::atomic<uint64_t> ended_connection_lost_{0};
+  std::atomic<uint64_t> ended_drain_grace_{0};
   std::atomic<uint64_t> outlier_ejections_{0};
   std::function<void(absl::Time)> ejection_listener_;
   std::atomic<uint64_t> health_check_failures_{0};

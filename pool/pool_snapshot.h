@@ -69,6 +69,11 @@ struct PoolSnapshot {
   uint64_t resolution_failures = 0;
   // Whether the last lookup failed (the pool runs on the last good set).
   bool resolution_failing = false;
+  // Calls poolside ended with UNAVAILABLE: never answered while their
+  // connection stayed down for the connection timeout, and still running on
+  // a drained connection when its grace was up.
+  uint64_t calls_ended_connection_lost = 0;
+  uint64_t calls_ended_drain_grace = 0;
   int max_streams_per_connection = 100;
   uint64_t connection_errors = 0;
   // Channels created since start, replacements included.

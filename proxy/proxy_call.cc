@@ -281,6 +281,7 @@ void ProxyCall::CheckConnection(absl::Time now) {
   }
   if (connection_down_since_ == absl::InfiniteFuture()) connection_down_since_ = now;
   if (now - connection_down_since_ < queue_.connection_timeout) return;
+  queue_.pool->CountCallEndedForLostConnection();
   EndUpstreamWith(grpc::Status(
       grpc::StatusCode::UNAVAILABLE,
       absl::StrCat("poolside: the connection to upstream ", queue_.pool->options().target,
@@ -290,6 +291,7 @@ void ProxyCall::CheckConnection(absl::Time now) {
 
 void ProxyCall::EndIfCut() {
   if (!lease_->channel().cut()) return;
+  queue_.pool->CountCallEndedAtDrainGrace();
   EndUpstreamWith(grpc::Status(
       grpc::StatusCode::UNAVAILABLE,
       absl::StrCat("poolside: the connection this call used was drained (its backend left ",

@@ -329,6 +329,11 @@ TEST_F(BackendsTest, CallsOutlivingTheDrainGraceOfARemovedBackendEndUnavailable)
   }
   EXPECT_EQ(spread[Address(0)] + spread[Address(1)], 3) << Describe(spread);
   EXPECT_EQ(spread.size(), 2u) << Describe(spread);
+  absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics =
+      AdminPoolMetrics(AdminChannel());
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->calls_ended_drain_grace(), on_removed);
+  EXPECT_EQ(metrics->calls_ended_connection_lost(), 0u);
 }
 
 // Kubernetes removes a terminating pod from DNS and sends it SIGTERM at about

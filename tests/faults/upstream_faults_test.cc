@@ -585,6 +585,9 @@ TEST_F(UpstreamFaultTest, CallRefusedByAnUpstreamThatThenVanishesEndsUnavailable
   // The connection timeout (1 s) plus a check interval, far from the call's
   // own 60 s deadline.
   EXPECT_LT(took, absl::Seconds(10));
+  absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics = AdminPoolMetrics(channel);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->calls_ended_connection_lost(), 1u);
 }
 
 }  // namespace
