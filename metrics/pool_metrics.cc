@@ -30,9 +30,10 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::strin
 prometheus::Family<prometheus::Counter>& CallsEndedFamily(prometheus::Registry& registry) {
   return prometheus::BuildCounter()
       .Name("poolside_pool_calls_ended_total")
-      .Help("Calls poolside ended with UNAVAILABLE, by reason: connection_lost (never "
-            "answered while the connection stayed down for the connection timeout), "
-            "drain_grace (still running on a drained connection when its grace was up).")
+      .Help(
+          "Calls poolside ended with UNAVAILABLE, by reason: connection_lost (never "
+          "answered while the connection stayed down for the connection timeout), "
+          "drain_grace (still running on a drained connection when its grace was up).")
       .Register(registry);
 }
 
@@ -110,7 +111,8 @@ Metrics::Metrics(MetricsOptions options)
       resolution_failures_(AddCounter(*registry_, "poolside_pool_resolution_failures_total",
                                       "Lookups of the upstream's name that failed or found no "
                                       "address; the pool kept the last good set.")),
-      calls_ended_connection_lost_(CallsEndedFamily(*registry_).Add({{"reason", "connection_lost"}})),
+      calls_ended_connection_lost_(
+          CallsEndedFamily(*registry_).Add({{"reason", "connection_lost"}})),
       calls_ended_drain_grace_(CallsEndedFamily(*registry_).Add({{"reason", "drain_grace"}})),
       resolution_failing_(AddGauge(*registry_, "poolside_pool_resolution_failing",
                                    "1 while the last lookup of the upstream's name failed (the "
