@@ -119,6 +119,7 @@ absl::Status ForwardingServer::Start(LocalService* local) {
     queue->queue = completion_queue.get();
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
+    queue->wait_for_ready = options_.wait_for_ready;
     queue->limits = &limits_;
     queue->local = local;
     if (metrics_ != nullptr) {

@@ -36,6 +36,10 @@ struct ProxyOptions {
   std::string listen_addr;
   int64_t max_message_bytes = 64 << 20;
   absl::Duration connection_timeout = absl::Seconds(30);
+  // Upstream calls wait for their connection (bounded by
+  // connection_timeout), so that grpc's transparent retry can outlast a
+  // reconnect; set with UpstreamChannelOptions::transparent_retries.
+  bool wait_for_ready = true;
   // Completion-queue threads; at least 1.
   int threads = 1;
   // 0 means no limit.

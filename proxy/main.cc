@@ -41,6 +41,7 @@ poolside::UpstreamChannelOptions ChannelOptionsFrom(const poolside::Config& conf
   options.authority = config.upstream_authority;
   options.max_message_bytes = config.max_message_bytes;
   options.tls = config.upstream_tls;
+  options.transparent_retries = config.transparent_retry;
   options.ca_file = config.upstream_ca_file;
   options.cert_file = config.upstream_cert_file;
   options.key_file = config.upstream_key_file;
@@ -103,6 +104,7 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   options.listen_addr = config.listen_addr;
   options.max_message_bytes = config.max_message_bytes;
   options.connection_timeout = config.connection_timeout;
+  options.wait_for_ready = config.transparent_retry;
   options.threads = config.worker_threads > 0
                         ? config.worker_threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

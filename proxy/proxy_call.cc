@@ -168,7 +168,7 @@ void ProxyCall::OnAccepted(bool ok) {
   upstream_context_.set_deadline(app_context_.raw_deadline());
   // Only a call that raced a disconnect ever waits (it starts on a channel
   // just seen READY); CheckUpstreamCalls bounds that wait.
-  upstream_context_.set_wait_for_ready(true);
+  upstream_context_.set_wait_for_ready(queue_.wait_for_ready);
   // The first message is read while a channel is picked; it waits in
   // kHoldingMessage if it arrives before the upstream call has started.
   upward_ = Upward::kReadingApp;

@@ -77,6 +77,8 @@ struct CallQueue {
   grpc::ServerCompletionQueue* queue = nullptr;
   ChannelPool* pool = nullptr;
   absl::Duration connection_timeout;
+  // Upstream calls wait for ready (ProxyCall::CheckUpstreamCalls bounds it).
+  bool wait_for_ready = true;
   CallLimits* limits = nullptr;
   // Methods answered here instead of forwarded; null when there are none.
   LocalService* local = nullptr;

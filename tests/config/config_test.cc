@@ -74,6 +74,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_MAX_PENDING_REQUESTS", "--max-pending-requests", "10"},
       {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", "--outlier-consecutive-failures", "0"},
       {"GRPC_OUTLIER_EJECTION_SECS", "--outlier-ejection-secs", "30"},
+      {"GRPC_TRANSPARENT_RETRY", "--transparent-retry", "false"},
       {"GRPC_UPSTREAM_TLS", "--upstream-tls", "true"},
       {"GRPC_UPSTREAM_CA_FILE", "--upstream-ca-file", "/dev/null"},
       {"GRPC_UPSTREAM_CERT_FILE", "--upstream-cert-file", "/dev/null"},
@@ -107,6 +108,7 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.max_pending_requests, 10);
   EXPECT_EQ(config.outlier_consecutive_failures, 0);
   EXPECT_EQ(config.outlier_ejection, absl::Seconds(30));
+  EXPECT_FALSE(config.transparent_retry);
   EXPECT_TRUE(config.upstream_tls);
   EXPECT_EQ(config.upstream_ca_file, "/dev/null");
   EXPECT_EQ(config.upstream_cert_file, "/dev/null");
@@ -529,6 +531,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_MAX_PENDING_REQUESTS=1024\n"
             "GRPC_OUTLIER_CONSECUTIVE_FAILURES=5\n"
             "GRPC_OUTLIER_EJECTION_SECS=10\n"
+            "GRPC_TRANSPARENT_RETRY=true\n"
             "GRPC_UPSTREAM_TLS=false\n"
             "GRPC_UPSTREAM_CA_FILE=\n"
             "GRPC_UPSTREAM_CERT_FILE=\n"

@@ -41,6 +41,23 @@ class UpstreamFaultTest : public E2eTest {
   std::shared_ptr<grpc::Channel> PoolsideChannel() {
     return CreateTestChannel(poolside_->listen_target());
   }
+
+  // Starts goaway_upstream.py and poolside in front of it (pool of 1,
+  // connection timeout 1 s, `extra` on top).
+  void StartRefusingUpstream(std::unique_ptr<ChildProcess>& upstream, const Environment& extra) {
+    upstream = std::make_unique<ChildProcess>("/usr/bin/python3",
+                                              std::vector<std::string>{GoawayUpstreamScript()});
+    ASSERT_TRUE(upstream->Start().ok());
+    absl::StatusOr<std::string> line = upstream->WaitForLine("PORT=", absl::Seconds(10));
+    ASSERT_TRUE(line.ok()) << line.status();
+    Environment env = {{"GRPC_UPSTREAM_TARGET", absl::StrCat("127.0.0.1:", line->substr(5))},
+                       {"GRPC_CONNECTION_POOL_SIZE", "1"},
+                       {"GRPC_CONNECTION_TIMEOUT_SECS", "1"},
+                       // No probe may be the call the upstream refuses.
+                       {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "3600"}};
+    for (const auto& [key, value] : extra) env[key] = value;
+    ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  }
 };
 
 // ---- Upstream killed (SIGKILL) mid-stream ----
@@ -561,16 +578,8 @@ TEST_F(UpstreamFaultTest, UpstreamSlowerThanTheDeadlineEndsWithDeadlineExceededP
 // good, that wait must still end, with UNAVAILABLE after the connection
 // timeout, not at the call's own deadline.
 TEST_F(UpstreamFaultTest, CallRefusedByAnUpstreamThatThenVanishesEndsUnavailableAfterTheTimeout) {
-  ChildProcess upstream("/usr/bin/python3", {GoawayUpstreamScript()});
-  ASSERT_TRUE(upstream.Start().ok());
-  absl::StatusOr<std::string> line = upstream.WaitForLine("PORT=", absl::Seconds(10));
-  ASSERT_TRUE(line.ok()) << line.status();
-  ASSERT_NO_FATAL_FAILURE(
-      StartPoolside({{"GRPC_UPSTREAM_TARGET", absl::StrCat("127.0.0.1:", line->substr(5))},
-                     {"GRPC_CONNECTION_POOL_SIZE", "1"},
-                     {"GRPC_CONNECTION_TIMEOUT_SECS", "1"},
-                     // No probe may be the call the upstream refuses.
-                     {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "3600"}}));
+  std::unique_ptr<ChildProcess> upstream;
+  ASSERT_NO_FATAL_FAILURE(StartRefusingUpstream(upstream, {}));
   const auto channel = PoolsideChannel();
   ASSERT_EQ(AwaitActiveConnections(channel, 1, absl::Seconds(10)), 1);
 
@@ -588,6 +597,25 @@ TEST_F(UpstreamFaultTest, CallRefusedByAnUpstreamThatThenVanishesEndsUnavailable
   absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics = AdminPoolMetrics(channel);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(metrics->calls_ended_connection_lost(), 1u);
+}
+
+// GRPC_TRANSPARENT_RETRY=false: the refused call fails at once with grpc's
+// own UNAVAILABLE, as a direct call without transparent retry would.
+TEST_F(UpstreamFaultTest, WithTransparentRetryOffARefusedCallFailsAtOnce) {
+  std::unique_ptr<ChildProcess> upstream;
+  ASSERT_NO_FATAL_FAILURE(StartRefusingUpstream(upstream, {{"GRPC_TRANSPARENT_RETRY", "false"}}));
+  const auto channel = PoolsideChannel();
+  ASSERT_EQ(AwaitActiveConnections(channel, 1, absl::Seconds(10)), 1);
+
+  CallOptions options;
+  options.timeout = absl::Seconds(60);
+  const CallResult result = UnaryCall(channel, kUnaryMethod, "refused", options);
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
+  EXPECT_FALSE(absl::StrContains(result.status.error_message(), "was lost before the call"))
+      << result;
+  absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics = AdminPoolMetrics(channel);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->calls_ended_connection_lost(), 0u);
 }
 
 }  // namespace
