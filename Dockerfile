@@ -11,9 +11,10 @@
 
 FROM debian:12 AS build
 WORKDIR /src
-# The dependency layer is rebuilt only when the package lists change.
-COPY scripts/install-deps scripts/deps.txt scripts/runtime-deps.txt scripts/
-RUN scripts/install-deps && rm -rf /var/lib/apt/lists/*
+# The dependency layer is rebuilt only when the package lists change; it holds
+# what the build needs, not the test and benchmark tooling of deps.txt.
+COPY scripts/install-deps scripts/build-deps.txt scripts/runtime-deps.txt scripts/
+RUN scripts/install-deps --build-only && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake --preset release -DPOOLSIDE_BUILD_BENCH=OFF \
     && cmake --build --preset release --target poolside demo_upstream demo_client \

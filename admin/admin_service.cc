@@ -1,7 +1,12 @@
 #include "admin/admin_service.h"
 
-#include <string>
+#include <grpcpp/impl/codegen/proto_buffer_writer.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace poolside {
@@ -10,12 +15,13 @@ admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl
   admin::v1::HealthCheckResponse response;
   const PoolHealth health = PoolHealthOf(snapshot);
   response.set_status(PoolHealthName(health));
-  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.channels.size(),
+  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.ActiveCount(),
                                      " upstream connections healthy");
   for (const ChannelSnapshot& channel : snapshot.channels) {
-    if (!channel.healthy) {
+    if (channel.phase == SlotPhase::kActive && !channel.healthy) {
       absl::StrAppend(&message, "; channel ", channel.index, " ",
-                      ConnectivityStateName(channel.state));
+                      ConnectivityStateName(channel.state),
+                      channel.backend.empty() ? "" : " (" + channel.backend + ")");
     }
   }
   response.set_message(message);
@@ -36,6 +42,20 @@ void DescribeChannels(const PoolSnapshot& snapshot,
     detail->set_calls_started(channel.calls_started);
     detail->set_errors(channel.errors);
     detail->set_age_seconds(absl::ToDoubleSeconds(channel.age));
+    detail->set_backend(channel.backend);
+    detail->set_phase(SlotPhaseName(channel.phase));
+  }
+}
+
+void DescribeBackends(const PoolSnapshot& snapshot,
+                      google::protobuf::RepeatedPtrField<admin::v1::BackendMetrics>* backends) {
+  for (const BackendSnapshot& backend : snapshot.backends) {
+    admin::v1::BackendMetrics* detail = backends->Add();
+    detail->set_address(backend.address);
+    detail->set_active_connections(backend.active_connections);
+    detail->set_connecting_connections(backend.connecting);
+    detail->set_draining_connections(backend.draining);
+    detail->set_calls_started(backend.calls_started);
   }
 }
 
@@ -43,7 +63,7 @@ void DescribeChannels(const PoolSnapshot& snapshot,
 
 admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot) {
   admin::v1::GetConnectionPoolMetricsResponse response;
-  response.set_total_connections(snapshot.channels.size());
+  response.set_total_connections(snapshot.ActiveCount());
   response.set_active_connections(snapshot.HealthyCount());
   response.set_available_connections(snapshot.AvailableCount());
   response.set_connection_errors(snapshot.connection_errors);
@@ -52,40 +72,73 @@ admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& 
                                                ? 0
                                                : absl::ToUnixSeconds(snapshot.last_health_check));
   DescribeChannels(snapshot, response.mutable_channels());
+  DescribeBackends(snapshot, response.mutable_backends());
+  response.set_address_set_changes(snapshot.address_set_changes);
+  response.set_resolution_failures(snapshot.resolution_failures);
+  response.set_resolution_failing(snapshot.resolution_failing);
+  response.set_calls_ended_connection_lost(snapshot.calls_ended_connection_lost);
+  response.set_calls_ended_drain_grace(snapshot.calls_ended_drain_grace);
   return response;
 }
 
-grpc::ServerUnaryReactor* AdminService::HealthCheck(grpc::CallbackServerContext* context,
-                                                    const admin::v1::HealthCheckRequest*,
-                                                    admin::v1::HealthCheckResponse* response) {
-  *response = DescribeHealth(pool_.Snapshot(), absl::Now());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+namespace {
+
+constexpr absl::string_view kServicePrefix = "/poolside.admin.v1.PoolAdmin/";
+
+// Parses `request` as a `Request`; a reply with INTERNAL if it is not one, as
+// a generated grpc++ service answers.
+template <typename Request>
+bool ParseRequest(const grpc::ByteBuffer& request, LocalService::Reply& reply) {
+  Request parsed;
+  grpc::ByteBuffer copy(request);
+  const grpc::Status status = grpc::SerializationTraits<Request>::Deserialize(&copy, &parsed);
+  if (status.ok()) return true;
+  reply(grpc::Status(grpc::StatusCode::INTERNAL,
+                     absl::StrCat("poolside: cannot parse the ", Request::descriptor()->full_name(),
+                                  ": ", status.error_message())),
+        grpc::ByteBuffer());
+  return false;
 }
 
-grpc::ServerUnaryReactor* AdminService::GetConnectionPoolMetrics(
-    grpc::CallbackServerContext* context, const admin::v1::GetConnectionPoolMetricsRequest*,
-    admin::v1::GetConnectionPoolMetricsResponse* response) {
-  *response = DescribeMetrics(pool_.Snapshot());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+void ReplyWith(const google::protobuf::Message& response, LocalService::Reply& reply) {
+  grpc::ByteBuffer bytes;
+  bool own_buffer = false;
+  grpc::Status status = grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
+      response, &bytes, &own_buffer);
+  reply(std::move(status), std::move(bytes));
 }
 
-grpc::ServerUnaryReactor* AdminService::ForceHealthCheck(
-    grpc::CallbackServerContext* context, const admin::v1::ForceHealthCheckRequest*,
-    admin::v1::ForceHealthCheckResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  monitor_.RequestRound([reactor, response](const PoolSnapshot& snapshot) {
-    const admin::v1::HealthCheckResponse health = DescribeHealth(snapshot, absl::Now());
-    response->set_status(health.status());
-    response->set_message(health.message());
-    response->set_timestamp(health.timestamp());
-    DescribeChannels(snapshot, response->mutable_channels());
-    reactor->Finish(grpc::Status::OK);
-  });
-  return reactor;
+}  // namespace
+
+bool AdminService::Serves(absl::string_view method) const {
+  return absl::StartsWith(method, kServicePrefix);
+}
+
+void AdminService::Answer(absl::string_view method, const grpc::ByteBuffer& request, Reply reply) {
+  const absl::string_view name = method.substr(kServicePrefix.size());
+  if (name == "HealthCheck") {
+    if (!ParseRequest<admin::v1::HealthCheckRequest>(request, reply)) return;
+    return ReplyWith(DescribeHealth(pool_.Snapshot(), absl::Now()), reply);
+  }
+  if (name == "GetConnectionPoolMetrics") {
+    if (!ParseRequest<admin::v1::GetConnectionPoolMetricsRequest>(request, reply)) return;
+    return ReplyWith(DescribeMetrics(pool_.Snapshot()), reply);
+  }
+  if (name == "ForceHealthCheck") {
+    if (!ParseRequest<admin::v1::ForceHealthCheckRequest>(request, reply)) return;
+    monitor_.RequestRound([reply = std::move(reply)](const PoolSnapshot& snapshot) mutable {
+      const admin::v1::HealthCheckResponse health = DescribeHealth(snapshot, absl::Now());
+      admin::v1::ForceHealthCheckResponse response;
+      response.set_status(health.status());
+      response.set_message(health.message());
+      response.set_timestamp(health.timestamp());
+      DescribeChannels(snapshot, response.mutable_channels());
+      ReplyWith(response, reply);
+    });
+    return;
+  }
+  reply(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, absl::StrCat("poolside: no method ", method)),
+        grpc::ByteBuffer());
 }
 
 }  // namespace poolside

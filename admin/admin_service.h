@@ -1,34 +1,35 @@
 // poolside.admin.v1.PoolAdmin: the pool's health and counters over gRPC, on
 // the listen port beside the forwarder. Reads the pool's snapshot only.
 //
-// Thread-safety: thread-safe (grpc calls it from its callback threads).
+// It is a LocalService, not a registered grpc++ service: the forwarder's
+// completion-queue threads answer it from raw request bytes, so poolside runs
+// no callback-API threads (they would poll the forwarded connections too).
+//
+// Thread-safety: thread-safe; Answer() runs on the forwarding threads, and
+// ForceHealthCheck replies from the health monitor's thread.
 #ifndef POOLSIDE_ADMIN_ADMIN_SERVICE_H_
 #define POOLSIDE_ADMIN_ADMIN_SERVICE_H_
 
+#include "absl/strings/string_view.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
-#include "poolside/admin/v1/admin.grpc.pb.h"
+#include "poolside/admin/v1/admin.pb.h"
+#include "proxy/local_service.h"
 
 namespace poolside {
 
-class AdminService final : public admin::v1::PoolAdmin::CallbackService {
+class AdminService final : public LocalService {
  public:
   // `pool` and `monitor` must outlive the service.
   AdminService(const ChannelPool& pool, HealthMonitor& monitor) : pool_(pool), monitor_(monitor) {}
 
-  grpc::ServerUnaryReactor* HealthCheck(grpc::CallbackServerContext* context,
-                                        const admin::v1::HealthCheckRequest* request,
-                                        admin::v1::HealthCheckResponse* response) override;
+  // Every method of poolside.admin.v1.PoolAdmin, unknown ones included
+  // (they fail with UNIMPLEMENTED rather than reach the upstream).
+  bool Serves(absl::string_view method) const override;
 
-  grpc::ServerUnaryReactor* GetConnectionPoolMetrics(
-      grpc::CallbackServerContext* context,
-      const admin::v1::GetConnectionPoolMetricsRequest* request,
-      admin::v1::GetConnectionPoolMetricsResponse* response) override;
-
-  // Answers when the health monitor has run a round (rate-limited there).
-  grpc::ServerUnaryReactor* ForceHealthCheck(
-      grpc::CallbackServerContext* context, const admin::v1::ForceHealthCheckRequest* request,
-      admin::v1::ForceHealthCheckResponse* response) override;
+  // HealthCheck and GetConnectionPoolMetrics reply at once; ForceHealthCheck
+  // when the health monitor has run a round (rate-limited there).
+  void Answer(absl::string_view method, const grpc::ByteBuffer& request, Reply reply) override;
 
  private:
   const ChannelPool& pool_;

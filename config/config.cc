@@ -329,6 +329,10 @@ constexpr Variable kVariables[] = {
     Define<Seconds<&Config::connection_max_age, 0, 30 * 86400>>(
         "GRPC_CONNECTION_MAX_AGE_SECS", "connection-max-age-secs",
         "refresh connections older than this (with 10% jitter), one at a time; 0 means never"),
+    Define<Seconds<&Config::dns_refresh, 1, 3600>>(
+        "GRPC_DNS_REFRESH_SECS", "dns-refresh-secs",
+        "how often a DNS target is resolved again (and at once when a connection is lost); the "
+        "pool spreads over, and follows, the addresses found"),
     Define<Integer<&Config::max_streams_per_connection, 1, 1000000>>(
         "GRPC_MAX_STREAMS_PER_CONNECTION", "max-streams-per-connection",
         "concurrent calls one upstream connection is expected to carry (for utilization)"),
@@ -347,6 +351,10 @@ constexpr Variable kVariables[] = {
     Define<Seconds<&Config::outlier_ejection, 1, 3600>>(
         "GRPC_OUTLIER_EJECTION_SECS", "outlier-ejection-secs",
         "how long an ejected connection stays out before a health check may return it"),
+    Define<Boolean<&Config::transparent_retry>>(
+        "GRPC_TRANSPARENT_RETRY", "transparent-retry",
+        "retry calls the upstream provably never saw (refused, above a GOAWAY) once the "
+        "connection is back; false saves about a tenth of the CPU per call"),
     Define<Boolean<&Config::upstream_tls>>("GRPC_UPSTREAM_TLS", "upstream-tls",
                                            "connect to the upstream with TLS"),
     Define<Text<&Config::upstream_ca_file, kFilePath>>(

@@ -40,6 +40,9 @@ struct Config {
   int health_check_unhealthy_threshold = 2;
   // Connections older than this (±10% jitter) are refreshed; 0 means never.
   absl::Duration connection_max_age = absl::ZeroDuration();
+  // How often a DNS target is resolved again (also at once when a
+  // connection is lost); the pool follows the addresses it finds.
+  absl::Duration dns_refresh = absl::Seconds(10);
   // Streams one upstream connection is expected to carry, for utilization.
   int max_streams_per_connection = 100;
   // Distinct methods labelled in request metrics; the rest count as "other".
@@ -52,6 +55,10 @@ struct Config {
   // off), and how long it stays out before it is probed.
   int outlier_consecutive_failures = 5;
   absl::Duration outlier_ejection = absl::Seconds(10);
+  // Retry calls the upstream provably never saw (grpc's transparent retry,
+  // waiting for the connection up to connection_timeout). Costs about a
+  // tenth more CPU per call; see pool/ARCHITECTURE.md.
+  bool transparent_retry = true;
   // TLS to the upstream. The files are re-read when they change (Kubernetes
   // rotates mounted secrets) and the pool rolls its connections over.
   bool upstream_tls = false;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "demo/demo_flags.h"
 #include "poolside/admin/v1/admin.grpc.pb.h"
 
 namespace {
@@ -30,14 +31,14 @@ std::string ToString(const grpc::ByteBuffer& buffer) {
   return std::string(reinterpret_cast<const char*>(slice.begin()), slice.size());
 }
 
-std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback) {
-  const std::string prefix = "--" + name + "=";
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind(prefix, 0) == 0) return arg.substr(prefix.size());
-  }
-  return fallback;
-}
+constexpr char kUsage[] =
+    "usage: demo_client [--target=HOST:PORT] [--calls=N] [--concurrency=N]\n"
+    "  Sends unary calls and a bidi stream through poolside, checks every echo,\n"
+    "  then asks poolside's admin service how the pool is doing.\n"
+    "  --target=HOST:PORT  poolside's listen address (default 127.0.0.1:15001)\n"
+    "  --calls=N           unary calls (default 2000)\n"
+    "  --concurrency=N     unary calls in flight (default 64)\n"
+    "  --version           print the version and exit\n";
 
 // One unary call over the generic stub, blocking; true if the echo matched.
 bool EchoOnce(grpc::GenericStub& stub, const std::string& text) {
@@ -64,9 +65,12 @@ bool EchoOnce(grpc::GenericStub& stub, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string target = Flag(argc, argv, "target", "127.0.0.1:15001");
-  const int calls = std::atoi(Flag(argc, argv, "calls", "2000").c_str());
-  const int concurrency = std::atoi(Flag(argc, argv, "concurrency", "64").c_str());
+  const poolside::demo::Flags flags(
+      argc, argv, "demo_client", kUsage,
+      {{"target", "127.0.0.1:15001"}, {"calls", "2000"}, {"concurrency", "64"}});
+  const std::string target = flags.Get("target");
+  const int calls = flags.GetInt("calls", 0, 100000000);
+  const int concurrency = flags.GetInt("concurrency", 1, 100000);
 
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {

@@ -16,6 +16,8 @@
 #include <set>
 #include <string>
 
+#include "demo/demo_flags.h"
+
 namespace {
 
 // Echoes each message as it arrives; finishes OK when the client half-closes.
@@ -67,16 +69,21 @@ class EchoService : public grpc::CallbackGenericService {
   std::set<std::string> peers_;
 };
 
+constexpr char kUsage[] =
+    "usage: demo_upstream [--host=ADDR] [--port=N]\n"
+    "  Echoes every message of any method back and answers grpc.health.v1.\n"
+    "  --host=ADDR  address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
+    "  --port=N     port to listen on; 0 picks a free one (default 0)\n"
+    "  --version    print the version and exit\n"
+    "Prints PORT=<n> once listening; serves until SIGTERM or SIGINT.\n";
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int port = 0;
-  std::string host = "127.0.0.1";
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--port=", 0) == 0) port = std::atoi(arg.c_str() + 7);
-    if (arg.rfind("--host=", 0) == 0) host = arg.substr(7);
-  }
+  const poolside::demo::Flags flags(argc, argv, "demo_upstream", kUsage,
+                                    {{"host", "127.0.0.1"}, {"port", "0"}});
+  const int port = flags.GetInt("port", 0, 65535);
+  const std::string host = flags.Get("host");
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);

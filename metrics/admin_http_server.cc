@@ -64,11 +64,27 @@ std::string JsonNumber(double value) {
   return std::isfinite(value) ? absl::StrCat(value) : std::string("0");
 }
 
+// Backend addresses come from DNS and the configuration: escaped, not trusted.
+std::string JsonEscape(absl::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      absl::StrAppend(&out, "\\u00", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
   std::string json = absl::StrCat(
       "{\"status\":\"", PoolHealthName(PoolHealthOf(snapshot)),
       "\",\"draining\":", draining ? "true" : "false",
-      ",\"total_connections\":", snapshot.channels.size(),
+      ",\"total_connections\":", snapshot.ActiveCount(),
       ",\"active_connections\":", snapshot.HealthyCount(),
       ",\"available_connections\":", snapshot.AvailableCount(),
       ",\"max_streams_per_connection\":", snapshot.max_streams_per_connection,
@@ -82,12 +98,27 @@ std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
       ",\"channels\":[");
   bool first = true;
   for (const ChannelSnapshot& channel : snapshot.channels) {
-    absl::StrAppend(&json, first ? "" : ",", "{\"index\":", channel.index, ",\"state\":\"",
-                    ConnectivityStateName(channel.state),
+    absl::StrAppend(&json, first ? "" : ",", "{\"index\":", channel.index, ",\"backend\":\"",
+                    JsonEscape(channel.backend), "\",\"phase\":\"", SlotPhaseName(channel.phase),
+                    "\",\"state\":\"", ConnectivityStateName(channel.state),
                     "\",\"healthy\":", channel.healthy ? "true" : "false",
                     ",\"outstanding_calls\":", channel.outstanding_calls,
                     ",\"calls_started\":", channel.calls_started, ",\"errors\":", channel.errors,
                     ",\"age_seconds\":", JsonNumber(absl::ToDoubleSeconds(channel.age)), "}");
+    first = false;
+  }
+  absl::StrAppend(&json, "],\"address_set_changes\":", snapshot.address_set_changes,
+                  ",\"resolution_failures\":", snapshot.resolution_failures,
+                  ",\"resolution_failing\":", snapshot.resolution_failing ? "true" : "false",
+                  ",\"calls_ended_connection_lost\":", snapshot.calls_ended_connection_lost,
+                  ",\"calls_ended_drain_grace\":", snapshot.calls_ended_drain_grace,
+                  ",\"backends\":[");
+  first = true;
+  for (const BackendSnapshot& backend : snapshot.backends) {
+    absl::StrAppend(&json, first ? "" : ",", "{\"address\":\"", JsonEscape(backend.address),
+                    "\",\"active_connections\":", backend.active_connections,
+                    ",\"connecting\":", backend.connecting, ",\"draining\":", backend.draining,
+                    ",\"calls_started\":", backend.calls_started, "}");
     first = false;
   }
   absl::StrAppend(&json, "]}\n");
@@ -98,11 +129,12 @@ Reply Readiness(const PoolSnapshot& snapshot, bool draining) {
   if (draining) return {http::status::service_unavailable, kTextContentType, "draining\n"};
   const PoolHealth health = PoolHealthOf(snapshot);
   std::string reason = absl::StrCat(PoolHealthName(health), ": ", snapshot.HealthyCount(), " of ",
-                                    snapshot.channels.size(), " upstream connections healthy");
+                                    snapshot.ActiveCount(), " upstream connections healthy");
   if (health != PoolHealth::kUnhealthy) return {http::status::ok, kTextContentType, reason + "\n"};
   for (const ChannelSnapshot& channel : snapshot.channels) {
-    absl::StrAppend(&reason, "; channel ", channel.index, " ",
-                    ConnectivityStateName(channel.state));
+    if (channel.phase != SlotPhase::kActive) continue;
+    absl::StrAppend(&reason, "; channel ", channel.index, " ", ConnectivityStateName(channel.state),
+                    channel.backend.empty() ? "" : " (" + channel.backend + ")");
   }
   return {http::status::service_unavailable, kTextContentType, reason + "\n"};
 }

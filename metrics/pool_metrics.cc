@@ -26,6 +26,17 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::strin
   return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
 }
 
+// prometheus-cpp hands back the registered family when asked again.
+prometheus::Family<prometheus::Counter>& CallsEndedFamily(prometheus::Registry& registry) {
+  return prometheus::BuildCounter()
+      .Name("poolside_pool_calls_ended_total")
+      .Help(
+          "Calls poolside ended with UNAVAILABLE, by reason: connection_lost (never "
+          "answered while the connection stayed down for the connection timeout), "
+          "drain_grace (still running on a drained connection when its grace was up).")
+      .Register(registry);
+}
+
 // Built once per registry; both limits share it.
 prometheus::Family<prometheus::Counter>& OverflowFamily(prometheus::Registry& registry) {
   return prometheus::BuildCounter()
@@ -83,7 +94,30 @@ Metrics::Metrics(MetricsOptions options)
       channel_healthy_(GaugeFamily(*registry_, "poolside_pool_channel_healthy",
                                    "1 if the pooled connection is healthy, 0 if not.")),
       channel_age_seconds_(GaugeFamily(*registry_, "poolside_pool_channel_age_seconds",
-                                       "Age of the connection in one pool position.")) {
+                                       "Age of the connection in one pool position.")),
+      channel_info_(GaugeFamily(*registry_, "poolside_pool_channel_info",
+                                "Always 1: the backend address, phase (active, connecting, "
+                                "draining) and connectivity state of one pool position.")),
+      backends_(AddGauge(*registry_, "poolside_pool_backends",
+                         "Backend addresses the pool spreads its connections over.")),
+      backend_connections_(GaugeFamily(*registry_, "poolside_pool_backend_connections",
+                                       "Connections in rotation to one backend address.")),
+      backend_calls_started_(prometheus::BuildCounter()
+                                 .Name("poolside_pool_backend_calls_started_total")
+                                 .Help("Calls started on one backend address since it joined "
+                                       "the address set.")
+                                 .Register(*registry_)),
+      address_set_changes_(AddCounter(*registry_, "poolside_pool_address_set_changes_total",
+                                      "Times the upstream's resolved address set changed.")),
+      resolution_failures_(AddCounter(*registry_, "poolside_pool_resolution_failures_total",
+                                      "Lookups of the upstream's name that failed or found no "
+                                      "address; the pool kept the last good set.")),
+      calls_ended_connection_lost_(
+          CallsEndedFamily(*registry_).Add({{"reason", "connection_lost"}})),
+      calls_ended_drain_grace_(CallsEndedFamily(*registry_).Add({{"reason", "drain_grace"}})),
+      resolution_failing_(AddGauge(*registry_, "poolside_pool_resolution_failing",
+                                   "1 while the last lookup of the upstream's name failed (the "
+                                   "pool runs on the last good set), else 0.")) {
   GaugeFamily(*registry_, "poolside_build_info", "Always 1; labelled with poolside's version.")
       .Add({{"version", options.version}})
       .Set(1);
@@ -95,7 +129,7 @@ std::unique_ptr<CallRecorder> Metrics::NewCallRecorder() { return requests_.NewR
 
 void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
   absl::MutexLock lock(&update_mutex_);
-  const int total = static_cast<int>(snapshot.channels.size());
+  const int total = snapshot.ActiveCount();
   connections_.Set(total);
   active_connections_.Set(snapshot.HealthyCount());
   available_connections_.Set(snapshot.AvailableCount());
@@ -124,7 +158,18 @@ void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
     } else {
       const prometheus::Labels labels = {{"channel", std::to_string(channel.index)}};
       gauges = {&channel_outstanding_calls_.Add(labels), &channel_healthy_.Add(labels),
-                &channel_age_seconds_.Add(labels)};
+                &channel_age_seconds_.Add(labels), nullptr, ""};
+    }
+    const std::string info_key = channel.backend + '\n' + SlotPhaseName(channel.phase) + '\n' +
+                                 ConnectivityStateName(channel.state);
+    if (gauges.info == nullptr || gauges.info_key != info_key) {
+      if (gauges.info != nullptr) channel_info_.Remove(gauges.info);
+      gauges.info = &channel_info_.Add({{"channel", std::to_string(channel.index)},
+                                        {"backend", channel.backend},
+                                        {"phase", SlotPhaseName(channel.phase)},
+                                        {"state", ConnectivityStateName(channel.state)}});
+      gauges.info->Set(1);
+      gauges.info_key = info_key;
     }
     gauges.outstanding_calls->Set(static_cast<double>(channel.outstanding_calls));
     gauges.healthy->Set(channel.healthy ? 1 : 0);
@@ -137,11 +182,43 @@ void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
     channel_outstanding_calls_.Remove(gauges.outstanding_calls);
     channel_healthy_.Remove(gauges.healthy);
     channel_age_seconds_.Remove(gauges.age_seconds);
+    if (gauges.info != nullptr) channel_info_.Remove(gauges.info);
   }
   channels_ = std::move(current);
+  UpdateBackends(snapshot);
 
   const double capacity = static_cast<double>(total) * snapshot.max_streams_per_connection;
   utilization_.Set(capacity > 0 ? static_cast<double>(outstanding) / capacity : 0);
+}
+
+void Metrics::UpdateBackends(const PoolSnapshot& snapshot) {
+  backends_.Set(static_cast<double>(snapshot.backends.size()));
+  AdvanceTo(address_set_changes_, snapshot.address_set_changes);
+  AdvanceTo(resolution_failures_, snapshot.resolution_failures);
+  AdvanceTo(calls_ended_connection_lost_, snapshot.calls_ended_connection_lost);
+  AdvanceTo(calls_ended_drain_grace_, snapshot.calls_ended_drain_grace);
+  resolution_failing_.Set(snapshot.resolution_failing ? 1 : 0);
+  std::map<std::string, BackendSeries> current;
+  for (const BackendSnapshot& backend : snapshot.backends) {
+    auto it = backend_series_.find(backend.address);
+    BackendSeries series;
+    if (it != backend_series_.end()) {
+      series = it->second;
+      backend_series_.erase(it);
+    } else {
+      const prometheus::Labels labels = {{"backend", backend.address}};
+      series = {&backend_connections_.Add(labels), &backend_calls_started_.Add(labels)};
+    }
+    series.connections->Set(backend.active_connections);
+    AdvanceTo(*series.calls_started, backend.calls_started);
+    current.emplace(backend.address, series);
+  }
+  // Backends that left the set lose their series.
+  for (const auto& [address, series] : backend_series_) {
+    backend_connections_.Remove(series.connections);
+    backend_calls_started_.Remove(series.calls_started);
+  }
+  backend_series_ = std::move(current);
 }
 
 void Metrics::AdvanceTo(prometheus::Counter& counter, uint64_t total) {

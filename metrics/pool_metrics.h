@@ -17,6 +17,20 @@
 //   poolside_pool_channel_outstanding_calls{channel}        gauge
 //   poolside_pool_channel_healthy{channel}                  gauge, 0/1
 //   poolside_pool_channel_age_seconds{channel}              gauge
+//   poolside_pool_channel_info{channel,backend,phase,state}  gauge, always 1
+//   poolside_pool_backends                                  gauge (addresses in the set)
+//   poolside_pool_backend_connections{backend}              gauge (active)
+//   poolside_pool_backend_calls_started_total{backend}      counter
+//   poolside_pool_address_set_changes_total                 counter
+//   poolside_pool_resolution_failures_total                 counter
+//   poolside_pool_resolution_failing                        gauge, 0/1
+//   poolside_pool_calls_ended_total{reason}                 counter
+//     reason="connection_lost": never answered, connection down for the
+//     connection timeout; reason="drain_grace": still running on a drained
+//     connection when GRPC_SHUTDOWN_GRACE_SECS was up.
+// Per-channel series exist for the slots that have a connection (at most
+// twice the pool size); per-backend series for the current address set
+// (the pool never holds more backends than its size has connections).
 // Request metrics (recorded on the hot path by CallRecorders; see
 // request_metrics.h): poolside_requests_total, poolside_request_duration_seconds,
 // poolside_inflight_requests, poolside_forwarded_bytes_total,
@@ -91,7 +105,16 @@ class Metrics {
     prometheus::Gauge* outstanding_calls;
     prometheus::Gauge* healthy;
     prometheus::Gauge* age_seconds;
+    // Labelled with what may change: replaced when it does.
+    prometheus::Gauge* info;
+    std::string info_key;
   };
+  struct BackendSeries {
+    prometheus::Gauge* connections;
+    prometheus::Counter* calls_started;
+  };
+
+  void UpdateBackends(const PoolSnapshot& snapshot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(update_mutex_);
 
   // Makes `counter` equal `total`, if that does not mean going down.
   static void AdvanceTo(prometheus::Counter& counter, uint64_t total);
@@ -117,10 +140,20 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& channel_outstanding_calls_;
   prometheus::Family<prometheus::Gauge>& channel_healthy_;
   prometheus::Family<prometheus::Gauge>& channel_age_seconds_;
+  prometheus::Family<prometheus::Gauge>& channel_info_;
+  prometheus::Gauge& backends_;
+  prometheus::Family<prometheus::Gauge>& backend_connections_;
+  prometheus::Family<prometheus::Counter>& backend_calls_started_;
+  prometheus::Counter& address_set_changes_;
+  prometheus::Counter& resolution_failures_;
+  prometheus::Counter& calls_ended_connection_lost_;
+  prometheus::Counter& calls_ended_drain_grace_;
+  prometheus::Gauge& resolution_failing_;
 
   // Serializes UpdateFromPool callers (health monitor, scrapes).
   absl::Mutex update_mutex_;
   std::map<int, ChannelGauges> channels_ ABSL_GUARDED_BY(update_mutex_);
+  std::map<std::string, BackendSeries> backend_series_ ABSL_GUARDED_BY(update_mutex_);
 };
 
 }  // namespace poolside

@@ -44,32 +44,50 @@ std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const UpstreamChannelO
 class UpstreamChannelFactory : public ChannelFactory {
  public:
   explicit UpstreamChannelFactory(UpstreamChannelOptions options)
-      : options_(std::move(options)), credentials_(MakeCredentials(options_)) {}
+      : options_(std::move(options)),
+        credentials_(MakeCredentials(options_)),
+        authority_(AuthorityOf(options_)) {}
 
-  std::shared_ptr<grpc::Channel> Create(int slot) override {
+  std::shared_ptr<grpc::Channel> Create(const BackendAddress& backend, int slot) override {
     grpc::ChannelArguments args;
     const int max_bytes = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
     args.SetMaxReceiveMessageSize(max_bytes);
     args.SetMaxSendMessageSize(max_bytes);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, options_.transparent_retries ? 1 : 0);
     // grpc backs off up to 120 s between reconnects; a sidecar should find a
     // restarted upstream within seconds.
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
     args.SetInt(kSlotArg, slot);
     // Each replacement gets a fresh connection too, not the one it replaces.
     args.SetInt("poolside.channel_generation", generation_++);
-    if (!options_.authority.empty()) args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, options_.authority);
+    // A channel to one address would call itself by that address; it keeps
+    // the target's name instead, so virtual hosting and the TLS certificate
+    // check see what one channel to the name would have sent. (grpc checks
+    // the certificate against the default authority unless overridden.)
+    if (!authority_.empty() && backend.channel_target != options_.target) {
+      args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, authority_);
+    } else if (!options_.authority.empty()) {
+      args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, options_.authority);
+    }
     if (!options_.server_name.empty()) {
       args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, options_.server_name);
     }
-    return grpc::CreateCustomChannel(options_.target, credentials_, args);
+    return grpc::CreateCustomChannel(backend.channel_target, credentials_, args);
   }
 
  private:
+  static std::string AuthorityOf(const UpstreamChannelOptions& options) {
+    if (!options.authority.empty()) return options.authority;
+    absl::StatusOr<UpstreamTarget> target = ParseUpstreamTarget(options.target);
+    return target.ok() ? target->default_authority : std::string();
+  }
+
   const UpstreamChannelOptions options_;
   // Shared by every channel: one file watcher for the whole pool.
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  // Every channel's :authority.
+  const std::string authority_;
   std::atomic<int> generation_{0};
 };
 

@@ -65,13 +65,13 @@ HealthMonitor::HealthMonitor(ChannelPool& pool, HealthCheckOptions options, Roun
     : pool_(pool),
       options_(std::move(options)),
       on_round_(std::move(on_round)),
-      channels_(pool.size()) {}
+      channels_(pool.capacity()) {}
 
 HealthMonitor::~HealthMonitor() { Shutdown(); }
 
 void HealthMonitor::Start() {
   credential_fingerprint_ = FingerprintFiles(options_.credential_files);
-  for (int i = 0; i < pool_.size(); ++i) ScheduleRefresh(i, pool_.CurrentChannel(i)->created_at());
+  SyncSlots();
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -124,6 +124,8 @@ void HealthMonitor::Loop() {
       next_round = std::min(next_round, probe_at_);
       if (probe_at_ <= absl::Now()) probe_at_ = absl::InfiniteFuture();
     }
+    SyncSlots();
+    next_refresh = std::min(next_refresh, NextRefresh());
     if (stopping) {
       PoolSnapshot last;
       {
@@ -153,7 +155,21 @@ void HealthMonitor::CheckCredentialFiles(absl::Time now) {
   if (fingerprint == credential_fingerprint_) return;
   credential_fingerprint_ = std::move(fingerprint);
   spdlog::info("health: upstream TLS files changed; rolling {} connections over", pool_.size());
-  for (ChannelHealth& channel : channels_) channel.refresh_at = now + kCredentialRollDelay;
+  for (ChannelHealth& channel : channels_) {
+    if (channel.channel_id != 0) channel.refresh_at = now + kCredentialRollDelay;
+  }
+}
+
+void HealthMonitor::SyncSlots() {
+  for (int i = 0; i < pool_.capacity(); ++i) {
+    const std::shared_ptr<PooledChannel> channel = pool_.CurrentChannel(i);
+    const uint64_t id = channel != nullptr ? channel->id() : 0;
+    ChannelHealth& health = channels_[i];
+    if (health.channel_id == id) continue;
+    health = ChannelHealth();
+    health.channel_id = id;
+    if (channel != nullptr) ScheduleRefresh(i, channel->created_at());
+  }
 }
 
 absl::Time HealthMonitor::NextRefresh() const {
@@ -162,16 +178,18 @@ absl::Time HealthMonitor::NextRefresh() const {
   return next;
 }
 
-std::vector<std::string> HealthMonitor::CheckChannels() {
-  const int size = pool_.size();
+std::vector<std::optional<std::string>> HealthMonitor::CheckChannels() {
+  const int size = pool_.capacity();
   std::vector<std::shared_ptr<PooledChannel>> channels(size);
-  std::vector<std::string> connectivity(size);
+  std::vector<std::optional<std::string>> connectivity(size);
   for (int i = 0; i < size; ++i) {
+    if (!pool_.IsActive(i)) continue;
     channels[i] = pool_.CurrentChannel(i);
+    if (channels[i] == nullptr) continue;
     const grpc_connectivity_state state = channels[i]->channel().GetState(/*try_to_connect=*/true);
-    if (state != GRPC_CHANNEL_READY) {
-      connectivity[i] = absl::StrCat("connection ", ConnectivityStateName(state));
-    }
+    connectivity[i] = state == GRPC_CHANNEL_READY
+                          ? std::string()
+                          : absl::StrCat("connection ", ConnectivityStateName(state));
   }
   if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return connectivity;
 
@@ -189,7 +207,10 @@ std::vector<std::string> HealthMonitor::CheckChannels() {
   grpc::CompletionQueue queue;
   auto probes = std::make_unique<Probe[]>(size);
   const auto deadline = absl::ToChronoTime(absl::Now() + options_.probe_timeout);
+  int started = 0;
   for (int i = 0; i < size; ++i) {
+    if (channels[i] == nullptr) continue;
+    ++started;
     Probe& probe = probes[i];
     probe.context.set_deadline(deadline);
     probe.call = channels[i]->stub().PrepareUnaryCall(&probe.context, kHealthCheckMethod,
@@ -199,14 +220,16 @@ std::vector<std::string> HealthMonitor::CheckChannels() {
   }
   void* tag = nullptr;
   bool ok = false;
-  for (int finished = 0; finished < size && queue.Next(&tag, &ok); ++finished) {
+  for (int finished = 0; finished < started && queue.Next(&tag, &ok); ++finished) {
   }
   queue.Shutdown();
   while (queue.Next(&tag, &ok)) {
   }
 
-  std::vector<std::string> failures(size);
+  std::vector<std::optional<std::string>> failures(size);
   for (int i = 0; i < size; ++i) {
+    if (channels[i] == nullptr) continue;
+    failures[i].emplace();
     const grpc::Status& status = probes[i].status;
     if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
       if (!upstream_lacks_health_service_) {
@@ -224,17 +247,20 @@ std::vector<std::string> HealthMonitor::CheckChannels() {
     } else if (!ParseServing(probes[i].response)) {
       failures[i] = "upstream reports NOT_SERVING";
     }
-    if (!failures[i].empty()) spdlog::debug("health: channel {}: {}", i, failures[i]);
+    if (!failures[i]->empty()) spdlog::debug("health: channel {}: {}", i, *failures[i]);
   }
   return failures;
 }
 
 PoolSnapshot HealthMonitor::RunRound() {
-  const std::vector<std::string> failed_because = CheckChannels();
+  SyncSlots();
+  const std::vector<std::optional<std::string>> checked = CheckChannels();
   int failures = 0;
-  for (int i = 0; i < pool_.size(); ++i) {
+  for (int i = 0; i < pool_.capacity(); ++i) {
+    if (!checked[i]) continue;
+    const std::string& failed_because = *checked[i];
     ChannelHealth& channel = channels_[i];
-    if (failed_because[i].empty()) {
+    if (failed_because.empty()) {
       channel.consecutive_failures = 0;
       pool_.EndEjection(i);
       if (!channel.healthy) {
@@ -250,16 +276,20 @@ PoolSnapshot HealthMonitor::RunRound() {
       channel.healthy = false;
       pool_.SetProbeHealthy(i, false);
       spdlog::warn("health: channel {} unhealthy after {} failed checks: {}", i,
-                   channel.consecutive_failures, failed_because[i]);
+                   channel.consecutive_failures, failed_because);
     }
     if (channel.consecutive_failures >= options_.replace_threshold) {
-      spdlog::warn("health: replacing channel {} after {} failed checks", i,
-                   channel.consecutive_failures);
       std::shared_ptr<PooledChannel> fresh = pool_.NewChannel(i);
-      ScheduleRefresh(i, fresh->created_at());
-      pool_.ReplaceChannel(i, std::move(fresh));
-      // Stays unhealthy until the new channel passes a check.
-      channel.consecutive_failures = options_.unhealthy_threshold;
+      const uint64_t fresh_id = fresh != nullptr ? fresh->id() : 0;
+      const absl::Time created_at = fresh != nullptr ? fresh->created_at() : absl::Now();
+      if (fresh != nullptr && pool_.ReplaceChannel(i, std::move(fresh))) {
+        spdlog::warn("health: replaced channel {} after {} failed checks", i,
+                     channel.consecutive_failures);
+        channel.channel_id = fresh_id;
+        ScheduleRefresh(i, created_at);
+        // Stays unhealthy until the new channel passes a check.
+        channel.consecutive_failures = options_.unhealthy_threshold;
+      }
     }
   }
   const absl::Time now = absl::Now();
@@ -269,7 +299,7 @@ PoolSnapshot HealthMonitor::RunRound() {
   if (health != last_pool_health_ || !logged_first_round_) {
     const auto level = health == PoolHealth::kHealthy ? spdlog::level::info : spdlog::level::warn;
     spdlog::log(level, "health: pool {} ({} of {} channels healthy)", PoolHealthName(health),
-                snapshot.HealthyCount(), snapshot.channels.size());
+                snapshot.HealthyCount(), snapshot.ActiveCount());
     last_pool_health_ = health;
     logged_first_round_ = true;
   }
@@ -292,21 +322,31 @@ void HealthMonitor::ScheduleRefresh(int slot, absl::Time created_at) {
 
 absl::Time HealthMonitor::RefreshOldestChannel(absl::Time now) {
   int oldest = -1;
-  for (int i = 0; i < pool_.size(); ++i) {
+  for (int i = 0; i < pool_.capacity(); ++i) {
     if (channels_[i].refresh_at <= now &&
         (oldest < 0 || channels_[i].refresh_at < channels_[oldest].refresh_at)) {
       oldest = i;
     }
   }
-  if (oldest >= 0) {
-    std::shared_ptr<PooledChannel> fresh = pool_.NewChannel(oldest);
+  std::shared_ptr<PooledChannel> fresh;
+  if (oldest >= 0 && !pool_.IsActive(oldest)) {
+    // Leaving the pool anyway (draining) or about to join it: no refresh.
+    channels_[oldest].refresh_at = absl::InfiniteFuture();
+  } else if (oldest >= 0 && (fresh = pool_.NewChannel(oldest)) != nullptr) {
     // The old channel keeps serving until the new one is connected, so the
     // refresh costs no call.
     if (fresh->channel().WaitForConnected(absl::ToChronoTime(now + options_.connect_timeout))) {
-      const absl::Duration age = now - pool_.CurrentChannel(oldest)->created_at();
-      ScheduleRefresh(oldest, fresh->created_at());
-      pool_.ReplaceChannel(oldest, std::move(fresh));
-      spdlog::info("health: refreshed channel {} after {}", oldest, absl::FormatDuration(age));
+      const std::shared_ptr<PooledChannel> old = pool_.CurrentChannel(oldest);
+      const absl::Duration age = old != nullptr ? now - old->created_at() : absl::ZeroDuration();
+      const uint64_t fresh_id = fresh->id();
+      const absl::Time created_at = fresh->created_at();
+      if (pool_.ReplaceChannel(oldest, std::move(fresh))) {
+        channels_[oldest].channel_id = fresh_id;
+        ScheduleRefresh(oldest, created_at);
+        spdlog::info("health: refreshed channel {} after {}", oldest, absl::FormatDuration(age));
+      } else {
+        channels_[oldest].refresh_at = absl::InfiniteFuture();
+      }
     } else {
       spdlog::warn("health: could not refresh channel {}: new connection not ready within {}",
                    oldest, absl::FormatDuration(options_.connect_timeout));

@@ -10,8 +10,10 @@
 #ifndef POOLSIDE_POOL_HEALTH_MONITOR_H_
 #define POOLSIDE_POOL_HEALTH_MONITOR_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,15 +75,21 @@ class HealthMonitor {
  private:
   // Per-slot state, confined to the monitor thread.
   struct ChannelHealth {
+    // PooledChannel::id() of the channel judged; 0 for none.
+    uint64_t channel_id = 0;
     int consecutive_failures = 0;
     bool healthy = true;
     absl::Time refresh_at = absl::InfiniteFuture();
   };
 
   void Loop();
+  // Starts afresh on slots whose channel the pool changed (a new backend, a
+  // freed slot): their history belongs to the old channel.
+  void SyncSlots();
   PoolSnapshot RunRound();
-  // One entry per slot: empty if its check passed, else why it failed.
-  std::vector<std::string> CheckChannels();
+  // One entry per slot: nullopt if not checked (not in rotation), empty if
+  // its check passed, else why it failed.
+  std::vector<std::optional<std::string>> CheckChannels();
   void ScheduleRefresh(int slot, absl::Time created_at);
   // Refreshes the channel most overdue for its maximum age, if any; returns
   // when the next one falls due.

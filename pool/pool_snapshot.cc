@@ -2,16 +2,29 @@
 
 namespace poolside {
 
+int PoolSnapshot::ActiveCount() const {
+  int active = 0;
+  for (const ChannelSnapshot& channel : channels) {
+    active += channel.phase == SlotPhase::kActive ? 1 : 0;
+  }
+  return active;
+}
+
 int PoolSnapshot::HealthyCount() const {
   int healthy = 0;
-  for (const ChannelSnapshot& channel : channels) healthy += channel.healthy ? 1 : 0;
+  for (const ChannelSnapshot& channel : channels) {
+    healthy += channel.phase == SlotPhase::kActive && channel.healthy ? 1 : 0;
+  }
   return healthy;
 }
 
 int PoolSnapshot::AvailableCount() const {
   int available = 0;
   for (const ChannelSnapshot& channel : channels) {
-    if (channel.healthy && channel.outstanding_calls < max_streams_per_connection) ++available;
+    if (channel.phase == SlotPhase::kActive && channel.healthy &&
+        channel.outstanding_calls < max_streams_per_connection) {
+      ++available;
+    }
   }
   return available;
 }
@@ -19,8 +32,22 @@ int PoolSnapshot::AvailableCount() const {
 PoolHealth PoolHealthOf(const PoolSnapshot& snapshot) {
   const int healthy = snapshot.HealthyCount();
   if (healthy == 0) return PoolHealth::kUnhealthy;
-  if (healthy < static_cast<int>(snapshot.channels.size())) return PoolHealth::kDegraded;
+  if (healthy < snapshot.ActiveCount()) return PoolHealth::kDegraded;
   return PoolHealth::kHealthy;
+}
+
+const char* SlotPhaseName(SlotPhase phase) {
+  switch (phase) {
+    case SlotPhase::kFree:
+      return "free";
+    case SlotPhase::kConnecting:
+      return "connecting";
+    case SlotPhase::kActive:
+      return "active";
+    case SlotPhase::kDraining:
+      return "draining";
+  }
+  return "free";
 }
 
 const char* PoolHealthName(PoolHealth health) {

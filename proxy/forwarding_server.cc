@@ -31,6 +31,10 @@ constexpr int kAcceptsPerQueue = 4;
 // calls they still hold (waiting calls notice within a wait slice).
 constexpr absl::Duration kDrainLimit = absl::Seconds(5);
 
+// How often calls waiting for their upstream's answer have their connection
+// looked at; their wait is bounded by the connection timeout plus this.
+constexpr auto kConnectionCheckInterval = std::chrono::milliseconds(250);
+
 // grpc binds with SO_REUSEPORT, so a port held by another process's socket
 // that also set it would be shared silently instead of refused. Probe the
 // address with a plain bind first so that "in use" is a clear error.
@@ -90,7 +94,7 @@ ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metr
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
-absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_services) {
+absl::Status ForwardingServer::Start(LocalService* local) {
   if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
 
   grpc::ServerBuilder builder;
@@ -120,7 +124,6 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  for (grpc::Service* service : extra_services) builder.RegisterService(service);
   builder.RegisterAsyncGenericService(&generic_service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
@@ -143,13 +146,22 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
     queue->queue = completion_queue.get();
     queue->pool = &pool_;
     queue->connection_timeout = options_.connection_timeout;
+    queue->wait_for_ready = options_.wait_for_ready;
     queue->limits = &limits_;
+    queue->local = local;
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();
     }
     for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
+    connection_checks_.push_back(std::make_unique<ConnectionCheck>(*this, *queue));
+    connection_checks_.back()->Arm();
     call_queues_.push_back(std::move(queue));
+  }
+  if (pool_.options().watch_on_caller_queues) {
+    std::vector<grpc::CompletionQueue*> queues;
+    for (auto& completion_queue : completion_queues_) queues.push_back(completion_queue.get());
+    pool_.WatchOn(queues);
   }
   for (auto& queue : call_queues_) {
     threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
@@ -162,7 +174,36 @@ absl::Status ForwardingServer::Start(const std::vector<grpc::Service*>& extra_se
 void ForwardingServer::ServeQueue(CallQueue& queue) {
   void* tag = nullptr;
   bool ok = false;
-  while (queue.queue->Next(&tag, &ok)) ProxyCall::Dispatch(tag, ok);
+  while (queue.queue->Next(&tag, &ok)) {
+    if (QueueEvent::IsQueueEventTag(tag)) {
+      QueueEvent::Dispatch(tag, ok);
+    } else {
+      ProxyCall::Dispatch(tag, ok);
+    }
+  }
+}
+
+ForwardingServer::ConnectionCheck::ConnectionCheck(ForwardingServer& server, CallQueue& queue)
+    : server_(server), queue_(queue) {}
+
+void ForwardingServer::ConnectionCheck::Arm() {
+  server_.armed_checks_.fetch_add(1);
+  alarm_.Set(queue_.queue, std::chrono::system_clock::now() + kConnectionCheckInterval, tag());
+}
+
+void ForwardingServer::ConnectionCheck::OnQueueEvent(bool /*ok*/) {
+  ProxyCall::CheckUpstreamCalls(queue_, absl::Now());
+  // Re-armed before it counts as ended, so StopConnectionChecks() never sees
+  // zero while one is about to be armed again.
+  if (!server_.stopping_checks_.load()) Arm();
+  server_.armed_checks_.fetch_sub(1);
+}
+
+void ForwardingServer::StopConnectionChecks() {
+  stopping_checks_.store(true);
+  // The queues are still drained, so every armed check fires within an
+  // interval and is not armed again.
+  while (armed_checks_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
 }
 
 int64_t ForwardingServer::LiveCalls() const {
@@ -186,6 +227,10 @@ void ForwardingServer::Shutdown(absl::Duration grace) {
   if (const int64_t live = LiveCalls(); live > 0) {
     spdlog::error("proxy: {} calls still open after shutdown", live);
   }
+  // The pool's watches on these queues end within a watch slice; none may
+  // be re-armed once a queue is shut down.
+  if (pool_.options().watch_on_caller_queues) pool_.Shutdown();
+  StopConnectionChecks();
   for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();

@@ -10,10 +10,12 @@
 #ifndef POOLSIDE_PROXY_FORWARDING_SERVER_H_
 #define POOLSIDE_PROXY_FORWARDING_SERVER_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,6 +26,8 @@
 #include "absl/time/time.h"
 #include "metrics/pool_metrics.h"
 #include "pool/channel_pool.h"
+#include "pool/queue_event.h"
+#include "proxy/local_service.h"
 #include "proxy/proxy_call.h"
 #include "screen/screened_listener.h"
 
@@ -33,6 +37,10 @@ struct ProxyOptions {
   std::string listen_addr;
   int64_t max_message_bytes = 64 << 20;
   absl::Duration connection_timeout = absl::Seconds(30);
+  // Upstream calls wait for their connection (bounded by
+  // connection_timeout), so that grpc's transparent retry can outlast a
+  // reconnect; set with UpstreamChannelOptions::transparent_retries.
+  bool wait_for_ready = true;
   // Completion-queue threads; at least 1.
   int threads = 1;
   // 0 means no limit.
@@ -60,8 +68,9 @@ class ForwardingServer {
   ForwardingServer& operator=(const ForwardingServer&) = delete;
 
   // Binds and starts serving. Fails (one-line message) when the address is in
-  // use or invalid. `extra_services` must outlive the server.
-  absl::Status Start(const std::vector<grpc::Service*>& extra_services);
+  // use or invalid. `local` (may be null) answers the methods it serves
+  // instead of their being forwarded; it must outlive the server.
+  absl::Status Start(LocalService* local);
 
   // Stops accepting, lets calls in flight finish until `grace` has passed,
   // cancels the rest, and stops the threads.
@@ -71,8 +80,24 @@ class ForwardingServer {
   int port() const { return selected_port_; }
 
  private:
+  // Runs ProxyCall::CheckUpstreamCalls on one queue every
+  // kConnectionCheckInterval, riding that queue. Confined to its thread.
+  class ConnectionCheck final : public QueueEvent {
+   public:
+    ConnectionCheck(ForwardingServer& server, CallQueue& queue);
+    void Arm();
+    void OnQueueEvent(bool ok) override;
+
+   private:
+    ForwardingServer& server_;
+    CallQueue& queue_;
+    grpc::Alarm alarm_;
+  };
+
   void ServeQueue(CallQueue& queue);
   int64_t LiveCalls() const;
+  // Stops the connection checks; returns once none is armed.
+  void StopConnectionChecks();
 
   const ProxyOptions options_;
   ChannelPool& pool_;
@@ -80,6 +105,9 @@ class ForwardingServer {
   grpc::AsyncGenericService generic_service_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> completion_queues_;
   std::vector<std::unique_ptr<CallQueue>> call_queues_;
+  std::vector<std::unique_ptr<ConnectionCheck>> connection_checks_;
+  std::atomic<bool> stopping_checks_{false};
+  std::atomic<int> armed_checks_{0};
   // One per queue, each confined to its queue's thread.
   std::vector<std::unique_ptr<CallRecorder>> recorders_;
   CallLimits limits_;

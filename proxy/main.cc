@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,13 +19,20 @@
 #include "config/memory_limit.h"
 #include "metrics/admin_http_server.h"
 #include "metrics/pool_metrics.h"
+#include "pool/address_tracker.h"
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
+#include "pool/resolver.h"
+#include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
+#include "proxy/grpc_runtime.h"
 
 namespace {
+
+// How long one DNS lookup of the upstream may take (start-up included).
+constexpr absl::Duration kResolveTimeout = absl::Seconds(2);
 
 // Each component gets its own slice of the configuration.
 
@@ -34,6 +42,7 @@ poolside::UpstreamChannelOptions ChannelOptionsFrom(const poolside::Config& conf
   options.authority = config.upstream_authority;
   options.max_message_bytes = config.max_message_bytes;
   options.tls = config.upstream_tls;
+  options.transparent_retries = config.transparent_retry;
   options.ca_file = config.upstream_ca_file;
   options.cert_file = config.upstream_cert_file;
   options.key_file = config.upstream_key_file;
@@ -48,7 +57,32 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   options.max_streams_per_connection = config.max_streams_per_connection;
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
+  // The forwarding threads drain the connectivity watches too: a thread of
+  // the pool's own waiting in grpc would poll the forwarded connections.
+  options.watch_on_caller_queues = true;
   return options;
+}
+
+// Null for a target whose addresses are literal: nothing to follow.
+std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Config& config,
+                                                            poolside::ChannelPool& pool) {
+  absl::StatusOr<poolside::UpstreamTarget> target =
+      poolside::ParseUpstreamTarget(config.upstream_target);
+  if (!target.ok() || target->kind != poolside::UpstreamTarget::Kind::kDns) return nullptr;
+  absl::StatusOr<std::unique_ptr<poolside::Resolver>> resolver =
+      poolside::NewResolver(*target, kResolveTimeout);
+  if (!resolver.ok()) {
+    spdlog::warn(
+        "pool: cannot resolve {} here ({}); grpc resolves it, every connection to the "
+        "address it picks",
+        config.upstream_target, std::string(resolver.status().message()));
+    return nullptr;
+  }
+  poolside::AddressTrackerOptions options;
+  options.refresh_interval = config.dns_refresh;
+  options.drain_grace = config.shutdown_grace;
+  options.connect_timeout = config.connection_timeout;
+  return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
 }
 
 poolside::HealthCheckOptions HealthOptionsFrom(
@@ -77,6 +111,7 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   options.listen_addr = config.listen_addr;
   options.max_message_bytes = config.max_message_bytes;
   options.connection_timeout = config.connection_timeout;
+  options.wait_for_ready = config.transparent_retry;
   options.threads = config.worker_threads > 0
                         ? config.worker_threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -101,6 +136,7 @@ int Run(const poolside::Config& config) {
   signal(SIGPIPE, SIG_IGN);
 
   poolside::RouteGrpcLogsToSpdlog();
+  poolside::StartGrpcRuntime();
   spdlog::info("poolside {} starting", POOLSIDE_VERSION);
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
@@ -110,6 +146,14 @@ int Run(const poolside::Config& config) {
   const poolside::UpstreamChannelOptions channel_options = ChannelOptionsFrom(config);
   poolside::ChannelPool pool(PoolOptionsFrom(config),
                              poolside::NewUpstreamChannelFactory(channel_options));
+  // A DNS name is resolved here, so that each slot gets one backend address.
+  std::unique_ptr<poolside::AddressTracker> tracker = NewAddressTracker(config, pool);
+  // The pool's watcher thread calls the tracker: on every way out of Run(),
+  // it stops before the tracker is destroyed.
+  struct StopPoolFirst {
+    poolside::ChannelPool& pool;
+    ~StopPoolFirst() { pool.Shutdown(); }
+  } stop_pool_first{pool};
   // Declared before everything that records into it, so it outlives them.
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
@@ -119,12 +163,23 @@ int Run(const poolside::Config& config) {
       pool, HealthOptionsFrom(config, channel_options),
       [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });
   pool.SetEjectionListener([&monitor](absl::Time probe_at) { monitor.ProbeAt(probe_at); });
-  pool.Start();
+  if (tracker != nullptr) {
+    pool.SetConnectionLostListener([&tracker] { tracker->RequestResolve(); });
+    const std::vector<poolside::BackendAddress> initial = tracker->ResolveInitial();
+    if (initial.empty()) {
+      pool.Start();  // On the name itself, until it resolves.
+    } else {
+      pool.Start(initial);
+    }
+    tracker->Start();
+  } else {
+    pool.Start();
+  }
   monitor.Start();
 
   poolside::AdminService admin(pool, monitor);
   poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
-  if (absl::Status started = server.Start({&admin}); !started.ok()) {
+  if (absl::Status started = server.Start(&admin); !started.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(started.message()).c_str());
     return 1;
@@ -152,6 +207,7 @@ int Run(const poolside::Config& config) {
   server.Shutdown(config.shutdown_grace);
   admin_http.Shutdown();
   monitor.Shutdown();
+  if (tracker != nullptr) tracker->Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");
   return 0;

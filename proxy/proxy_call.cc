@@ -2,6 +2,7 @@
 
 #include <grpc/grpc.h>
 #include <grpc/support/log.h>
+#include <grpc/support/time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +20,9 @@ constexpr uintptr_t kOpMask = 15;
 // A call waiting for a ready channel re-picks at least this often, so it also
 // notices channels other than the one it watches, and its own cancellation.
 constexpr absl::Duration kWaitSlice = absl::Milliseconds(500);
+
+// Where grpc carries google.rpc.Status details in trailers.
+constexpr char kStatusDetailsKey[] = "grpc-status-details-bin";
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -49,9 +53,10 @@ ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context
 }
 
 ProxyCall::~ProxyCall() {
+  MoveToList(Listed::kNone);
   LeavePending();
   if (counted_concurrent_) queue_.limits->concurrent.Release();
-  if (accepted_ && queue_.recorder != nullptr) {
+  if (recorded_start_) {
     // Ended without a status of ours: the app cancelled or went away.
     RecordOutcome(grpc::StatusCode::CANCELLED);
     queue_.recorder->CallEnded();
@@ -90,12 +95,16 @@ void ProxyCall::LeavePending() {
 }
 
 void ProxyCall::RecordOutcome(grpc::StatusCode code) {
-  if (outcome_recorded_ || queue_.recorder == nullptr) return;
+  if (outcome_recorded_ || !recorded_start_) return;
   outcome_recorded_ = true;
   queue_.recorder->RecordCall(method_, code, absl::Now() - accepted_at_);
 }
 
 void* ProxyCall::Tag(Op op) {
+  // The pool's connectivity watches share these queues, tagged with every
+  // low bit set: no Op may look like one.
+  static_assert(kOpMask == QueueEvent::kTagBits);
+  static_assert(static_cast<uintptr_t>(Op::kLocalReply) < kOpMask);
   ++pending_ops_;
   return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(this) | static_cast<uintptr_t>(op));
 }
@@ -110,9 +119,7 @@ void ProxyCall::Handle(Op op, bool ok) {
       awaited_channel_.reset();
       return TryStartUpstream();
     case Op::kUpstreamStarted:
-      upstream_started_ = true;
-      upstream_writable_ = ok;
-      return PumpUpward();
+      return OnUpstreamStarted(ok);
     case Op::kUpstreamHeaders:
       return OnUpstreamHeaders(ok);
     case Op::kUpstreamRead:
@@ -120,20 +127,20 @@ void ProxyCall::Handle(Op op, bool ok) {
     case Op::kUpstreamWrite:
       return OnUpstreamWrite(ok);
     case Op::kUpstreamWritesDone:
+      if (upward_ == Upward::kClosingUpstream) upward_ = Upward::kClosed;
       return;
     case Op::kUpstreamFinish:
       return OnUpstreamFinish();
     case Op::kAppRead:
-      return OnAppRead(ok);
+      return stage_ == Stage::kAnsweringLocally ? OnLocalRequestRead(ok) : OnAppRead(ok);
     case Op::kAppHeaders:
-      if (!ok) upstream_context_.TryCancel();
-      return ReadUpstream();
+      return OnAppHeaders(ok);
     case Op::kAppWrite:
-      // The app is gone: stop the upstream call, then drain it to its status.
-      if (!ok) upstream_context_.TryCancel();
-      return ReadUpstream();
+      return OnAppWrite(ok);
     case Op::kAppFinish:
       return;
+    case Op::kLocalReply:
+      return OnLocalReply();
   }
 }
 
@@ -141,18 +148,30 @@ void ProxyCall::OnAccepted(bool ok) {
   if (!ok) return;  // The server is shutting down.
   AcceptNext(queue_);
   ++pending_ops_;  // kAppDone, registered before the call was accepted.
-  accepted_ = true;
   accepted_at_ = absl::Now();
+
+  if (queue_.local != nullptr && queue_.local->Serves(app_context_.method())) {
+    stage_ = Stage::kAnsweringLocally;
+    local_ = std::make_unique<LocalAnswer>();
+    app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+    return;
+  }
   if (queue_.recorder != nullptr) {
     method_ = queue_.recorder->Method(app_context_.method());
     queue_.recorder->CallStarted();
+    recorded_start_ = true;
   }
-
   if (!AdmitConcurrent()) return;
   const absl::Status copied =
       CopyRequestMetadata(app_context_.client_metadata(), upstream_context_);
   if (!copied.ok()) return FinishApp(ToGrpcStatus(copied));
   upstream_context_.set_deadline(app_context_.raw_deadline());
+  // Only a call that raced a disconnect ever waits (it starts on a channel
+  // just seen READY); CheckUpstreamCalls bounds that wait.
+  upstream_context_.set_wait_for_ready(queue_.wait_for_ready);
+  // The first message is read while a channel is picked; it waits in
+  // kHoldingMessage if it arrives before the upstream call has started.
+  upward_ = Upward::kReadingApp;
   app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
   wait_until_ = accepted_at_ + queue_.connection_timeout;
   TryStartUpstream();
@@ -160,12 +179,20 @@ void ProxyCall::OnAccepted(bool ok) {
 
 void ProxyCall::OnAppDone() {
   // Valid only now that the done tag has arrived (async API rule).
-  cancelled_ = app_context_.IsCancelled();
-  if (cancelled_) upstream_context_.TryCancel();
+  if (app_context_.IsCancelled()) CancelUpstream();
+}
+
+void ProxyCall::CancelUpstream() {
+  cancelled_ = true;
+  upward_ = Upward::kStopped;
+  // Harmless before the upstream call exists: a waiting call then stops
+  // waiting, and one never started never starts.
+  upstream_context_.TryCancel();
 }
 
 void ProxyCall::TryStartUpstream() {
-  if (cancelled_) return LeavePending();
+  if (cancelled_ || stage_ == Stage::kFinished) return LeavePending();
+  stage_ = Stage::kAwaitingChannel;
   ChannelPool& pool = *queue_.pool;
   std::optional<ChannelPool::Lease> lease = pool.PickReady();
   if (!lease) {
@@ -196,56 +223,140 @@ void ProxyCall::TryStartUpstream() {
 }
 
 void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
+  stage_ = Stage::kStartingUpstream;
   lease_.emplace(std::move(lease));
   upstream_stream_ =
       lease_->channel().stub().PrepareCall(&upstream_context_, app_context_.method(), queue_.queue);
   upstream_stream_->StartCall(Tag(Op::kUpstreamStarted));
   upstream_stream_->ReadInitialMetadata(Tag(Op::kUpstreamHeaders));
+  MoveToList(Listed::kAwaitingAnswer);
+}
+
+void ProxyCall::MoveToList(Listed list) {
+  if (listed_ == list) return;
+  if (listed_ != Listed::kNone) {
+    ProxyCall*& head =
+        listed_ == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+    if (previous_listed_ != nullptr) {
+      previous_listed_->next_listed_ = next_listed_;
+    } else {
+      head = next_listed_;
+    }
+    if (next_listed_ != nullptr) next_listed_->previous_listed_ = previous_listed_;
+    previous_listed_ = nullptr;
+    next_listed_ = nullptr;
+  }
+  listed_ = list;
+  if (list == Listed::kNone) return;
+  ProxyCall*& head = list == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+  next_listed_ = head;
+  if (next_listed_ != nullptr) next_listed_->previous_listed_ = this;
+  head = this;
+}
+
+void ProxyCall::CheckUpstreamCalls(CallQueue& queue, absl::Time now) {
+  const uint64_t cuts = queue.pool->cuts();
+  const bool new_cuts = cuts != queue.cuts_seen;
+  queue.cuts_seen = cuts;
+  // Each step may take its call out of the list: read the next one first.
+  for (ProxyCall* call = queue.awaiting_answer; call != nullptr;) {
+    ProxyCall* const next = call->next_listed_;
+    if (new_cuts) call->EndIfCut();
+    if (call->listed_ == Listed::kAwaitingAnswer) call->CheckConnection(now);
+    call = next;
+  }
+  if (!new_cuts) return;
+  for (ProxyCall* call = queue.answered; call != nullptr;) {
+    ProxyCall* const next = call->next_listed_;
+    call->EndIfCut();
+    call = next;
+  }
+}
+
+void ProxyCall::CheckConnection(absl::Time now) {
+  // A cheap read of the channel's state; it never starts a connection.
+  if (lease_->channel().channel().GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
+    connection_down_since_ = absl::InfiniteFuture();
+    return;
+  }
+  if (connection_down_since_ == absl::InfiniteFuture()) connection_down_since_ = now;
+  if (now - connection_down_since_ < queue_.connection_timeout) return;
+  queue_.pool->CountCallEndedForLostConnection();
+  EndUpstreamWith(grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("poolside: the connection to upstream ", queue_.pool->options().target,
+                   " was lost before the call was answered and did not come back within ",
+                   absl::FormatDuration(queue_.connection_timeout))));
+}
+
+void ProxyCall::EndIfCut() {
+  if (!lease_->channel().cut()) return;
+  queue_.pool->CountCallEndedAtDrainGrace();
+  EndUpstreamWith(grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("poolside: the connection this call used was drained (its backend left ",
+                   queue_.pool->options().target,
+                   " or the pool was rebalanced) and the call outlived GRPC_SHUTDOWN_GRACE_SECS")));
+}
+
+void ProxyCall::EndUpstreamWith(grpc::Status status) {
+  MoveToList(Listed::kNone);
+  relay_error_ = std::move(status);
+  // The pending upstream operations then fail, and the call ends with
+  // relay_error_ (OnUpstreamFinish).
+  upstream_context_.TryCancel();
+}
+
+void ProxyCall::OnUpstreamStarted(bool ok) {
+  if (stage_ == Stage::kStartingUpstream) stage_ = Stage::kForwarding;
+  // Not ok: the call failed before it started; its status comes through the
+  // downward direction (headers fail, then Finish).
+  if (!ok) upward_ = Upward::kStopped;
+  PumpUpward();
 }
 
 void ProxyCall::OnAppRead(bool ok) {
+  if (upward_ == Upward::kStopped) return;  // Nothing more goes up.
   if (ok) {
     if (queue_.recorder != nullptr) {
       queue_.recorder->RecordMessage(Direction::kUpstream, upward_message_.Length());
     }
-    upward_message_held_ = true;
+    upward_ = Upward::kHoldingMessage;
     return PumpUpward();
   }
   // Half-close, or the app's call failed (cancel, disconnect, deadline). The
   // upstream must see the same: a clean end of the stream, or a cancel.
-  app_read_closed_ = true;
-  if (grpc_call_failed_before_recv_message(app_context_.c_call())) {
-    cancelled_ = true;
-    upstream_context_.TryCancel();
-    return;
-  }
+  if (grpc_call_failed_before_recv_message(app_context_.c_call())) return CancelUpstream();
+  upward_ = Upward::kHoldingHalfClose;
   PumpUpward();
 }
 
 void ProxyCall::PumpUpward() {
-  if (!upstream_writable_ || upstream_write_busy_ || cancelled_) return;
-  if (upward_message_held_) {
-    upward_message_held_ = false;
-    upstream_write_busy_ = true;
+  // Writes may be issued only once the StartCall tag is back, and never
+  // after the app's call has been finished.
+  if (stage_ != Stage::kForwarding) return;
+  if (upward_ == Upward::kHoldingMessage) {
+    upward_ = Upward::kWritingUpstream;
     upstream_stream_->Write(upward_message_, Tag(Op::kUpstreamWrite));
-  } else if (app_read_closed_ && !writes_done_sent_) {
-    writes_done_sent_ = true;
+  } else if (upward_ == Upward::kHoldingHalfClose) {
+    upward_ = Upward::kClosingUpstream;
     upstream_stream_->WritesDone(Tag(Op::kUpstreamWritesDone));
   }
 }
 
 void ProxyCall::OnUpstreamWrite(bool ok) {
-  upstream_write_busy_ = false;
+  if (upward_ != Upward::kWritingUpstream) return;  // Stopped meanwhile.
   if (!ok) {
     // The upstream call has ended; its status arrives through Finish.
-    upstream_writable_ = false;
+    upward_ = Upward::kStopped;
     return;
   }
-  if (app_read_closed_) return PumpUpward();
+  upward_ = Upward::kReadingApp;
   app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
 }
 
 void ProxyCall::OnUpstreamHeaders(bool ok) {
+  if (listed_ == Listed::kAwaitingAnswer) MoveToList(Listed::kAnswered);
   // Not ok: the upstream answered with trailers only, or the call failed.
   if (!ok) return FinishUpstream();
   const absl::Status copied =
@@ -255,7 +366,24 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
     upstream_context_.TryCancel();
     return FinishUpstream();
   }
+  // The headers go to the app at once; the first message is read meanwhile
+  // instead of after they are sent, and grpc sends the app's writes in
+  // order behind them.
   app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
+  ReadUpstream();
+}
+
+void ProxyCall::OnAppHeaders(bool ok) {
+  // Not ok: the app is gone. Stop the upstream call; the pending read then
+  // drains it to its status.
+  if (!ok) upstream_context_.TryCancel();
+}
+
+void ProxyCall::OnAppWrite(bool ok) {
+  // Not ok: the app is gone. Stop the upstream call, then drain it to its
+  // status.
+  if (!ok) upstream_context_.TryCancel();
+  ReadUpstream();
 }
 
 void ProxyCall::ReadUpstream() {
@@ -275,24 +403,72 @@ void ProxyCall::FinishUpstream() {
 }
 
 void ProxyCall::OnUpstreamFinish() {
-  upstream_writable_ = false;
-  // A cancelled app call says nothing about the upstream connection.
-  if (!cancelled_) {
-    lease_->RecordOutcome(upstream_status_.error_code() == grpc::StatusCode::UNAVAILABLE);
+  MoveToList(Listed::kNone);
+  if (upward_ != Upward::kClosingUpstream) upward_ = Upward::kStopped;
+  // A cancelled app call says nothing about the upstream connection, nor does
+  // one the pool cut (its slot may hold another channel by now).
+  if (!cancelled_ && !lease_->channel().cut()) {
+    const grpc::StatusCode code =
+        relay_error_ ? relay_error_->error_code() : upstream_status_.error_code();
+    lease_->RecordOutcome(code == grpc::StatusCode::UNAVAILABLE);
   }
-  if (!relay_error_) {
-    const absl::Status copied =
-        CopyTrailingResponseMetadata(upstream_context_.GetServerTrailingMetadata(), app_context_);
-    if (!copied.ok()) relay_error_ = ToGrpcStatus(copied);
+  if (relay_error_) return FinishApp(*relay_error_);
+  const MetadataMap& trailers = upstream_context_.GetServerTrailingMetadata();
+  const absl::Status copied = CopyTrailingResponseMetadata(trailers, app_context_);
+  if (!copied.ok()) return FinishApp(ToGrpcStatus(copied));
+  if (upstream_status_.ok()) {
+    // grpc++ keeps status details only on errors; an OK status may carry
+    // them too, and the app must get them as the upstream sent them.
+    const auto details = trailers.find(kStatusDetailsKey);
+    if (details != trailers.end()) {
+      return FinishApp(grpc::Status(grpc::StatusCode::OK, "",
+                                    std::string(details->second.data(), details->second.size())));
+    }
   }
-  FinishApp(relay_error_ ? *relay_error_ : upstream_status_);
+  FinishApp(upstream_status_);
 }
 
 void ProxyCall::FinishApp(const grpc::Status& status) {
-  if (app_finish_sent_) return;
-  app_finish_sent_ = true;
+  if (stage_ == Stage::kFinished) return;
+  stage_ = Stage::kFinished;
   RecordOutcome(status.error_code());
   app_stream_.Finish(status, Tag(Op::kAppFinish));
+}
+
+void ProxyCall::OnLocalRequestRead(bool ok) {
+  if (stage_ != Stage::kAnsweringLocally) return;
+  if (ok && !local_->request_read) {
+    // A unary request: expect the half-close next.
+    local_->request_read = true;
+    app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+    return;
+  }
+  if (!ok && grpc_call_failed_before_recv_message(app_context_.c_call())) {
+    cancelled_ = true;
+    return;
+  }
+  if (ok || !local_->request_read) {  // A second message, or none at all.
+    return FinishApp(grpc::Status(grpc::StatusCode::INTERNAL,
+                                  "poolside: PoolAdmin methods take one request message"));
+  }
+  // The reply may come on another thread; the alarm brings it back to this
+  // call's queue, so every other step stays on the queue's thread.
+  void* const reply_tag = Tag(Op::kLocalReply);
+  queue_.local->Answer(app_context_.method(), upward_message_,
+                       [this, reply_tag](grpc::Status status, grpc::ByteBuffer response) {
+                         local_->status = std::move(status);
+                         downward_message_ = std::move(response);
+                         local_->alarm.Set(queue_.queue, gpr_time_0(GPR_CLOCK_MONOTONIC),
+                                           reply_tag);
+                       });
+}
+
+void ProxyCall::OnLocalReply() {
+  if (stage_ != Stage::kAnsweringLocally) return;  // Cancelled meanwhile.
+  if (!local_->status.ok()) return FinishApp(local_->status);
+  stage_ = Stage::kFinished;
+  app_stream_.WriteAndFinish(downward_message_, grpc::WriteOptions(), local_->status,
+                             Tag(Op::kAppFinish));
 }
 
 }  // namespace poolside

@@ -12,6 +12,7 @@
 #ifndef POOLSIDE_PROXY_PROXY_CALL_H_
 #define POOLSIDE_PROXY_PROXY_CALL_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -28,6 +29,7 @@
 #include "metrics/call_recorder.h"
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
+#include "proxy/local_service.h"
 
 namespace poolside {
 
@@ -66,21 +68,38 @@ struct CallLimits {
   CallLimit pending;
 };
 
+class ProxyCall;
+
 // What every call on one completion queue shares. Constant after
-// construction, except for live_calls.
+// construction, except for live_calls and awaiting_answer.
 struct CallQueue {
   grpc::AsyncGenericService* service = nullptr;
   grpc::ServerCompletionQueue* queue = nullptr;
   ChannelPool* pool = nullptr;
   absl::Duration connection_timeout;
+  // Upstream calls wait for ready (ProxyCall::CheckUpstreamCalls bounds it).
+  bool wait_for_ready = true;
   CallLimits* limits = nullptr;
+  // Methods answered here instead of forwarded; null when there are none.
+  LocalService* local = nullptr;
   // Confined to this queue's thread; null when metrics are off.
   CallRecorder* recorder = nullptr;
   // ProxyCalls that exist on this queue, accepting ones included. Written only
   // by the queue's thread; read by the shutdown sequence.
   std::atomic<int64_t> live_calls{0};
+  // Calls whose upstream call has started, in two lists: not yet answered
+  // with headers, and answered (ProxyCall::CheckUpstreamCalls). Confined to
+  // this queue's thread, as is cuts_seen (the pool's cuts() last looked at).
+  ProxyCall* awaiting_answer = nullptr;
+  ProxyCall* answered = nullptr;
+  uint64_t cuts_seen = 0;
 };
 
+// One forwarded call. Where it is, is two small machines instead of a dozen
+// flags (chart in proxy/ARCHITECTURE.md): the call as a whole (Stage) and the
+// app -> upstream direction (Upward), which must remember what it holds while
+// the upstream call starts. The upstream -> app direction needs no state of
+// its own: it is a fixed chain in which every completion names the next step.
 class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
@@ -89,6 +108,14 @@ class alignas(16) ProxyCall {
 
   // Handles a completion-queue event whose tag a ProxyCall issued.
   static void Dispatch(void* tag, bool ok);
+
+  // Ends, with UNAVAILABLE, the upstream calls of `queue` that are not to go
+  // on: those not yet answered whose connection has been down for the
+  // connection timeout (upstream calls wait for their connection, so that
+  // grpc's transparent retry of a call the upstream never saw can outlast a
+  // reconnect; this bounds that wait), and those on a channel the pool has
+  // cut. Runs on the queue's thread, every few hundred milliseconds.
+  static void CheckUpstreamCalls(CallQueue& queue, absl::Time now);
 
   ProxyCall(const ProxyCall&) = delete;
   ProxyCall& operator=(const ProxyCall&) = delete;
@@ -110,6 +137,25 @@ class alignas(16) ProxyCall {
     kAppHeaders,
     kAppWrite,
     kAppFinish,
+    kLocalReply,
+  };
+
+  enum class Stage {
+    kAccepting,         // RequestCall issued; no app call yet.
+    kAwaitingChannel,   // No channel READY: watching one until one is.
+    kStartingUpstream,  // StartCall issued on a leased channel.
+    kForwarding,        // Upstream call started: both directions run.
+    kAnsweringLocally,  // A LocalService method: read, answer, finish.
+    kFinished,          // app Finish issued; only completions remain.
+  };
+  enum class Upward {
+    kReadingApp,        // app Read in flight.
+    kHoldingMessage,    // A message read, waiting for the upstream call to start.
+    kHoldingHalfClose,  // The app half-closed, waiting for the upstream call to start.
+    kWritingUpstream,   // upstream Write in flight.
+    kClosingUpstream,   // upstream WritesDone in flight.
+    kClosed,            // Half-close forwarded: nothing more goes up.
+    kStopped,           // Cancelled, failed, or the upstream call ended.
   };
 
   explicit ProxyCall(CallQueue& queue);
@@ -120,34 +166,50 @@ class alignas(16) ProxyCall {
 
   void OnAccepted(bool ok);
   void OnAppDone();
+  void CancelUpstream();
+  // Stage: waiting for and starting the upstream call.
   void TryStartUpstream();
   void StartUpstream(ChannelPool::Lease lease);
+  void OnUpstreamStarted(bool ok);
+  // Which of the queue's lists of upstream calls this call is in.
+  enum class Listed { kNone, kAwaitingAnswer, kAnswered };
+  void MoveToList(Listed list);
+  void CheckConnection(absl::Time now);
+  void EndIfCut();
+  void EndUpstreamWith(grpc::Status status);
   // Upward direction: app -> upstream.
   void OnAppRead(bool ok);
   void PumpUpward();
   void OnUpstreamWrite(bool ok);
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
+  void OnAppHeaders(bool ok);
+  void OnAppWrite(bool ok);
   void ReadUpstream();
   void OnUpstreamRead(bool ok);
   void FinishUpstream();
   void OnUpstreamFinish();
+  // The end, for every path.
   void FinishApp(const grpc::Status& status);
   void RecordOutcome(grpc::StatusCode code);
+  // Locally answered methods.
+  void OnLocalRequestRead(bool ok);
+  void OnLocalReply();
   // False (and the call already failing) when a circuit-breaking limit is hit.
   bool AdmitConcurrent();
   bool AdmitPending();
   void LeavePending();
 
   CallQueue& queue_;
+  Stage stage_ = Stage::kAccepting;
+  Upward upward_ = Upward::kReadingApp;
+  // The app cancelled, went away or passed its deadline.
+  bool cancelled_ = false;
 
   // App side.
   grpc::GenericServerContext app_context_;
   grpc::GenericServerAsyncReaderWriter app_stream_;
   grpc::ByteBuffer upward_message_;
-  bool app_read_closed_ = false;
-  bool app_finish_sent_ = false;
-  bool cancelled_ = false;
 
   // Upstream side.
   grpc::ClientContext upstream_context_;
@@ -161,17 +223,28 @@ class alignas(16) ProxyCall {
   std::shared_ptr<grpc::Channel> awaited_channel_;
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
-  bool upstream_started_ = false;
-  // Started and not yet ended: writes may be issued.
-  bool upstream_writable_ = false;
-  bool upward_message_held_ = false;
-  bool upstream_write_busy_ = false;
-  bool writes_done_sent_ = false;
+
+  Listed listed_ = Listed::kNone;
+  ProxyCall* previous_listed_ = nullptr;
+  ProxyCall* next_listed_ = nullptr;
+  // When the leased connection was first seen down while the call waited.
+  absl::Time connection_down_since_ = absl::InfiniteFuture();
+
+  // Locally answered calls only (kept out of line: forwarded calls, the
+  // many, do not pay for it).
+  struct LocalAnswer {
+    bool request_read = false;
+    // Set by the reply (on any thread) before the alarm posts kLocalReply to
+    // this call's queue.
+    grpc::Status status;
+    grpc::Alarm alarm;
+  };
+  std::unique_ptr<LocalAnswer> local_;
 
   // Metrics.
   absl::Time accepted_at_;
   MethodId method_ = kOtherMethod;
-  bool accepted_ = false;
+  bool recorded_start_ = false;
   bool outcome_recorded_ = false;
 
   int pending_ops_ = 0;

@@ -67,12 +67,14 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_HEALTH_CHECK_TIMEOUT_MS", "--health-check-timeout-ms", "250"},
       {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "--health-check-unhealthy-threshold", "3"},
       {"GRPC_CONNECTION_MAX_AGE_SECS", "--connection-max-age-secs", "600"},
+      {"GRPC_DNS_REFRESH_SECS", "--dns-refresh-secs", "5"},
       {"GRPC_MAX_STREAMS_PER_CONNECTION", "--max-streams-per-connection", "250"},
       {"GRPC_METRICS_MAX_METHODS", "--metrics-max-methods", "50"},
       {"GRPC_MAX_CONCURRENT_REQUESTS", "--max-concurrent-requests", "5000"},
       {"GRPC_MAX_PENDING_REQUESTS", "--max-pending-requests", "10"},
       {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", "--outlier-consecutive-failures", "0"},
       {"GRPC_OUTLIER_EJECTION_SECS", "--outlier-ejection-secs", "30"},
+      {"GRPC_TRANSPARENT_RETRY", "--transparent-retry", "false"},
       {"GRPC_UPSTREAM_TLS", "--upstream-tls", "true"},
       {"GRPC_UPSTREAM_CA_FILE", "--upstream-ca-file", "/dev/null"},
       {"GRPC_UPSTREAM_CERT_FILE", "--upstream-cert-file", "/dev/null"},
@@ -112,6 +114,7 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.max_pending_requests, 10);
   EXPECT_EQ(config.outlier_consecutive_failures, 0);
   EXPECT_EQ(config.outlier_ejection, absl::Seconds(30));
+  EXPECT_FALSE(config.transparent_retry);
   EXPECT_TRUE(config.upstream_tls);
   EXPECT_EQ(config.upstream_ca_file, "/dev/null");
   EXPECT_EQ(config.upstream_cert_file, "/dev/null");
@@ -140,6 +143,7 @@ const std::vector<IntegerVariable>& IntegerVariables() {
       {"GRPC_HEALTH_CHECK_TIMEOUT_MS", 1, 60000},
       {"GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD", 1, 100},
       {"GRPC_CONNECTION_MAX_AGE_SECS", 0, 2592000},
+      {"GRPC_DNS_REFRESH_SECS", 1, 3600},
       {"GRPC_MAX_STREAMS_PER_CONNECTION", 1, 1000000},
       {"GRPC_METRICS_MAX_METHODS", 1, 100000},
       {"GRPC_MAX_CONCURRENT_REQUESTS", 0, 10000000},
@@ -526,12 +530,14 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_HEALTH_CHECK_TIMEOUT_MS=1000\n"
             "GRPC_HEALTH_CHECK_UNHEALTHY_THRESHOLD=2\n"
             "GRPC_CONNECTION_MAX_AGE_SECS=0\n"
+            "GRPC_DNS_REFRESH_SECS=10\n"
             "GRPC_MAX_STREAMS_PER_CONNECTION=100\n"
             "GRPC_METRICS_MAX_METHODS=200\n"
             "GRPC_MAX_CONCURRENT_REQUESTS=0\n"
             "GRPC_MAX_PENDING_REQUESTS=1024\n"
             "GRPC_OUTLIER_CONSECUTIVE_FAILURES=5\n"
             "GRPC_OUTLIER_EJECTION_SECS=10\n"
+            "GRPC_TRANSPARENT_RETRY=true\n"
             "GRPC_UPSTREAM_TLS=false\n"
             "GRPC_UPSTREAM_CA_FILE=\n"
             "GRPC_UPSTREAM_CERT_FILE=\n"

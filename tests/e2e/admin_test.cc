@@ -85,5 +85,55 @@ TEST_F(AdminTest, AdminCallsAreAnsweredByPoolsideNotForwarded) {
   }
 }
 
+TEST_F(AdminTest, ForceHealthCheckAnswersAfterARoundOnTheMonitorsThread) {
+  ASSERT_TRUE(upstream_.Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartPool(upstream_.target(), 2));
+  ASSERT_EQ(AwaitHealthStatus(channel_, "healthy", absl::Seconds(10)), "healthy");
+  // The answer comes from the health monitor's thread; several at once
+  // check that each finds its way back to its own call.
+  for (int i = 0; i < 5; ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    admin::v1::ForceHealthCheckResponse response;
+    const grpc::Status status = admin::v1::PoolAdmin::NewStub(channel_)->ForceHealthCheck(
+        &context, admin::v1::ForceHealthCheckRequest(), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.status(), "healthy");
+    EXPECT_EQ(response.channels_size(), 2);
+  }
+}
+
+TEST_F(AdminTest, UnknownAdminMethodIsUnimplementedAndNotForwarded) {
+  ASSERT_TRUE(upstream_.Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartPool(upstream_.target(), 1));
+  const CallResult unknown = UnaryCall(channel_, "/poolside.admin.v1.PoolAdmin/Nope", "");
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << unknown;
+  ASSERT_TRUE(UnaryCall(channel_, kUnaryMethod, "m").status.ok());
+  for (const ObservedCall& call : upstream_.Calls()) {
+    EXPECT_FALSE(absl::StartsWith(call.method, "/poolside.admin.v1.PoolAdmin/")) << call.method;
+  }
+}
+
+TEST_F(AdminTest, MalformedAdminRequestFailsWithInternal) {
+  ASSERT_TRUE(upstream_.Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartPool(upstream_.target(), 1));
+  // Field 1 as a varint with no bytes after the tag: not a HealthCheckRequest.
+  const CallResult malformed =
+      UnaryCall(channel_, "/poolside.admin.v1.PoolAdmin/HealthCheck", std::string("\x08", 1));
+  EXPECT_EQ(malformed.status.error_code(), grpc::StatusCode::INTERNAL) << malformed;
+  // The service still answers well-formed requests.
+  EXPECT_TRUE(AdminHealthCheck(channel_).ok());
+}
+
+TEST_F(AdminTest, AdminMethodsTakeExactlyOneRequest) {
+  ASSERT_TRUE(upstream_.Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartPool(upstream_.target(), 1));
+  const CallResult none = StreamingCall(channel_, "/poolside.admin.v1.PoolAdmin/HealthCheck", {});
+  EXPECT_EQ(none.status.error_code(), grpc::StatusCode::INTERNAL) << none;
+  const CallResult two =
+      StreamingCall(channel_, "/poolside.admin.v1.PoolAdmin/HealthCheck", {"", ""});
+  EXPECT_EQ(two.status.error_code(), grpc::StatusCode::INTERNAL) << two;
+}
+
 }  // namespace
 }  // namespace poolside::test

@@ -213,12 +213,12 @@ CHECKS = (
 )
 
 
-def run_checks(label, target):
+def run_checks(label, target, checks=CHECKS):
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     failures = 0
     with grpc.insecure_channel(target, options=options) as channel:
         grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_S)
-        for check in CHECKS:
+        for check in checks:
             rng = random.Random(check.__name__)
             try:
                 check(channel, rng)
@@ -227,6 +227,28 @@ def run_checks(label, target):
                 failures += 1
                 print("FAIL  %s %s: %s" % (label, check.__name__, error))
     return failures
+
+
+def run_direct_and_through(upstream_target, poolside, listen_target, checks=CHECKS):
+    """Every check against the upstream directly, then through poolside."""
+    failures = run_checks("direct         ", upstream_target, checks)
+    try:
+        failures += run_checks("through poolside", listen_target, checks)
+    except grpc.FutureTimeoutError:
+        failures += 1
+        print("FAIL  poolside did not serve on %s" % listen_target)
+    expect(poolside.poll() is None, "poolside exited with %s" % poolside.poll())
+    return failures
+
+
+def report(failures, log):
+    """Prints the verdict (and poolside's log on failure); the exit status."""
+    if failures:
+        log.seek(0)
+        sys.stdout.write("---- poolside output ----\n")
+        sys.stdout.write(log.read().decode(errors="replace")[-6000:])
+    print("%s: %d failure(s)" % ("FAILED" if failures else "PASSED", failures))
+    return 1 if failures else 0
 
 
 def main():
@@ -241,25 +263,15 @@ def main():
     try:
         upstream, upstream_port = start_upstream(args.upstream)
         poolside, listen_target = start_poolside(args.poolside, upstream_port, log)
-        failures += run_checks("direct         ", "127.0.0.1:%d" % upstream_port)
-        try:
-            failures += run_checks("through poolside", listen_target)
-        except grpc.FutureTimeoutError:
-            failures += 1
-            print("FAIL  poolside did not serve on %s" % listen_target)
-        expect(poolside.poll() is None, "poolside exited with %s" % poolside.poll())
+        failures += run_direct_and_through("127.0.0.1:%d" % upstream_port, poolside,
+                                           listen_target)
     except CheckFailed as error:
         failures += 1
         print("FAIL  %s" % error)
     finally:
         stop(poolside)
         stop(upstream)
-    if failures:
-        log.seek(0)
-        sys.stdout.write("---- poolside output ----\n")
-        sys.stdout.write(log.read().decode(errors="replace")[-6000:])
-    print("%s: %d failure(s)" % ("FAILED" if failures else "PASSED", failures))
-    return 1 if failures else 0
+    return report(failures, log)
 
 
 if __name__ == "__main__":

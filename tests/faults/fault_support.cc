@@ -544,6 +544,7 @@ void RawUpstream::Serve(int fd) {
 
 std::string TestUpstreamBinary() { return POOLSIDE_TEST_UPSTREAM_BINARY; }
 std::string FaultClientBinary() { return POOLSIDE_FAULT_CLIENT_BINARY; }
+std::string GoawayUpstreamScript() { return POOLSIDE_GOAWAY_UPSTREAM_SCRIPT; }
 
 ChildProcess::ChildProcess(std::string binary, std::vector<std::string> args)
     : binary_(std::move(binary)), args_(std::move(args)) {}
@@ -636,8 +637,9 @@ std::optional<int> ChildProcess::WaitForExit(absl::Duration timeout) {
 }
 
 absl::Status UpstreamProcess::Start(absl::Duration timeout) {
-  process_ = std::make_unique<ChildProcess>(
-      TestUpstreamBinary(), std::vector<std::string>{"--port", absl::StrCat(port_)});
+  std::vector<std::string> args = {"--port", absl::StrCat(port_)};
+  args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+  process_ = std::make_unique<ChildProcess>(TestUpstreamBinary(), std::move(args));
   if (absl::Status started = process_->Start(); !started.ok()) return started;
   absl::StatusOr<std::string> line = process_->WaitForLine("PORT=", timeout);
   if (!line.ok()) return line.status();

@@ -225,6 +225,8 @@ class RawUpstream {
 // The test_upstream and fault_client binaries this build made.
 std::string TestUpstreamBinary();
 std::string FaultClientBinary();
+// goaway_upstream.py: refuses its first call with GOAWAY, then goes away.
+std::string GoawayUpstreamScript();
 
 // A helper binary run as a child with its stdout on a pipe. Killed (SIGKILL)
 // and reaped by the destructor; also killed if the starting thread dies
@@ -256,7 +258,9 @@ class ChildProcess {
 // The test_upstream binary as a child on 127.0.0.1:`port` (0: any free port).
 class UpstreamProcess {
  public:
-  explicit UpstreamProcess(int port = 0) : port_(port) {}
+  // `extra_args` go to test_upstream after --port (see test_upstream_main.cc).
+  explicit UpstreamProcess(int port = 0, std::vector<std::string> extra_args = {})
+      : port_(port), extra_args_(std::move(extra_args)) {}
   // Starts it and waits until it serves.
   absl::Status Start(absl::Duration timeout = absl::Seconds(10));
   // SIGKILL and reap: the upstream vanishes without a word.
@@ -266,6 +270,7 @@ class UpstreamProcess {
 
  private:
   int port_;
+  const std::vector<std::string> extra_args_;
   std::unique_ptr<ChildProcess> process_;
 };
 

@@ -41,6 +41,23 @@ class UpstreamFaultTest : public E2eTest {
   std::shared_ptr<grpc::Channel> PoolsideChannel() {
     return CreateTestChannel(poolside_->listen_target());
   }
+
+  // Starts goaway_upstream.py and poolside in front of it (pool of 1,
+  // connection timeout 1 s, `extra` on top).
+  void StartRefusingUpstream(std::unique_ptr<ChildProcess>& upstream, const Environment& extra) {
+    upstream = std::make_unique<ChildProcess>("/usr/bin/python3",
+                                              std::vector<std::string>{GoawayUpstreamScript()});
+    ASSERT_TRUE(upstream->Start().ok());
+    absl::StatusOr<std::string> line = upstream->WaitForLine("PORT=", absl::Seconds(10));
+    ASSERT_TRUE(line.ok()) << line.status();
+    Environment env = {{"GRPC_UPSTREAM_TARGET", absl::StrCat("127.0.0.1:", line->substr(5))},
+                       {"GRPC_CONNECTION_POOL_SIZE", "1"},
+                       {"GRPC_CONNECTION_TIMEOUT_SECS", "1"},
+                       // No probe may be the call the upstream refuses.
+                       {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "3600"}};
+    for (const auto& [key, value] : extra) env[key] = value;
+    ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  }
 };
 
 // ---- Upstream killed (SIGKILL) mid-stream ----
@@ -551,6 +568,54 @@ TEST_F(UpstreamFaultTest, UpstreamSlowerThanTheDeadlineEndsWithDeadlineExceededP
   EXPECT_LT(absl::Now() - stream_start, absl::Seconds(2));
   EXPECT_TRUE(upstream.WaitForCancelled(1, absl::Seconds(3), kBidiMethod));
   EXPECT_EQ(AwaitMetric(poolside_->admin_port(), kInflight, 0, absl::Seconds(5)), 0);
+}
+
+// ---- A call the upstream never saw, and no connection to retry it on ----
+
+// Upstream calls wait for their connection, so that grpc's transparent retry
+// of a call the upstream provably never saw can outlast a reconnect. When the
+// upstream refuses the call (GOAWAY, last stream 0) and then goes away for
+// good, that wait must still end, with UNAVAILABLE after the connection
+// timeout, not at the call's own deadline.
+TEST_F(UpstreamFaultTest, CallRefusedByAnUpstreamThatThenVanishesEndsUnavailableAfterTheTimeout) {
+  std::unique_ptr<ChildProcess> upstream;
+  ASSERT_NO_FATAL_FAILURE(StartRefusingUpstream(upstream, {}));
+  const auto channel = PoolsideChannel();
+  ASSERT_EQ(AwaitActiveConnections(channel, 1, absl::Seconds(10)), 1);
+
+  CallOptions options;
+  options.timeout = absl::Seconds(60);
+  const absl::Time start = absl::Now();
+  const CallResult result = UnaryCall(channel, kUnaryMethod, "refused", options);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
+  EXPECT_TRUE(absl::StrContains(result.status.error_message(), "was lost before the call"))
+      << result;
+  // The connection timeout (1 s) plus a check interval, far from the call's
+  // own 60 s deadline.
+  EXPECT_LT(took, absl::Seconds(10));
+  absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics = AdminPoolMetrics(channel);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->calls_ended_connection_lost(), 1u);
+}
+
+// GRPC_TRANSPARENT_RETRY=false: the refused call fails at once with grpc's
+// own UNAVAILABLE, as a direct call without transparent retry would.
+TEST_F(UpstreamFaultTest, WithTransparentRetryOffARefusedCallFailsAtOnce) {
+  std::unique_ptr<ChildProcess> upstream;
+  ASSERT_NO_FATAL_FAILURE(StartRefusingUpstream(upstream, {{"GRPC_TRANSPARENT_RETRY", "false"}}));
+  const auto channel = PoolsideChannel();
+  ASSERT_EQ(AwaitActiveConnections(channel, 1, absl::Seconds(10)), 1);
+
+  CallOptions options;
+  options.timeout = absl::Seconds(60);
+  const CallResult result = UnaryCall(channel, kUnaryMethod, "refused", options);
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
+  EXPECT_FALSE(absl::StrContains(result.status.error_message(), "was lost before the call"))
+      << result;
+  absl::StatusOr<admin::v1::GetConnectionPoolMetricsResponse> metrics = AdminPoolMetrics(channel);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->calls_ended_connection_lost(), 0u);
 }
 
 }  // namespace

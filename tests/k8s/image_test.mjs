@@ -76,6 +76,16 @@ test("the build stage is debian:12 and uses the project's scripts; the runtime s
   assert.ok(build.lines.some((l) => /cmake --preset release/.test(l)), "the build stage uses the release preset");
 });
 
+test("the build stage installs only what the build needs, not the test tooling", () => {
+  const build = stages()[0].lines.join("\n");
+  assert.match(build, /scripts\/install-deps --build-only/, "install-deps --build-only");
+  assert.ok(!/scripts\/deps\.txt/.test(build), "deps.txt (tests, benchmarks) stays out of the image");
+  const buildOnly = packageList(path.join(REPO, "scripts", "build-deps.txt"));
+  for (const tooling of ["prometheus", "nginx-light", "haproxy", "python3-matplotlib", "clang"]) {
+    assert.ok(!buildOnly.includes(tooling), `${tooling} is not a build dependency`);
+  }
+});
+
 test("the runtime stage installs scripts/runtime-deps.txt, parsed as scripts/install-deps parses it", () => {
   const runtime = stages()[1].lines.join("\n");
   assert.match(runtime, /^COPY scripts\/runtime-deps\.txt (\S+)$/m);

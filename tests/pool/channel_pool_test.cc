@@ -7,13 +7,16 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/time/clock.h"
 #include "pool/channel_factory.h"
 #include "pool/health_monitor.h"
+#include "pool/upstream_target.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/test_upstream.h"
 
@@ -218,6 +221,141 @@ TEST(ChannelPoolTest, EjectedChannelReturnsAfterItsTimeOnceACheckPasses) {
   pool->EndEjection(lease.slot_index());
   EXPECT_FALSE(pool->Snapshot().channels[lease.slot_index()].ejected);
   EXPECT_TRUE(pool->Snapshot().channels[lease.slot_index()].healthy);
+}
+
+// Upstreams on 127.0.0.2, .3 and .4, one port: three backends of one name.
+class RebalanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* host : {"127.0.0.2", "127.0.0.3", "127.0.0.4"}) {
+      TestUpstream::Options options;
+      options.host = host;
+      options.port = upstreams_.empty() ? 0 : upstreams_.front()->port();
+      upstreams_.push_back(std::make_unique<TestUpstream>(options));
+      ASSERT_TRUE(upstreams_.back()->Start().ok());
+      backends_.push_back(IpBackend(host, upstreams_.front()->port()));
+    }
+    PoolOptions options;
+    options.target = "dns:///backends.test:1";
+    options.size = 4;
+    UpstreamChannelOptions channel_options;
+    channel_options.target = options.target;
+    pool_ = std::make_unique<ChannelPool>(options, NewUpstreamChannelFactory(channel_options));
+  }
+
+  // Rebalances until settled (each step polls the new connections).
+  bool Settle(const std::vector<BackendAddress>& backends,
+              absl::Duration grace = absl::Seconds(30)) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      if (!pool_->Rebalance(backends, absl::Seconds(5), grace)) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+  std::map<std::string, std::string> Phases() const {
+    std::map<std::string, std::string> phases;
+    for (const ChannelSnapshot& channel : pool_->Snapshot().channels) {
+      phases[std::to_string(channel.index)] = channel.backend + " " + SlotPhaseName(channel.phase);
+    }
+    return phases;
+  }
+
+  std::map<std::string, int> ActivePerBackend() const {
+    std::map<std::string, int> spread;
+    for (const BackendSnapshot& backend : pool_->Snapshot().backends) {
+      spread[backend.address] = backend.active_connections;
+    }
+    return spread;
+  }
+
+  std::vector<std::unique_ptr<TestUpstream>> upstreams_;
+  std::vector<BackendAddress> backends_;
+  std::unique_ptr<ChannelPool> pool_;
+};
+
+TEST_F(RebalanceTest, StartSpreadsSlotsRoundRobin) {
+  pool_->Start({backends_[0], backends_[1], backends_[2]});
+  EXPECT_EQ(ActivePerBackend(),
+            (std::map<std::string, int>{
+                {backends_[0].label, 2}, {backends_[1].label, 1}, {backends_[2].label, 1}}));
+  EXPECT_FALSE(pool_->Rebalance({backends_[0], backends_[1], backends_[2]}, absl::Seconds(5),
+                                absl::Seconds(5)))
+      << "already settled";
+}
+
+TEST_F(RebalanceTest, ScaleOutConnectsNewBackendFirstThenDrainsTheSurplus) {
+  pool_->Start({backends_[0], backends_[1]});
+  ASSERT_TRUE(Settle({backends_[0], backends_[1], backends_[2]}));
+  const std::map<std::string, int> spread = ActivePerBackend();
+  EXPECT_EQ(spread.at(backends_[2].label), 1);
+  EXPECT_EQ(spread.at(backends_[0].label) + spread.at(backends_[1].label), 3);
+  EXPECT_EQ(pool_->Snapshot().ActiveCount(), 4);
+  EXPECT_EQ(pool_->Snapshot().channels.size(), 4u) << "drained slots are freed";
+}
+
+TEST_F(RebalanceTest, DrainingSlotWaitsForItsCallsThenLeaves) {
+  pool_->Start({backends_[0], backends_[1], backends_[2]});
+  ASSERT_TRUE(WaitUntilAllReady(*pool_));
+  // Calls on every slot of backend 2, which is about to leave the set.
+  std::vector<ChannelPool::Lease> leases;
+  for (int i = 0; i < 8; ++i) leases.push_back(*pool_->PickReady());
+  const std::vector<BackendAddress> two = {backends_[0], backends_[1]};
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (ActivePerBackend()[backends_[1].label] < 2 && absl::Now() < deadline) {
+    pool_->Rebalance(two, absl::Seconds(5), absl::Seconds(30));
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(pool_->Rebalance(two, absl::Seconds(5), absl::Seconds(30)))
+      << "the drain waits for the calls";
+  int draining = 0;
+  for (const ChannelSnapshot& channel : pool_->Snapshot().channels) {
+    if (channel.phase == SlotPhase::kDraining) {
+      ++draining;
+      EXPECT_EQ(channel.backend, backends_[2].label);
+      EXPECT_GT(channel.outstanding_calls, 0);
+    }
+  }
+  EXPECT_EQ(draining, 1);
+  // A draining slot takes no new call.
+  for (int i = 0; i < 20; ++i) {
+    std::optional<ChannelPool::Lease> lease = pool_->PickReady();
+    ASSERT_TRUE(lease.has_value());
+    EXPECT_TRUE(pool_->IsActive(lease->slot_index()));
+  }
+  leases.clear();
+  EXPECT_TRUE(Settle(two));
+  EXPECT_EQ(ActivePerBackend(),
+            (std::map<std::string, int>{{backends_[0].label, 2}, {backends_[1].label, 2}}));
+}
+
+TEST_F(RebalanceTest, DrainGivesUpAfterItsGraceAndTheCallKeepsItsChannel) {
+  pool_->Start({backends_[0], backends_[1], backends_[2]});
+  ASSERT_TRUE(WaitUntilAllReady(*pool_));
+  std::vector<ChannelPool::Lease> leases;
+  for (int i = 0; i < 4; ++i) leases.push_back(*pool_->PickReady());
+  ASSERT_TRUE(Settle({backends_[0], backends_[1]}, absl::Milliseconds(100)));
+  EXPECT_EQ(pool_->Snapshot().channels.size(), 4u);
+  // The call that outlived the grace still has a working channel.
+  for (ChannelPool::Lease& lease : leases) {
+    EXPECT_TRUE(
+        test::UnaryCall(lease.channel().shared_channel(), test::kUnaryMethod, "x").status.ok());
+  }
+}
+
+TEST_F(RebalanceTest, NewBackendThatNeverConnectsTakesNoSlotFromAWorkingOne) {
+  pool_->Start({backends_[0], backends_[1]});
+  ASSERT_TRUE(WaitUntilAllReady(*pool_));
+  upstreams_[2]->Shutdown();
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_TRUE(pool_->Rebalance(backends_, absl::Milliseconds(50), absl::Seconds(5)));
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(ActivePerBackend(),
+            (std::map<std::string, int>{
+                {backends_[0].label, 2}, {backends_[1].label, 2}, {backends_[2].label, 0}}));
+  EXPECT_EQ(PoolHealthOf(pool_->Snapshot()), PoolHealth::kHealthy);
 }
 
 TEST(HealthMonitorTest, MarksChannelsUnhealthyAfterThresholdAndHealthyAfterOneSuccess) {

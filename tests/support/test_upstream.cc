@@ -360,7 +360,9 @@ class TestUpstream::Service final : public grpc::CallbackGenericService {
 };
 
 TestUpstream::TestUpstream(Options options)
-    : max_receive_message_size_(options.max_receive_message_size),
+    : host_(options.host),
+      max_receive_message_size_(options.max_receive_message_size),
+      max_concurrent_streams_(options.max_concurrent_streams),
       recorder_(std::make_unique<Recorder>()),
       port_(options.port) {}
 
@@ -372,7 +374,7 @@ absl::Status TestUpstream::Start() {
   auto service = std::make_unique<Service>(recorder_.get());
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(absl::StrCat("127.0.0.1:", port_), grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(absl::StrCat(host_, ":", port_), grpc::InsecureServerCredentials(),
                            &selected_port);
   builder.RegisterCallbackGenericService(service.get());
   // Two servers must never share a port: a restart test relies on the port
@@ -380,10 +382,13 @@ absl::Status TestUpstream::Start() {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(max_receive_message_size_);
   builder.SetMaxSendMessageSize(-1);
+  if (max_concurrent_streams_ > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_concurrent_streams_);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
     return absl::UnavailableError(
-        absl::StrCat("test upstream: cannot listen on 127.0.0.1:", port_));
+        absl::StrCat("test upstream: cannot listen on ", host_, ":", port_));
   }
   port_ = selected_port;
   service_ = std::move(service);
@@ -405,7 +410,7 @@ int TestUpstream::port() const {
   return port_;
 }
 
-std::string TestUpstream::target() const { return absl::StrCat("127.0.0.1:", port()); }
+std::string TestUpstream::target() const { return absl::StrCat(host_, ":", port()); }
 
 std::vector<ObservedCall> TestUpstream::Calls(const std::string& method) const {
   return recorder_->Calls(method);

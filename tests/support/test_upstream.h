@@ -1,4 +1,4 @@
-// TestUpstream: a real grpc++ server on 127.0.0.1 that stands in for the
+// TestUpstream: a real grpc++ server on loopback (127.0.0.1 unless told) that stands in for the
 // upstream behind poolside in end-to-end tests. It serves every method name
 // through grpc::CallbackGenericService, so it sees the raw bytes poolside
 // forwards, and records every call it receives.
@@ -91,8 +91,15 @@ class TestUpstream {
     // 0 picks a free port; after the first Start() the port is kept, so the
     // server can be shut down and started again on the same port.
     int port = 0;
+    // The loopback address to listen on (any of 127.0.0.0/8 works on Linux),
+    // so that several upstreams can share one port as pods behind one
+    // Service do.
+    std::string host = "127.0.0.1";
     // Largest message the server accepts; -1 keeps gRPC's default (4 MiB).
     int max_receive_message_size = -1;
+    // HTTP/2 MAX_CONCURRENT_STREAMS the server announces; 0 keeps gRPC's
+    // default (no limit).
+    int max_concurrent_streams = 0;
   };
 
   TestUpstream() : TestUpstream(Options()) {}
@@ -113,8 +120,9 @@ class TestUpstream {
 
   // The port served (or last served); 0 before the first Start().
   int port() const;
-  // "127.0.0.1:<port>".
+  // "<host>:<port>".
   std::string target() const;
+  const std::string& host() const { return host_; }
 
   // Every accessor below takes an optional method name: when not empty, only
   // calls to that method count (poolside's own health probes reach the
@@ -140,7 +148,9 @@ class TestUpstream {
   class Service;
 
   // Constant after construction.
+  const std::string host_;
   const int max_receive_message_size_;
+  const int max_concurrent_streams_;
   // Thread-safe; outlives every call (Shutdown() waits for them).
   const std::unique_ptr<Recorder> recorder_;
 

@@ -1,9 +1,9 @@
 // test_upstream: runs a TestUpstream (see test_upstream.h) as its own process,
 // for the python client test and the demo.
 //
-//   test_upstream [--port N]
+//   test_upstream [--port N] [--host 127.0.0.X] [--max-concurrent-streams N]
 //
-// Serves on 127.0.0.1:N (0, the default, picks a free port), prints
+// Serves on HOST:N (127.0.0.1 by default) (0, the default, picks a free port), prints
 // "PORT=<port>" on stdout once serving, and serves until SIGTERM or SIGINT.
 #include <signal.h>
 
@@ -16,7 +16,8 @@
 
 namespace {
 
-constexpr char kUsage[] = "usage: test_upstream [--port N]\n";
+constexpr char kUsage[] =
+    "usage: test_upstream [--port N] [--host 127.0.0.X] [--max-concurrent-streams N]\n";
 
 }  // namespace
 
@@ -27,6 +28,12 @@ int main(int argc, char** argv) {
     if (arg == "--port" && i + 1 < argc && absl::SimpleAtoi(argv[i + 1], &options.port) &&
         options.port >= 0 && options.port <= 65535) {
       ++i;
+    } else if (arg == "--max-concurrent-streams" && i + 1 < argc &&
+               absl::SimpleAtoi(argv[i + 1], &options.max_concurrent_streams) &&
+               options.max_concurrent_streams > 0) {
+      ++i;
+    } else if (arg == "--host" && i + 1 < argc) {
+      options.host = argv[++i];
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

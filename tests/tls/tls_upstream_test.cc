@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/e2e_test_base.h"
+#include "tests/support/dns_responder.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
 
@@ -129,6 +130,7 @@ class TlsEchoServer : public grpc::CallbackGenericService {
   }
 
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+  int port() const { return port_; }
   size_t DistinctPeers() {
     std::lock_guard<std::mutex> lock(mutex_);
     return peers_.size();
@@ -172,6 +174,30 @@ TEST_F(TlsUpstreamTest, ForwardsOverTlsVerifyingTheServerName) {
       UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "over tls");
   ASSERT_TRUE(result.status.ok()) << result << Tail(poolside.Stderr());
   EXPECT_EQ(result.responses, std::vector<std::string>{"over tls"});
+}
+
+// poolside resolves the name and connects to its address, yet checks the
+// certificate against the name, as one channel to the name would.
+TEST_F(TlsUpstreamTest, ResolvedNameIsStillTheNameTheCertificateIsCheckedAgainst) {
+  TlsEchoServer upstream(certs_, "server", "");
+  DnsResponder dns("upstream.test");
+  ASSERT_TRUE(dns.Start().ok());
+  dns.SetAddresses({"127.0.0.1"});
+  Environment env = TlsEnvironment(upstream);
+  env.erase("GRPC_UPSTREAM_SERVER_NAME");
+  env["GRPC_UPSTREAM_TARGET"] =
+      absl::StrCat("dns://", dns.address(), "/upstream.test:", upstream.port());
+  PoolsideProcess poolside(env);
+  ASSERT_TRUE(poolside.Start().ok());
+  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+
+  const CallResult result =
+      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "by name");
+  ASSERT_TRUE(result.status.ok()) << result << Tail(poolside.Stderr());
+  EXPECT_NE(poolside.Stderr().find("has 1 address: 127.0.0.1:"), std::string::npos)
+      << "not resolved by poolside: " << Tail(poolside.Stderr());
+  poolside.Terminate();
+  EXPECT_EQ(poolside.WaitForExit(absl::Seconds(30)), 0);
 }
 
 TEST_F(TlsUpstreamTest, ForwardsWithMutualTls) {
