@@ -178,10 +178,12 @@ class ScreenedListener::Relay {
   }
 
   void Accept();
-  void Serve(End& end, uint32_t events);
-  // Moves bytes both ways as far as they go without blocking. False when the
-  // connection has ended or been cut off.
-  bool Pump(Connection& connection);
+  void Serve(End& end, uint32_t events, absl::Time now);
+  // Move bytes one way (app -> grpc through the screen, grpc -> app): write
+  // out what is held, then read once more if that emptied the buffer. False
+  // when the connection has ended or been cut off.
+  bool PumpUp(Connection& connection, absl::Time now);
+  bool PumpDown(Connection& connection);
   void UpdateInterest(Connection& connection);
   // Moves the chunk just read from `up` to `up_out`, keeping back (in `held`)
   // the bytes of a header block that has not ended; `block` is where it begins.
@@ -225,7 +227,7 @@ void ScreenedListener::Relay::Run() {
       } else if (cookie == &listen_fd_) {
         Accept();
       } else {
-        Serve(*static_cast<End*>(cookie), events[i].events);
+        Serve(*static_cast<End*>(cookie), events[i].events, now);
       }
     }
     for (Connection* connection : removed_) connections_.erase(connection);
@@ -292,7 +294,7 @@ void ScreenedListener::Relay::Accept() {
   }
 }
 
-void ScreenedListener::Relay::Serve(End& end, uint32_t events) {
+void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
   Connection& connection = *end.connection;
   if (connection.removed) return;
   if (connection.lingering) {
@@ -300,65 +302,80 @@ void ScreenedListener::Relay::Serve(End& end, uint32_t events) {
     if (end.app && Fill(connection.app_fd, connection.up) != ReadResult::kClosed) return;
     return Remove(connection);
   }
-  (void)events;
-  if (!Pump(connection)) return;
-  UpdateInterest(connection);
+  // Only the direction the event is about moves: trying the other one as
+  // well cost a recv that failed with EAGAIN on nearly every wake-up. A
+  // socket's writability frees its buffer, so the read that was waiting for
+  // it follows at once instead of on the next wake-up. A hang-up or error
+  // moves both ways, so that what is left is read out and passed on.
+  bool alive = true;
+  if ((events & (EPOLLHUP | EPOLLERR)) != 0) {
+    alive = PumpUp(connection, now) && PumpDown(connection);
+  } else if (end.app) {
+    if ((events & EPOLLIN) != 0) alive = PumpUp(connection, now);
+    if (alive && (events & EPOLLOUT) != 0) alive = PumpDown(connection);
+  } else {
+    if ((events & EPOLLIN) != 0) alive = PumpDown(connection);
+    if (alive && (events & EPOLLOUT) != 0) alive = PumpUp(connection, now);
+  }
+  if (alive) UpdateInterest(connection);
 }
 
-bool ScreenedListener::Relay::Pump(Connection& connection) {
-  // Upward: app -> screen -> grpc.
+bool ScreenedListener::Relay::PumpUp(Connection& connection, absl::Time now) {
+  // app -> screen -> grpc.
   if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
     Remove(connection);
     return false;
   }
-  if (connection.up.empty() && connection.up_out.empty()) {
-    const uint64_t chunk_start = connection.screen.fed_bytes();
-    switch (Fill(connection.app_fd, connection.up)) {
-      case ReadResult::kData: {
-        const HostileReason broken =
-            connection.screen.Feed(connection.up.data.get(), connection.up.end, absl::Now());
-        if (broken != HostileReason::kNone) {
-          Cut(connection, broken);
-          return false;
-        }
-        const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
-        if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
-        if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
-          Remove(connection);
-          return false;
-        }
-        break;
+  if (!connection.up.empty() || !connection.up_out.empty()) return true;
+  const uint64_t chunk_start = connection.screen.fed_bytes();
+  switch (Fill(connection.app_fd, connection.up)) {
+    case ReadResult::kData: {
+      const HostileReason broken =
+          connection.screen.Feed(connection.up.data.get(), connection.up.end, now);
+      if (broken != HostileReason::kNone) {
+        Cut(connection, broken);
+        return false;
       }
-      case ReadResult::kAgain:
-        break;
-      case ReadResult::kClosed:
-        // The app is gone; grpc learns it when its end closes.
+      const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
+      if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
+      if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
         Remove(connection);
         return false;
+      }
+      return true;
     }
+    case ReadResult::kAgain:
+      return true;
+    case ReadResult::kClosed:
+      // The app is gone; grpc learns it when its end closes.
+      Remove(connection);
+      return false;
   }
-  // Downward: grpc -> app.
+  return true;
+}
+
+bool ScreenedListener::Relay::PumpDown(Connection& connection) {
+  // grpc -> app.
   if (!Flush(connection.app_fd, connection.down)) {
     Remove(connection);
     return false;
   }
-  if (connection.down.empty()) {
-    switch (Fill(connection.grpc_fd, connection.down)) {
-      case ReadResult::kData:
-        connection.down_frames.Feed(connection.down.data.get(), connection.down.end);
-        if (!Flush(connection.app_fd, connection.down)) {
-          Remove(connection);
-          return false;
-        }
-        break;
-      case ReadResult::kAgain:
-        break;
-      case ReadResult::kClosed:
-        // grpc closed the connection (GOAWAY sent, or shut down): pass it on
-        // once its last bytes are out; they are, as `down` is empty.
+  if (!connection.down.empty()) return true;
+  switch (Fill(connection.grpc_fd, connection.down)) {
+    case ReadResult::kData:
+      connection.down_frames.Feed(connection.down.data.get(), connection.down.end);
+      if (!Flush(connection.app_fd, connection.down)) {
         Remove(connection);
         return false;
-    }
+      }
+      return true;
+    case ReadResult::kAgain:
+      return true;
+    case ReadResult::kClosed:
+      // grpc closed the connection (GOAWAY sent, or shut down): pass it on
+      // once its last bytes are out; they are, as `down` is empty.
+      Remove(connection);
+      return false;
   }
   return true;
 }
