@@ -152,6 +152,7 @@ absl::Status ForwardingServer::Start(LocalService* local) {
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();
+      queue->hostile_peers = &metrics_->hostile_peers();
     }
     for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
     connection_checks_.push_back(std::make_unique<ConnectionCheck>(*this, *queue));

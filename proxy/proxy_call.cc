@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proxy/metadata.h"
+#include "proxy/upstream_abuse.h"
 
 namespace poolside {
 namespace {
@@ -411,6 +412,10 @@ void ProxyCall::OnUpstreamFinish() {
     const grpc::StatusCode code =
         relay_error_ ? relay_error_->error_code() : upstream_status_.error_code();
     lease_->RecordOutcome(code == grpc::StatusCode::UNAVAILABLE);
+    if (!relay_error_ && queue_.hostile_peers != nullptr) {
+      const HostileReason abuse = UpstreamAbuseReason(upstream_status_);
+      if (abuse != HostileReason::kNone) queue_.hostile_peers->Count(PeerSide::kUpstream, abuse);
+    }
   }
   if (relay_error_) return FinishApp(*relay_error_);
   const MetadataMap& trailers = upstream_context_.GetServerTrailingMetadata();

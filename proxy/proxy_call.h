@@ -27,6 +27,7 @@
 
 #include "absl/time/time.h"
 #include "metrics/call_recorder.h"
+#include "metrics/hostile_peer.h"
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
 #include "proxy/local_service.h"
@@ -84,6 +85,9 @@ struct CallQueue {
   LocalService* local = nullptr;
   // Confined to this queue's thread; null when metrics are off.
   CallRecorder* recorder = nullptr;
+  // Counts upstreams that broke grpc's codec rules (UpstreamAbuseReason);
+  // thread-safe, null when metrics are off.
+  HostilePeerCounter* hostile_peers = nullptr;
   // ProxyCalls that exist on this queue, accepting ones included. Written only
   // by the queue's thread; read by the shutdown sequence.
   std::atomic<int64_t> live_calls{0};

@@ -3,10 +3,11 @@
 
 Listens on 127.0.0.1 (port 0: any free one), prints "PORT=<n>", and answers
 every request stream with HEADERS that never end: an endless CONTINUATION
-flood (--attack continuation) or one header block far over any limit sent in
-one go (--attack big_headers). Runs at most --seconds, then exits. Prints one
-JSON line per connection it served: how many bytes it flooded and whether the
-client closed the connection.
+flood (--attack continuation), or with a frame the HTTP/2 codec must reject
+(--attack bad_frame: a SETTINGS frame whose length is not a multiple of six,
+a connection error). Runs at most --seconds, then exits. Prints one JSON line
+per connection it served: how many bytes it flooded and whether the client
+closed the connection.
 """
 import argparse
 import json
@@ -54,6 +55,11 @@ def serve(conn, args, deadline, lock):
                                                 ("content-type", "application/grpc")])
                         conn.sendall(HeadersFrame(answering, block).serialize())
                     inbox = inbox[9 + length:]
+            if answering is not None and args.attack == "bad_frame":
+                # FRAME_SIZE_ERROR: the client must close the connection.
+                conn.sendall(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
+                flooded += 14
+                answering = None
             if answering is not None:
                 # Never END_HEADERS.
                 payload = b"\x00" * 16384
@@ -71,6 +77,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--attack", choices=["continuation", "bad_frame"], default="continuation")
     args = parser.parse_args()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
