@@ -395,6 +395,10 @@ constexpr Variable kVariables[] = {
     Define<Integer<&Config::max_streams_per_app_connection, 1, 1000000>>(
         "GRPC_MAX_STREAMS_PER_APP_CONNECTION", "max-streams-per-app-connection",
         "concurrent calls one app connection may have open (HTTP/2 MAX_CONCURRENT_STREAMS)"),
+    Define<Integer<&Config::app_connection_max_share_percent, 1, 100>>(
+        "GRPC_APP_CONNECTION_MAX_SHARE_PERCENT", "app-connection-max-share-percent",
+        "percent of the pool's upstream streams (pool size x max streams per connection) one "
+        "app connection may hold; its further calls wait for its own to end"),
     Define<OneOf<&Config::log_level, kLogLevelNames>>("GRPC_LOG_LEVEL", "log-level",
                                                       "least severe level logged"),
     Define<OneOf<&Config::log_format, kLogFormatNames>>(

@@ -89,6 +89,10 @@ struct Config {
   int max_app_connections = 1000;
   // SETTINGS_MAX_CONCURRENT_STREAMS advertised to each app connection.
   int max_streams_per_app_connection = 1000;
+  // Share (percent) of the pool's upstream streams (pool_size x
+  // max_streams_per_connection) one app connection may hold; 100 means no
+  // bound beyond the pool itself.
+  int app_connection_max_share_percent = 100;
   // spdlog level name: trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
   // "text" or "json".

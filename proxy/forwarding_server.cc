@@ -90,6 +90,9 @@ ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metr
                                metrics_ != nullptr ? &metrics_->concurrency_overflows() : nullptr);
   limits_.pending.Configure(options_.max_pending_requests,
                             metrics_ != nullptr ? &metrics_->pending_overflows() : nullptr);
+  if (options_.max_upstream_calls_per_app_connection > 0) {
+    fair_share_ = std::make_unique<FairShare>(options_.max_upstream_calls_per_app_connection);
+  }
 }
 
 ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
@@ -149,6 +152,7 @@ absl::Status ForwardingServer::Start(LocalService* local) {
     queue->wait_for_ready = options_.wait_for_ready;
     queue->limits = &limits_;
     queue->local = local;
+    queue->fair_share = fair_share_.get();
     if (metrics_ != nullptr) {
       recorders_.push_back(metrics_->NewCallRecorder());
       queue->recorder = recorders_.back().get();

@@ -55,6 +55,10 @@ struct ProxyOptions {
   int max_app_connections = 1000;
   // SETTINGS_MAX_CONCURRENT_STREAMS advertised to each app connection.
   int max_streams_per_app_connection = 1000;
+  // Upstream calls one app connection may hold at once (its fair share of
+  // the pool's streams); further ones wait for its own calls to end. 0 means
+  // no bound beyond max_streams_per_app_connection.
+  int64_t max_upstream_calls_per_app_connection = 0;
   // grpc::ResourceQuota of the listening server; 0 means grpc's default.
   int64_t memory_limit_bytes = 0;
 };
@@ -111,6 +115,8 @@ class ForwardingServer {
   // One per queue, each confined to its queue's thread.
   std::vector<std::unique_ptr<CallRecorder>> recorders_;
   CallLimits limits_;
+  // Null when max_upstream_calls_per_app_connection is 0.
+  std::unique_ptr<FairShare> fair_share_;
   std::unique_ptr<ScreenedListener> listener_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;

@@ -123,6 +123,15 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   options.max_app_connections = config.max_app_connections;
   options.max_streams_per_app_connection = config.max_streams_per_app_connection;
   options.memory_limit_bytes = EffectiveMemoryLimit(config);
+  // At 100% the share is the pool's whole capacity, which a connection past
+  // it could only queue in grpc's transports anyway: no bound, and no lock
+  // on the hot path.
+  if (config.app_connection_max_share_percent < 100) {
+    const int64_t capacity =
+        static_cast<int64_t>(config.pool_size) * config.max_streams_per_connection;
+    options.max_upstream_calls_per_app_connection =
+        std::max<int64_t>(1, capacity * config.app_connection_max_share_percent / 100);
+  }
   return options;
 }
 

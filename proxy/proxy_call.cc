@@ -57,6 +57,7 @@ ProxyCall::~ProxyCall() {
   MoveToList(Listed::kNone);
   LeavePending();
   if (counted_concurrent_) queue_.limits->concurrent.Release();
+  if (share_held_) queue_.fair_share->Release(share_connection_);
   if (recorded_start_) {
     // Ended without a status of ours: the app cancelled or went away.
     RecordOutcome(grpc::StatusCode::CANCELLED);
@@ -105,7 +106,7 @@ void* ProxyCall::Tag(Op op) {
   // The pool's connectivity watches share these queues, tagged with every
   // low bit set: no Op may look like one.
   static_assert(kOpMask == QueueEvent::kTagBits);
-  static_assert(static_cast<uintptr_t>(Op::kLocalReply) < kOpMask);
+  static_assert(static_cast<uintptr_t>(Op::kShareGranted) < kOpMask);
   ++pending_ops_;
   return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(this) | static_cast<uintptr_t>(op));
 }
@@ -142,6 +143,8 @@ void ProxyCall::Handle(Op op, bool ok) {
       return;
     case Op::kLocalReply:
       return OnLocalReply();
+    case Op::kShareGranted:
+      return OnShareGranted();
   }
 }
 
@@ -185,14 +188,49 @@ void ProxyCall::OnAppDone() {
 
 void ProxyCall::CancelUpstream() {
   cancelled_ = true;
+  if (stage_ == Stage::kAwaitingShare && !share_held_ &&
+      queue_.fair_share->Cancel(share_connection_, {share_alarm_.get(), queue_.queue, nullptr})) {
+    // Withdrawn before a place was handed over: its tag never comes.
+    --pending_ops_;
+    stage_ = Stage::kAwaitingChannel;
+  }
   upward_ = Upward::kStopped;
   // Harmless before the upstream call exists: a waiting call then stops
   // waiting, and one never started never starts.
   upstream_context_.TryCancel();
 }
 
+bool ProxyCall::AcquireShare() {
+  if (share_held_ || queue_.fair_share == nullptr) return true;
+  share_connection_ = app_context_.peer();
+  if (queue_.fair_share->TryAcquire(share_connection_)) {
+    share_held_ = true;
+    return true;
+  }
+  // A place may have come free since: AcquireOrWait looks again.
+  share_alarm_ = std::make_unique<grpc::Alarm>();
+  void* const granted_tag = Tag(Op::kShareGranted);
+  if (queue_.fair_share->AcquireOrWait(share_connection_,
+                                       {share_alarm_.get(), queue_.queue, granted_tag})) {
+    // Taken at once: the tag is never delivered. (Safe: the operation being
+    // handled keeps pending_ops_ above zero.)
+    --pending_ops_;
+    share_held_ = true;
+    return true;
+  }
+  stage_ = Stage::kAwaitingShare;
+  return false;
+}
+
+void ProxyCall::OnShareGranted() {
+  share_held_ = true;
+  stage_ = Stage::kAwaitingChannel;
+  TryStartUpstream();
+}
+
 void ProxyCall::TryStartUpstream() {
   if (cancelled_ || stage_ == Stage::kFinished) return LeavePending();
+  if (!AcquireShare()) return;
   stage_ = Stage::kAwaitingChannel;
   ChannelPool& pool = *queue_.pool;
   std::optional<ChannelPool::Lease> lease = pool.PickReady();

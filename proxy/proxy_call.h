@@ -30,6 +30,7 @@
 #include "metrics/hostile_peer.h"
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
+#include "proxy/fair_share.h"
 #include "proxy/local_service.h"
 
 namespace poolside {
@@ -85,6 +86,8 @@ struct CallQueue {
   LocalService* local = nullptr;
   // Confined to this queue's thread; null when metrics are off.
   CallRecorder* recorder = nullptr;
+  // Bounds the upstream calls of one app connection; null when unbounded.
+  FairShare* fair_share = nullptr;
   // Counts upstreams that broke grpc's codec rules (UpstreamAbuseReason);
   // thread-safe, null when metrics are off.
   HostilePeerCounter* hostile_peers = nullptr;
@@ -142,10 +145,12 @@ class alignas(16) ProxyCall {
     kAppWrite,
     kAppFinish,
     kLocalReply,
+    kShareGranted,
   };
 
   enum class Stage {
     kAccepting,         // RequestCall issued; no app call yet.
+    kAwaitingShare,     // The app connection holds its fair share: waiting for a place.
     kAwaitingChannel,   // No channel READY: watching one until one is.
     kStartingUpstream,  // StartCall issued on a leased channel.
     kForwarding,        // Upstream call started: both directions run.
@@ -199,6 +204,10 @@ class alignas(16) ProxyCall {
   // Locally answered methods.
   void OnLocalRequestRead(bool ok);
   void OnLocalReply();
+  // True with a place of the app connection's fair share held; false when
+  // waiting for one (OnShareGranted resumes).
+  bool AcquireShare();
+  void OnShareGranted();
   // False (and the call already failing) when a circuit-breaking limit is hit.
   bool AdmitConcurrent();
   bool AdmitPending();
@@ -227,6 +236,11 @@ class alignas(16) ProxyCall {
   std::shared_ptr<grpc::Channel> awaited_channel_;
   bool counted_concurrent_ = false;
   bool counted_pending_ = false;
+  // Fair share (only when bounded): the app connection's name, whether a
+  // place is held, and the alarm a granted place arrives by while waiting.
+  std::string share_connection_;
+  bool share_held_ = false;
+  std::unique_ptr<grpc::Alarm> share_alarm_;
 
   Listed listed_ = Listed::kNone;
   ProxyCall* previous_listed_ = nullptr;

@@ -87,6 +87,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_RAPID_RESET_MIN_STREAMS", "--rapid-reset-min-streams", "0"},
       {"GRPC_MAX_APP_CONNECTIONS", "--max-app-connections", "50"},
       {"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "--max-streams-per-app-connection", "2000"},
+      {"GRPC_APP_CONNECTION_MAX_SHARE_PERCENT", "--app-connection-max-share-percent", "25"},
       {"GRPC_LOG_LEVEL", "--log-level", "warn"},
       {"GRPC_LOG_FORMAT", "--log-format", "json"},
   };
@@ -121,6 +122,13 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.upstream_key_file, "/dev/null");
   EXPECT_EQ(config.upstream_server_name, "api.internal");
   EXPECT_EQ(config.worker_threads, 256);
+  EXPECT_EQ(config.memory_limit_bytes, 268435456);
+  EXPECT_FALSE(config.frame_screen);
+  EXPECT_EQ(config.max_header_block_bytes, 16384);
+  EXPECT_EQ(config.rapid_reset_min_streams, 0);
+  EXPECT_EQ(config.max_app_connections, 50);
+  EXPECT_EQ(config.max_streams_per_app_connection, 2000);
+  EXPECT_EQ(config.app_connection_max_share_percent, 25);
   EXPECT_EQ(config.log_level, "warn");
   EXPECT_EQ(config.log_format, "json");
 }
@@ -550,6 +558,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_RAPID_RESET_MIN_STREAMS=500\n"
             "GRPC_MAX_APP_CONNECTIONS=1000\n"
             "GRPC_MAX_STREAMS_PER_APP_CONNECTION=1000\n"
+            "GRPC_APP_CONNECTION_MAX_SHARE_PERCENT=100\n"
             "GRPC_LOG_LEVEL=info\n"
             "GRPC_LOG_FORMAT=text\n");
 }

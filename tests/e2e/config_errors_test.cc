@@ -53,7 +53,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"GRPC_MEMORY_LIMIT_BYTES", "1024"}, BadValue{"GRPC_MEMORY_LIMIT_BYTES", "lots"},
         BadValue{"GRPC_FRAME_SCREEN", "maybe"}, BadValue{"GRPC_MAX_HEADER_BLOCK_BYTES", "100"},
         BadValue{"GRPC_RAPID_RESET_MIN_STREAMS", "-1"}, BadValue{"GRPC_MAX_APP_CONNECTIONS", "0"},
-        BadValue{"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "0"}),
+        BadValue{"GRPC_MAX_STREAMS_PER_APP_CONNECTION", "0"},
+        BadValue{"GRPC_APP_CONNECTION_MAX_SHARE_PERCENT", "0"},
+        BadValue{"GRPC_APP_CONNECTION_MAX_SHARE_PERCENT", "101"}),
     [](const ::testing::TestParamInfo<BadValue>& info) {
       return absl::StrCat(info.param.variable, "_", info.index);
     });
