@@ -281,7 +281,16 @@ constexpr Variable kVariables[] = {
         "GRPC_ADMIN_ADDR", "admin-addr",
         "HTTP side port serving /metrics, /healthz, /readyz and /pool"),
     Define<Integer<&Config::pool_size, 1, 1000>>(
-        "GRPC_CONNECTION_POOL_SIZE", "connection-pool-size", "upstream connections in the pool"),
+        "GRPC_CONNECTION_POOL_SIZE", "connection-pool-size",
+        "upstream connections in the pool; its maximum when GRPC_CONNECTION_POOL_MIN is lower"),
+    Define<Integer<&Config::pool_min, 0, 1000>>(
+        "GRPC_CONNECTION_POOL_MIN", "connection-pool-min",
+        "fewest connections a pool sizing itself keeps; 0 means GRPC_CONNECTION_POOL_SIZE "
+        "(a fixed pool)"),
+    Define<Seconds<&Config::pool_scale_down, 1, 86400>>(
+        "GRPC_POOL_SCALE_DOWN_SECS", "pool-scale-down-secs",
+        "how long demand must stay below what a smaller pool carries before the pool drains "
+        "a connection"),
     Define<Seconds<&Config::connection_timeout, 1, 3600>>(
         "GRPC_CONNECTION_TIMEOUT_SECS", "connection-timeout-secs",
         "how long a call may wait for a ready connection; also the connect timeout"),
@@ -401,6 +410,11 @@ std::string Quote(absl::string_view value) {
 
 // Rules that involve more than one variable.
 absl::Status CheckCombination(const Config& config) {
+  if (config.pool_min > config.pool_size) {
+    return absl::InvalidArgumentError(absl::StrCat("GRPC_CONNECTION_POOL_MIN (", config.pool_min,
+                                                   ") is above GRPC_CONNECTION_POOL_SIZE (",
+                                                   config.pool_size, "), the pool's maximum"));
+  }
   const bool has_cert = !config.upstream_cert_file.empty();
   const bool has_key = !config.upstream_key_file.empty();
   if (has_cert != has_key) {

@@ -22,6 +22,7 @@
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
+#include "pool/pool_sizer.h"
 #include "pool/resolver.h"
 #include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
@@ -53,6 +54,7 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   poolside::PoolOptions options;
   options.target = config.upstream_target;
   options.size = config.pool_size;
+  options.min_size = config.pool_min;
   options.max_streams_per_connection = config.max_streams_per_connection;
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
@@ -82,6 +84,14 @@ std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Conf
   options.drain_grace = config.shutdown_grace;
   options.connect_timeout = config.connection_timeout;
   return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
+}
+
+poolside::PoolSizerOptions SizerOptionsFrom(const poolside::Config& config) {
+  poolside::PoolSizerOptions options;
+  options.scale_down = config.pool_scale_down;
+  options.connect_timeout = config.connection_timeout;
+  options.drain_grace = config.shutdown_grace;
+  return options;
 }
 
 poolside::HealthCheckOptions HealthOptionsFrom(
@@ -163,6 +173,8 @@ int Run(const poolside::Config& config) {
     pool.Start();
   }
   monitor.Start();
+  poolside::PoolSizer sizer(pool, SizerOptionsFrom(config));
+  sizer.Start();
 
   poolside::AdminService admin(pool, monitor);
   poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
@@ -194,6 +206,7 @@ int Run(const poolside::Config& config) {
   server.Shutdown(config.shutdown_grace);
   admin_http.Shutdown();
   monitor.Shutdown();
+  sizer.Shutdown();
   if (tracker != nullptr) tracker->Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");
