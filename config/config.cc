@@ -382,6 +382,8 @@ struct CommandFlag {
 constexpr CommandFlag kCommandFlags[] = {
     {"--check-config", "", Command::kCheckConfig,
      "validate the configuration, print it as VAR=value lines and exit"},
+    {"--strict", "", Command::kStrict,
+     "with --check-config: also fail on GRPC_* variables nothing reads (typos)"},
     {"--help", "-h", Command::kHelp, "print this help and exit"},
     {"--version", "", Command::kVersion, "print the version and exit"},
 };
@@ -491,6 +493,16 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
   }
   if (!argument_error.ok()) return argument_error;
   if (commands.count(Command::kCheckConfig) > 0) parsed.command = Command::kCheckConfig;
+  const bool strict = commands.count(Command::kStrict) > 0;
+  if (strict && parsed.command != Command::kCheckConfig) {
+    return absl::InvalidArgumentError("--strict goes with --check-config");
+  }
+  std::vector<absl::string_view> known;
+  for (const Variable& variable : kVariables) known.push_back(variable.env);
+  parsed.unknown_variables = FindUnknownVariables(env, known);
+  if (strict && !parsed.unknown_variables.empty()) {
+    return absl::InvalidArgumentError(DescribeUnknownVariable(parsed.unknown_variables.front()));
+  }
 
   for (size_t i = 0; i < std::size(kVariables); ++i) {
     const Variable& variable = kVariables[i];
@@ -532,7 +544,8 @@ std::map<std::string, std::string> ProcessEnvironment() {
 std::string HelpText() {
   const Config defaults;
   std::string help =
-      "Usage: poolside [--FLAG=VALUE | --FLAG VALUE]... [--check-config | --help | --version]\n"
+      "Usage: poolside [--FLAG=VALUE | --FLAG VALUE]... [--check-config [--strict] | --help | "
+      "--version]\n"
       "\n"
       "poolside is a gRPC connection-pooling sidecar proxy. Each setting below is an\n"
       "environment variable and a flag; the flag wins.\n"

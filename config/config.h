@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "config/unknown_variables.h"
 
 namespace poolside {
 
@@ -85,11 +86,15 @@ struct Config {
 };
 
 // What the command line asked for besides configuration.
-enum class Command { kRun, kHelp, kVersion, kCheckConfig };
+// kStrict only modifies kCheckConfig; it is never the parsed command.
+enum class Command { kRun, kHelp, kVersion, kCheckConfig, kStrict };
 
 struct ParsedCommandLine {
   Command command = Command::kRun;
   Config config;
+  // GRPC_* variables in the environment that nothing reads: warned about at
+  // start; with --check-config --strict they fail the parse instead.
+  std::vector<UnknownVariable> unknown_variables;
 };
 
 // Reads `env` (name -> value, normally the process environment) and then

@@ -215,12 +215,10 @@ int Run(const poolside::Config& config) {
 
 }  // namespace
 
-#include "absl/synchronization/mutex.h"
 int main(int argc, char** argv) {
   // grpc takes absl mutexes on every call; their debug-only deadlock graph
   // cost a fifth of poolside's instructions per call (measured with callgrind).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  if (getenv("NODEADLOCK")) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<poolside::ParsedCommandLine> parsed =
       poolside::ParseCommandLine(poolside::ProcessEnvironment(), args);
@@ -236,8 +234,13 @@ int main(int argc, char** argv) {
       std::printf("poolside %s\n", POOLSIDE_VERSION);
       return 0;
     case poolside::Command::kCheckConfig:
+      for (const poolside::UnknownVariable& unknown : parsed->unknown_variables) {
+        std::fprintf(stderr, "poolside: warning: %s\n",
+                     poolside::DescribeUnknownVariable(unknown).c_str());
+      }
       std::fputs(poolside::DescribeConfig(parsed->config).c_str(), stdout);
       return 0;
+    case poolside::Command::kStrict:  // Never the parsed command.
     case poolside::Command::kRun:
       break;
   }
@@ -246,6 +249,9 @@ int main(int argc, char** argv) {
       !logging.ok()) {
     std::fprintf(stderr, "poolside: %s\n", std::string(logging.message()).c_str());
     return 2;
+  }
+  for (const poolside::UnknownVariable& unknown : parsed->unknown_variables) {
+    spdlog::warn("config: {}", poolside::DescribeUnknownVariable(unknown));
   }
   return Run(parsed->config);
 }

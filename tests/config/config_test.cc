@@ -153,6 +153,45 @@ const std::vector<IntegerVariable>& IntegerVariables() {
   return *variables;
 }
 
+TEST(UnknownVariablesTest, NamesTyposWithTheClosestKnownVariable) {
+  const std::vector<absl::string_view> known = {"GRPC_CONNECTION_POOL_SIZE",
+                                                "GRPC_UPSTREAM_TARGET"};
+  const std::vector<UnknownVariable> unknown =
+      FindUnknownVariables({{"GRPC_CONECTION_POOL_SIZE", "4"},  // One letter missing.
+                            {"GRPC_UPSTREAM_TARGET", "x:1"},    // Known.
+                            {"GRPC_TRACE", "http"},             // gRPC core's.
+                            {"GRPC_XDS_BOOTSTRAP", "/b.json"},  // gRPC core's.
+                            {"GRPC_VERBOSTY", "debug"},         // gRPC core's, misspelt.
+                            {"GRPC_SOMETHING_ELSE", "1"},       // Nothing near.
+                            {"PATH", "/bin"}},                  // Not GRPC_*.
+                           known);
+  ASSERT_EQ(unknown.size(), 3u);
+  EXPECT_EQ(unknown[0].name, "GRPC_CONECTION_POOL_SIZE");
+  EXPECT_EQ(unknown[0].closest, "GRPC_CONNECTION_POOL_SIZE");
+  EXPECT_EQ(unknown[1].name, "GRPC_SOMETHING_ELSE");
+  EXPECT_EQ(unknown[1].closest, "");
+  EXPECT_EQ(unknown[2].name, "GRPC_VERBOSTY");
+  EXPECT_EQ(unknown[2].closest, "GRPC_VERBOSITY");
+  EXPECT_EQ(DescribeUnknownVariable(unknown[0]),
+            "GRPC_CONECTION_POOL_SIZE is not a poolside or gRPC setting; did you mean "
+            "GRPC_CONNECTION_POOL_SIZE?");
+  EXPECT_EQ(DescribeUnknownVariable(unknown[1]),
+            "GRPC_SOMETHING_ELSE is not a poolside or gRPC setting and is ignored");
+}
+
+TEST(ConfigTest, StrictCheckConfigRefusesUnknownVariables) {
+  const Env env = WithTarget({{"GRPC_CONECTION_POOL_SIZE", "4"}});
+  absl::StatusOr<ParsedCommandLine> lenient = ParseCommandLine(env, {"--check-config"});
+  ASSERT_TRUE(lenient.ok()) << lenient.status();
+  ASSERT_EQ(lenient->unknown_variables.size(), 1u);
+  EXPECT_EQ(lenient->config.pool_size, 10);
+  EXPECT_EQ(ErrorFor(env, {"--check-config", "--strict"}),
+            "GRPC_CONECTION_POOL_SIZE is not a poolside or gRPC setting; did you mean "
+            "GRPC_CONNECTION_POOL_SIZE?");
+  EXPECT_EQ(ErrorFor(WithTarget(), {"--strict"}), "--strict goes with --check-config");
+  EXPECT_TRUE(ParseCommandLine(WithTarget(), {"--check-config", "--strict"}).ok());
+}
+
 TEST(ConfigTest, PoolMinimumMustNotExceedThePoolSize) {
   EXPECT_EQ(ParseOrDie(WithTarget({{"GRPC_CONNECTION_POOL_SIZE", "16"},
                                    {"GRPC_CONNECTION_POOL_MIN", "16"}}))
