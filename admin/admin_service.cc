@@ -78,6 +78,15 @@ admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& 
   response.set_resolution_failing(snapshot.resolution_failing);
   response.set_calls_ended_connection_lost(snapshot.calls_ended_connection_lost);
   response.set_calls_ended_drain_grace(snapshot.calls_ended_drain_grace);
+  response.set_target_connections(snapshot.size);
+  response.set_min_connections(snapshot.min_size);
+  response.set_max_connections(snapshot.max_size);
+  response.set_recommended_connections(snapshot.recommended_size);
+  response.set_grow_events(snapshot.grow_events);
+  response.set_shrink_events(snapshot.shrink_events);
+  response.set_calls_over_stream_limit(snapshot.calls_over_stream_limit);
+  response.set_calls_waiting_for_stream_quota(
+      static_cast<uint64_t>(snapshot.calls_waiting_for_stream_quota));
   return response;
 }
 

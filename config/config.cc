@@ -298,7 +298,16 @@ constexpr Variable kVariables[] = {
         "GRPC_ADMIN_ADDR", "admin-addr",
         "HTTP side port serving /metrics, /healthz, /readyz and /pool"),
     Define<Integer<&Config::pool_size, 1, 1000>>(
-        "GRPC_CONNECTION_POOL_SIZE", "connection-pool-size", "upstream connections in the pool"),
+        "GRPC_CONNECTION_POOL_SIZE", "connection-pool-size",
+        "upstream connections in the pool; its maximum when GRPC_CONNECTION_POOL_MIN is lower"),
+    Define<Integer<&Config::pool_min, 0, 1000>>(
+        "GRPC_CONNECTION_POOL_MIN", "connection-pool-min",
+        "fewest connections a pool sizing itself keeps; 0 means GRPC_CONNECTION_POOL_SIZE "
+        "(a fixed pool)"),
+    Define<Seconds<&Config::pool_scale_down, 1, 86400>>(
+        "GRPC_POOL_SCALE_DOWN_SECS", "pool-scale-down-secs",
+        "how long demand must stay below what a smaller pool carries before the pool drains "
+        "a connection"),
     Define<Seconds<&Config::connection_timeout, 1, 3600>>(
         "GRPC_CONNECTION_TIMEOUT_SECS", "connection-timeout-secs",
         "how long a call may wait for a ready connection; also the connect timeout"),
@@ -417,6 +426,8 @@ struct CommandFlag {
 constexpr CommandFlag kCommandFlags[] = {
     {"--check-config", "", Command::kCheckConfig,
      "validate the configuration, print it as VAR=value lines and exit"},
+    {"--strict", "", Command::kStrict,
+     "with --check-config: also fail on GRPC_* variables nothing reads (typos)"},
     {"--help", "-h", Command::kHelp, "print this help and exit"},
     {"--version", "", Command::kVersion, "print the version and exit"},
 };
@@ -445,6 +456,11 @@ std::string Quote(absl::string_view value) {
 
 // Rules that involve more than one variable.
 absl::Status CheckCombination(const Config& config) {
+  if (config.pool_min > config.pool_size) {
+    return absl::InvalidArgumentError(absl::StrCat("GRPC_CONNECTION_POOL_MIN (", config.pool_min,
+                                                   ") is above GRPC_CONNECTION_POOL_SIZE (",
+                                                   config.pool_size, "), the pool's maximum"));
+  }
   const bool has_cert = !config.upstream_cert_file.empty();
   const bool has_key = !config.upstream_key_file.empty();
   if (has_cert != has_key) {
@@ -521,6 +537,16 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
   }
   if (!argument_error.ok()) return argument_error;
   if (commands.count(Command::kCheckConfig) > 0) parsed.command = Command::kCheckConfig;
+  const bool strict = commands.count(Command::kStrict) > 0;
+  if (strict && parsed.command != Command::kCheckConfig) {
+    return absl::InvalidArgumentError("--strict goes with --check-config");
+  }
+  std::vector<absl::string_view> known;
+  for (const Variable& variable : kVariables) known.push_back(variable.env);
+  parsed.unknown_variables = FindUnknownVariables(env, known);
+  if (strict && !parsed.unknown_variables.empty()) {
+    return absl::InvalidArgumentError(DescribeUnknownVariable(parsed.unknown_variables.front()));
+  }
 
   for (size_t i = 0; i < std::size(kVariables); ++i) {
     const Variable& variable = kVariables[i];
@@ -562,7 +588,8 @@ std::map<std::string, std::string> ProcessEnvironment() {
 std::string HelpText() {
   const Config defaults;
   std::string help =
-      "Usage: poolside [--FLAG=VALUE | --FLAG VALUE]... [--check-config | --help | --version]\n"
+      "Usage: poolside [--FLAG=VALUE | --FLAG VALUE]... [--check-config [--strict] | --help | "
+      "--version]\n"
       "\n"
       "poolside is a gRPC connection-pooling sidecar proxy. Each setting below is an\n"
       "environment variable and a flag; the flag wins.\n"

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "config/unknown_variables.h"
 
 namespace poolside {
 
@@ -22,7 +23,13 @@ struct Config {
   std::string listen_addr = "127.0.0.1:15001";
   // HTTP side port for /metrics, /healthz, /readyz, /pool.
   std::string admin_addr = "0.0.0.0:15090";
+  // The pool's maximum; with pool_min below it, the pool sizes itself
+  // between the two (pool/pool_sizer.h).
   int pool_size = 10;
+  // 0 means pool_size: a fixed pool.
+  int pool_min = 0;
+  // Demand below a smaller pool's capacity for this long shrinks the pool.
+  absl::Duration pool_scale_down = absl::Seconds(120);
   absl::Duration connection_timeout = absl::Seconds(30);
   absl::Duration health_check_interval = absl::Seconds(60);
   // Applied to both directions, on both the listening and the upstream side.
@@ -100,11 +107,15 @@ struct Config {
 };
 
 // What the command line asked for besides configuration.
-enum class Command { kRun, kHelp, kVersion, kCheckConfig };
+// kStrict only modifies kCheckConfig; it is never the parsed command.
+enum class Command { kRun, kHelp, kVersion, kCheckConfig, kStrict };
 
 struct ParsedCommandLine {
   Command command = Command::kRun;
   Config config;
+  // GRPC_* variables in the environment that nothing reads: warned about at
+  // start; with --check-config --strict they fail the parse instead.
+  std::vector<UnknownVariable> unknown_variables;
 };
 
 // Reads `env` (name -> value, normally the process environment) and then

@@ -112,7 +112,13 @@ std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
                   ",\"resolution_failing\":", snapshot.resolution_failing ? "true" : "false",
                   ",\"calls_ended_connection_lost\":", snapshot.calls_ended_connection_lost,
                   ",\"calls_ended_drain_grace\":", snapshot.calls_ended_drain_grace,
-                  ",\"backends\":[");
+                  ",\"sizing\":{\"target\":", snapshot.size, ",\"min\":", snapshot.min_size,
+                  ",\"max\":", snapshot.max_size, ",\"recommended\":", snapshot.recommended_size,
+                  ",\"grow_events\":", snapshot.grow_events,
+                  ",\"shrink_events\":", snapshot.shrink_events,
+                  ",\"calls_over_stream_limit\":", snapshot.calls_over_stream_limit,
+                  ",\"calls_waiting_for_stream_quota\":", snapshot.calls_waiting_for_stream_quota,
+                  "}", ",\"backends\":[");
   first = true;
   for (const BackendSnapshot& backend : snapshot.backends) {
     absl::StrAppend(&json, first ? "" : ",", "{\"address\":\"", JsonEscape(backend.address),

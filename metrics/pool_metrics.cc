@@ -26,6 +26,13 @@ prometheus::Counter& AddCounter(prometheus::Registry& registry, const std::strin
   return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
 }
 
+prometheus::Family<prometheus::Counter>& ResizesFamily(prometheus::Registry& registry) {
+  return prometheus::BuildCounter()
+      .Name("poolside_pool_resizes_total")
+      .Help("Times a pool sizing itself grew or shrank its target, by direction.")
+      .Register(registry);
+}
+
 // prometheus-cpp hands back the registered family when asked again.
 prometheus::Family<prometheus::Counter>& CallsEndedFamily(prometheus::Registry& registry) {
   return prometheus::BuildCounter()
@@ -117,7 +124,28 @@ Metrics::Metrics(MetricsOptions options)
       calls_ended_drain_grace_(CallsEndedFamily(*registry_).Add({{"reason", "drain_grace"}})),
       resolution_failing_(AddGauge(*registry_, "poolside_pool_resolution_failing",
                                    "1 while the last lookup of the upstream's name failed (the "
-                                   "pool runs on the last good set), else 0.")) {
+                                   "pool runs on the last good set), else 0.")),
+      recommended_connections_(AddGauge(
+          *registry_, "poolside_pool_recommended_connections",
+          "Connections the measured demand needs: outstanding calls over the streams one "
+          "connection carries, up at once, down after GRPC_POOL_SCALE_DOWN_SECS; computed for "
+          "fixed pools too.")),
+      target_connections_(AddGauge(*registry_, "poolside_pool_target_connections",
+                                   "Connections the pool keeps in rotation once settled.")),
+      min_connections_(AddGauge(*registry_, "poolside_pool_min_connections",
+                                "GRPC_CONNECTION_POOL_MIN (equal to the maximum: a fixed pool).")),
+      max_connections_(AddGauge(*registry_, "poolside_pool_max_connections",
+                                "GRPC_CONNECTION_POOL_SIZE, the pool's maximum.")),
+      grow_events_(ResizesFamily(*registry_).Add({{"direction", "grow"}})),
+      shrink_events_(ResizesFamily(*registry_).Add({{"direction", "shrink"}})),
+      calls_over_stream_limit_(AddCounter(
+          *registry_, "poolside_pool_calls_over_stream_limit_total",
+          "Calls started on a connection already carrying GRPC_MAX_STREAMS_PER_CONNECTION "
+          "calls: they waited in the transport for stream quota.")),
+      calls_waiting_for_stream_quota_(AddGauge(
+          *registry_, "poolside_pool_calls_waiting_for_stream_quota",
+          "Calls beyond GRPC_MAX_STREAMS_PER_CONNECTION on their connection right now, summed "
+          "over connections.")) {
   GaugeFamily(*registry_, "poolside_build_info", "Always 1; labelled with poolside's version.")
       .Add({{"version", options.version}})
       .Set(1);
@@ -137,6 +165,14 @@ void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
   AdvanceTo(health_check_failures_, snapshot.health_check_failures);
   AdvanceTo(connections_created_, snapshot.connections_created);
   AdvanceTo(outlier_ejections_, snapshot.outlier_ejections);
+  recommended_connections_.Set(snapshot.recommended_size);
+  target_connections_.Set(snapshot.size);
+  min_connections_.Set(snapshot.min_size);
+  max_connections_.Set(snapshot.max_size);
+  AdvanceTo(grow_events_, snapshot.grow_events);
+  AdvanceTo(shrink_events_, snapshot.shrink_events);
+  AdvanceTo(calls_over_stream_limit_, snapshot.calls_over_stream_limit);
+  calls_waiting_for_stream_quota_.Set(static_cast<double>(snapshot.calls_waiting_for_stream_quota));
   last_health_check_.Set(
       snapshot.last_health_check == absl::InfinitePast()
           ? 0

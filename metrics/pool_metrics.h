@@ -24,6 +24,12 @@
 //   poolside_pool_address_set_changes_total                 counter
 //   poolside_pool_resolution_failures_total                 counter
 //   poolside_pool_resolution_failing                        gauge, 0/1
+//   poolside_pool_recommended_connections                   gauge (pool/pool_sizer.h)
+//   poolside_pool_target_connections                        gauge (active once settled)
+//   poolside_pool_min_connections, _max_connections         gauges (equal: fixed pool)
+//   poolside_pool_resizes_total{direction}                  counter (grow, shrink)
+//   poolside_pool_calls_over_stream_limit_total             counter
+//   poolside_pool_calls_waiting_for_stream_quota            gauge
 //   poolside_pool_calls_ended_total{reason}                 counter
 //     reason="connection_lost": never answered, connection down for the
 //     connection timeout; reason="drain_grace": still running on a drained
@@ -149,6 +155,14 @@ class Metrics {
   prometheus::Counter& calls_ended_connection_lost_;
   prometheus::Counter& calls_ended_drain_grace_;
   prometheus::Gauge& resolution_failing_;
+  prometheus::Gauge& recommended_connections_;
+  prometheus::Gauge& target_connections_;
+  prometheus::Gauge& min_connections_;
+  prometheus::Gauge& max_connections_;
+  prometheus::Counter& grow_events_;
+  prometheus::Counter& shrink_events_;
+  prometheus::Counter& calls_over_stream_limit_;
+  prometheus::Gauge& calls_waiting_for_stream_quota_;
 
   // Serializes UpdateFromPool callers (health monitor, scrapes).
   absl::Mutex update_mutex_;

@@ -12,6 +12,8 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace poolside {
 namespace {
 
@@ -148,6 +150,8 @@ ChannelPool::ChannelPool(PoolOptions options, std::unique_ptr<ChannelFactory> fa
       factory_(std::move(factory)),
       slots_(std::make_unique<Slot[]>(capacity_)) {
   for (int i = 0; i < capacity_; ++i) slots_[i].index = i;
+  target_size_.store(min_size());
+  recommended_size_.store(min_size());
 }
 
 ChannelPool::~ChannelPool() { Shutdown(); }
@@ -167,9 +171,7 @@ void ChannelPool::Start(const std::vector<BackendAddress>& backends) {
     absl::MutexLock lock(&structure_mutex_);
     backends_ = backends;
     // Slot i on backend i mod n: connections per backend differ by at most one.
-    for (int i = 0; i < options_.size; ++i) {
-      OpenSlot(backends[i % backends.size()], SlotPhase::kActive);
-    }
+    for (int i = 0; i < size(); ++i) OpenSlot(backends[i % backends.size()], SlotPhase::kActive);
   }
   for (int i = 0; i < capacity_; ++i) {
     auto watch = std::make_unique<Watch>();
@@ -179,8 +181,11 @@ void ChannelPool::Start(const std::vector<BackendAddress>& backends) {
     watch->last_state = slots_[i].state.load();
     watches_.push_back(std::move(watch));
   }
-  spdlog::info("pool: {} channels to {} over {} backend address{}", options_.size, options_.target,
-               backends.size(), backends.size() == 1 ? "" : "es");
+  spdlog::info("pool: {} channels to {} over {} backend address{}{}", size(), options_.target,
+               backends.size(), backends.size() == 1 ? "" : "es",
+               min_size() < max_size()
+                   ? absl::StrCat(", sizing itself between ", min_size(), " and ", max_size())
+                   : "");
   if (options_.watch_on_caller_queues) return;
   WatchOn({&watch_queue_});
   watcher_ = std::thread([this] { WatchLoop(); });
@@ -281,7 +286,10 @@ void ChannelPool::OnStateChange(Watch& watch) {
 }
 
 std::optional<ChannelPool::Lease> ChannelPool::LeaseSlot(Slot& slot) {
-  slot.outstanding.fetch_add(1, std::memory_order_relaxed);
+  if (slot.outstanding.fetch_add(1, std::memory_order_relaxed) >=
+      options_.max_streams_per_connection) {
+    calls_over_stream_limit_.fetch_add(1, std::memory_order_relaxed);
+  }
   std::shared_ptr<PooledChannel> channel = std::atomic_load(&slot.channel);
   // The address tracker may have taken the slot out of rotation since the
   // caller looked; counting the call first means it frees no slot that a
@@ -366,7 +374,13 @@ std::optional<ChannelPool::Lease> ChannelPool::LeaseIfCurrent(
 PoolSnapshot ChannelPool::Snapshot() const {
   PoolSnapshot snapshot;
   snapshot.max_streams_per_connection = options_.max_streams_per_connection;
-  snapshot.size = options_.size;
+  snapshot.size = size();
+  snapshot.min_size = min_size();
+  snapshot.max_size = max_size();
+  snapshot.recommended_size = recommended_size_.load();
+  snapshot.grow_events = grow_events_.load();
+  snapshot.shrink_events = shrink_events_.load();
+  snapshot.calls_over_stream_limit = calls_over_stream_limit_.load();
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&structure_mutex_);
   std::map<std::string, BackendSnapshot> backends;
@@ -389,6 +403,8 @@ PoolSnapshot ChannelPool::Snapshot() const {
     channel.healthy = channel.state == GRPC_CHANNEL_READY &&
                       slot.probe_healthy.load(std::memory_order_relaxed) && !channel.ejected;
     channel.outstanding_calls = slot.outstanding.load(std::memory_order_relaxed);
+    snapshot.calls_waiting_for_stream_quota +=
+        std::max<int64_t>(channel.outstanding_calls - options_.max_streams_per_connection, 0);
     channel.calls_started = slot.calls_started.load(std::memory_order_relaxed);
     channel.errors = slot.errors.load(std::memory_order_relaxed);
     const std::shared_ptr<PooledChannel> current = std::atomic_load(&slot.channel);
@@ -546,8 +562,9 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
     }
   }
 
-  // Each backend's share: size / n, and one more for the first size % n of
-  // them, those holding the most active slots first (the fewest moves).
+  // Each backend's share: target / n, and one more for the first target % n
+  // of them, those holding the most active slots first (the fewest moves).
+  const int target = size();
   std::map<std::string, int> active;
   std::map<std::string, std::vector<Slot*>> connecting;
   int total_active = 0;
@@ -570,7 +587,7 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
   const int n = static_cast<int>(order.size());
   std::map<std::string, int> share;
   for (int i = 0; i < n; ++i) {
-    share[order[i]->label] = options_.size / n + (i < options_.size % n ? 1 : 0);
+    share[order[i]->label] = target / n + (i < target % n ? 1 : 0);
   }
   const auto share_of = [&share](const std::string& label) {
     auto it = share.find(label);
@@ -597,9 +614,37 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
     }
   }
 
+  // The active slot to drain when one must go: of the backend furthest over
+  // its share, preferring one that is not READY, then the least busy.
+  const auto pick_surplus = [&]() -> Slot* {
+    Slot* surplus = nullptr;
+    int surplus_over = 0;
+    for (int i = 0; i < capacity_; ++i) {
+      Slot& candidate = slots_[i];
+      if (candidate.phase.load() != SlotPhase::kActive) continue;
+      const int over = active[candidate.backend.label] - share_of(candidate.backend.label);
+      if (over <= 0) continue;
+      const auto rank = [](const Slot& s) {
+        return std::make_pair(s.state.load() == GRPC_CHANNEL_READY, s.outstanding.load());
+      };
+      if (surplus == nullptr || over > surplus_over ||
+          (over == surplus_over && rank(candidate) < rank(*surplus))) {
+        surplus = &candidate;
+        surplus_over = over;
+      }
+    }
+    return surplus;
+  };
+  const auto drain = [&](Slot& surplus) {
+    surplus.phase.store(SlotPhase::kDraining);
+    surplus.phase_since = now;
+    --active[surplus.backend.label];
+    --total_active;
+  };
+
   // Connect new first: a new connection joins rotation only once READY, and
-  // only then does one surplus slot (of the backend furthest over its share,
-  // preferring one that is not READY, then the least busy) start draining.
+  // only then does one surplus slot start draining.
+  bool connecting_left = false;
   for (auto& [label, slots] : connecting) {
     for (Slot* slot : slots) {
       if (slot->phase.load() != SlotPhase::kConnecting) continue;
@@ -607,6 +652,7 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
       const grpc_connectivity_state state = channel->channel().GetState(/*try_to_connect=*/true);
       slot->state.store(state, std::memory_order_relaxed);
       if (state != GRPC_CHANNEL_READY) {
+        connecting_left = true;
         if (now - slot->phase_since > connect_timeout && !slot->slow_connect_logged) {
           // It keeps trying (grpc's backoff); the slots it would replace
           // keep serving meanwhile.
@@ -616,35 +662,31 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
         }
         continue;
       }
-      Slot* surplus = nullptr;
-      int surplus_over = 0;
-      for (int i = 0; i < capacity_; ++i) {
-        Slot& candidate = slots_[i];
-        if (candidate.phase.load() != SlotPhase::kActive) continue;
-        const int over = active[candidate.backend.label] - share_of(candidate.backend.label);
-        if (over <= 0) continue;
-        const auto rank = [](const Slot& s) {
-          return std::make_pair(s.state.load() == GRPC_CHANNEL_READY, s.outstanding.load());
-        };
-        if (surplus == nullptr || over > surplus_over ||
-            (over == surplus_over && rank(candidate) < rank(*surplus))) {
-          surplus = &candidate;
-          surplus_over = over;
-        }
-      }
-      if (surplus == nullptr && total_active >= options_.size) continue;
+      Slot* surplus = pick_surplus();
+      if (surplus == nullptr && total_active >= target) continue;
       slot->phase_since = now;
       slot->phase.store(SlotPhase::kActive);
       ++active[label];
       ++total_active;
       if (surplus != nullptr) {
-        surplus->phase.store(SlotPhase::kDraining);
-        surplus->phase_since = now;
-        --active[surplus->backend.label];
-        --total_active;
+        drain(*surplus);
         spdlog::debug("pool: channel {} ({}) in rotation; channel {} ({}) draining", slot->index,
                       label, surplus->index, surplus->backend.label);
       }
+    }
+  }
+
+  // A smaller target (the pool sizing itself down) and nothing to swap in:
+  // the surplus drains one slot at a time.
+  if (total_active > target && !connecting_left) {
+    bool draining = false;
+    for (int i = 0; i < capacity_; ++i) {
+      draining = draining || slots_[i].phase.load() == SlotPhase::kDraining;
+    }
+    if (Slot* surplus = draining ? nullptr : pick_surplus(); surplus != nullptr) {
+      drain(*surplus);
+      spdlog::debug("pool: channel {} ({}) draining: the pool is shrinking to {}", surplus->index,
+                    surplus->backend.label, target);
     }
   }
 
@@ -655,6 +697,35 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
   }
   for (const auto& [label, count] : active) settled = settled && count == share_of(label);
   return !settled;
+}
+
+int ChannelPool::SetTargetSize(int size) {
+  const int clamped = std::clamp(size, min_size(), max_size());
+  target_size_.store(clamped);
+  return clamped;
+}
+
+int64_t ChannelPool::OutstandingCalls() const {
+  int64_t outstanding = 0;
+  for (int i = 0; i < capacity_; ++i) {
+    outstanding += slots_[i].outstanding.load(std::memory_order_relaxed);
+  }
+  return outstanding;
+}
+
+void ChannelPool::RecordSizing(int recommended, int grew, int shrank) {
+  recommended_size_.store(recommended);
+  grow_events_.fetch_add(grew);
+  shrink_events_.fetch_add(shrank);
+}
+
+bool ChannelPool::RebalanceCurrent(absl::Duration connect_timeout, absl::Duration drain_grace) {
+  std::vector<BackendAddress> backends;
+  {
+    absl::MutexLock lock(&structure_mutex_);
+    backends = backends_;
+  }
+  return Rebalance(backends, connect_timeout, drain_grace);
 }
 
 void ChannelPool::SetProbeHealthy(int slot, bool healthy) {

@@ -44,8 +44,12 @@ namespace poolside {
 struct PoolOptions {
   // gRPC target URI of the upstream, used in logs and error messages.
   std::string target;
-  // Active slots (connections in rotation) once the pool has settled.
+  // Active slots (connections in rotation) once the pool has settled: the
+  // maximum, when min_size is lower and the pool sizes itself.
   int size = 10;
+  // The fewest active slots a pool sizing itself keeps (and starts with);
+  // 0 means `size`, a fixed pool.
+  int min_size = 0;
   // A channel with this many outstanding calls no longer counts as available.
   int max_streams_per_connection = 100;
   // Consecutive UNAVAILABLE calls that take a channel out of rotation until a
@@ -163,8 +167,28 @@ class ChannelPool {
 
   PoolSnapshot Snapshot() const;
   const PoolOptions& options() const { return options_; }
-  // Active slots once settled.
-  int size() const { return options_.size; }
+  // Active slots once settled: the current target.
+  int size() const { return target_size_.load(std::memory_order_relaxed); }
+  int min_size() const { return options_.min_size > 0 ? options_.min_size : options_.size; }
+  int max_size() const { return options_.size; }
+
+  // --- For the pool sizer. Thread-safe; none blocks on the network. ---
+
+  // Sets the number of active slots to aim for, clamped to [min, max]; the
+  // next Rebalance moves towards it (new connections ready first; surplus
+  // ones drain one at a time). Returns the target set.
+  int SetTargetSize(int size);
+  // Calls holding a lease right now, over every slot.
+  int64_t OutstandingCalls() const;
+  // Calls started on a connection that already had max_streams_per_connection
+  // calls outstanding: they wait in the transport for stream quota.
+  uint64_t CallsOverStreamLimit() const {
+    return calls_over_stream_limit_.load(std::memory_order_relaxed);
+  }
+  // What the sizer reports, for Snapshot().
+  void RecordSizing(int recommended, int grew, int shrank);
+  // Rebalance over the backends the pool has now.
+  bool RebalanceCurrent(absl::Duration connect_timeout, absl::Duration drain_grace);
   // Slot positions: active, connecting and draining slots together never
   // exceed this. Slot indices run from 0 to capacity() - 1.
   int capacity() const { return capacity_; }
@@ -241,6 +265,11 @@ class ChannelPool {
   std::atomic<uint64_t> next_channel_id_{1};
   std::atomic<uint64_t> connections_created_{0};
   std::atomic<uint64_t> cuts_{0};
+  std::atomic<int> target_size_{0};
+  std::atomic<uint64_t> calls_over_stream_limit_{0};
+  std::atomic<int> recommended_size_{0};
+  std::atomic<uint64_t> grow_events_{0};
+  std::atomic<uint64_t> shrink_events_{0};
   std::atomic<uint64_t> ended_connection_lost_{0};
   std::atomic<uint64_t> ended_drain_grace_{0};
   std::atomic<uint64_t> outlier_ejections_{0};

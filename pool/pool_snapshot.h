@@ -61,8 +61,21 @@ struct PoolSnapshot {
   std::vector<ChannelSnapshot> channels;
   // The backend addresses the pool spreads over, sorted.
   std::vector<BackendSnapshot> backends;
-  // The pool's configured size: how many slots are active once settled.
+  // How many slots are active once settled: the pool's current target,
+  // between min_size and max_size (equal for a fixed pool).
   int size = 0;
+  int min_size = 0;
+  int max_size = 0;
+  // The size the measured demand needs (pool/pool_sizer.h), whether or not
+  // the pool may take it; and the times a sizing pool grew or shrank.
+  int recommended_size = 0;
+  uint64_t grow_events = 0;
+  uint64_t shrink_events = 0;
+  // Calls started on a connection already at max_streams_per_connection
+  // (they waited in the transport for stream quota), and calls over that
+  // limit right now, summed over connections.
+  uint64_t calls_over_stream_limit = 0;
+  int64_t calls_waiting_for_stream_quota = 0;
   // Times the resolved address set changed, and lookups that failed (the
   // last good set was kept).
   uint64_t address_set_changes = 0;

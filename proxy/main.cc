@@ -23,6 +23,7 @@
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
+#include "pool/pool_sizer.h"
 #include "pool/resolver.h"
 #include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
@@ -54,6 +55,7 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   poolside::PoolOptions options;
   options.target = config.upstream_target;
   options.size = config.pool_size;
+  options.min_size = config.pool_min;
   options.max_streams_per_connection = config.max_streams_per_connection;
   options.outlier_consecutive_failures = config.outlier_consecutive_failures;
   options.outlier_ejection = config.outlier_ejection;
@@ -83,6 +85,14 @@ std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Conf
   options.drain_grace = config.shutdown_grace;
   options.connect_timeout = config.connection_timeout;
   return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
+}
+
+poolside::PoolSizerOptions SizerOptionsFrom(const poolside::Config& config) {
+  poolside::PoolSizerOptions options;
+  options.scale_down = config.pool_scale_down;
+  options.connect_timeout = config.connection_timeout;
+  options.drain_grace = config.shutdown_grace;
+  return options;
 }
 
 poolside::HealthCheckOptions HealthOptionsFrom(
@@ -185,6 +195,8 @@ int Run(const poolside::Config& config) {
     pool.Start();
   }
   monitor.Start();
+  poolside::PoolSizer sizer(pool, SizerOptionsFrom(config));
+  sizer.Start();
 
   poolside::AdminService admin(pool, monitor);
   poolside::ForwardingServer server(ProxyOptionsFrom(config), pool, &metrics);
@@ -216,6 +228,7 @@ int Run(const poolside::Config& config) {
   server.Shutdown(config.shutdown_grace);
   admin_http.Shutdown();
   monitor.Shutdown();
+  sizer.Shutdown();
   if (tracker != nullptr) tracker->Shutdown();
   pool.Shutdown();
   spdlog::info("poolside stopped");
@@ -224,12 +237,10 @@ int Run(const poolside::Config& config) {
 
 }  // namespace
 
-#include "absl/synchronization/mutex.h"
 int main(int argc, char** argv) {
   // grpc takes absl mutexes on every call; their debug-only deadlock graph
   // cost a fifth of poolside's instructions per call (measured with callgrind).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  if (getenv("NODEADLOCK")) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<poolside::ParsedCommandLine> parsed =
       poolside::ParseCommandLine(poolside::ProcessEnvironment(), args);
@@ -245,8 +256,13 @@ int main(int argc, char** argv) {
       std::printf("poolside %s\n", POOLSIDE_VERSION);
       return 0;
     case poolside::Command::kCheckConfig:
+      for (const poolside::UnknownVariable& unknown : parsed->unknown_variables) {
+        std::fprintf(stderr, "poolside: warning: %s\n",
+                     poolside::DescribeUnknownVariable(unknown).c_str());
+      }
       std::fputs(poolside::DescribeConfig(parsed->config).c_str(), stdout);
       return 0;
+    case poolside::Command::kStrict:  // Never the parsed command.
     case poolside::Command::kRun:
       break;
   }
@@ -255,6 +271,9 @@ int main(int argc, char** argv) {
       !logging.ok()) {
     std::fprintf(stderr, "poolside: %s\n", std::string(logging.message()).c_str());
     return 2;
+  }
+  for (const poolside::UnknownVariable& unknown : parsed->unknown_variables) {
+    spdlog::warn("config: {}", poolside::DescribeUnknownVariable(unknown));
   }
   return Run(parsed->config);
 }

@@ -57,6 +57,8 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_LISTEN_ADDR", "--listen-addr", "[::1]:0"},
       {"GRPC_ADMIN_ADDR", "--admin-addr", "127.0.0.1:9100"},
       {"GRPC_CONNECTION_POOL_SIZE", "--connection-pool-size", "42"},
+      {"GRPC_CONNECTION_POOL_MIN", "--connection-pool-min", "7"},
+      {"GRPC_POOL_SCALE_DOWN_SECS", "--pool-scale-down-secs", "30"},
       {"GRPC_CONNECTION_TIMEOUT_SECS", "--connection-timeout-secs", "7"},
       {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "--health-check-interval-secs", "86400"},
       {"GRPC_MAX_MESSAGE_BYTES", "--max-message-bytes", "2147483647"},
@@ -99,6 +101,8 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.listen_addr, "[::1]:0");
   EXPECT_EQ(config.admin_addr, "127.0.0.1:9100");
   EXPECT_EQ(config.pool_size, 42);
+  EXPECT_EQ(config.pool_min, 7);
+  EXPECT_EQ(config.pool_scale_down, absl::Seconds(30));
   EXPECT_EQ(config.connection_timeout, absl::Seconds(7));
   EXPECT_EQ(config.health_check_interval, absl::Seconds(86400));
   EXPECT_EQ(config.max_message_bytes, 2147483647);
@@ -158,8 +162,61 @@ const std::vector<IntegerVariable>& IntegerVariables() {
       {"GRPC_MAX_PENDING_REQUESTS", 0, 10000000},
       {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", 0, 1000},
       {"GRPC_OUTLIER_EJECTION_SECS", 1, 3600},
+      {"GRPC_POOL_SCALE_DOWN_SECS", 1, 86400},
   };
   return *variables;
+}
+
+TEST(UnknownVariablesTest, NamesTyposWithTheClosestKnownVariable) {
+  const std::vector<absl::string_view> known = {"GRPC_CONNECTION_POOL_SIZE",
+                                                "GRPC_UPSTREAM_TARGET"};
+  const std::vector<UnknownVariable> unknown =
+      FindUnknownVariables({{"GRPC_CONECTION_POOL_SIZE", "4"},  // One letter missing.
+                            {"GRPC_UPSTREAM_TARGET", "x:1"},    // Known.
+                            {"GRPC_TRACE", "http"},             // gRPC core's.
+                            {"GRPC_XDS_BOOTSTRAP", "/b.json"},  // gRPC core's.
+                            {"GRPC_VERBOSTY", "debug"},         // gRPC core's, misspelt.
+                            {"GRPC_SOMETHING_ELSE", "1"},       // Nothing near.
+                            {"PATH", "/bin"}},                  // Not GRPC_*.
+                           known);
+  ASSERT_EQ(unknown.size(), 3u);
+  EXPECT_EQ(unknown[0].name, "GRPC_CONECTION_POOL_SIZE");
+  EXPECT_EQ(unknown[0].closest, "GRPC_CONNECTION_POOL_SIZE");
+  EXPECT_EQ(unknown[1].name, "GRPC_SOMETHING_ELSE");
+  EXPECT_EQ(unknown[1].closest, "");
+  EXPECT_EQ(unknown[2].name, "GRPC_VERBOSTY");
+  EXPECT_EQ(unknown[2].closest, "GRPC_VERBOSITY");
+  EXPECT_EQ(DescribeUnknownVariable(unknown[0]),
+            "GRPC_CONECTION_POOL_SIZE is not a poolside or gRPC setting; did you mean "
+            "GRPC_CONNECTION_POOL_SIZE?");
+  EXPECT_EQ(DescribeUnknownVariable(unknown[1]),
+            "GRPC_SOMETHING_ELSE is not a poolside or gRPC setting and is ignored");
+}
+
+TEST(ConfigTest, StrictCheckConfigRefusesUnknownVariables) {
+  const Env env = WithTarget({{"GRPC_CONECTION_POOL_SIZE", "4"}});
+  absl::StatusOr<ParsedCommandLine> lenient = ParseCommandLine(env, {"--check-config"});
+  ASSERT_TRUE(lenient.ok()) << lenient.status();
+  ASSERT_EQ(lenient->unknown_variables.size(), 1u);
+  EXPECT_EQ(lenient->config.pool_size, 10);
+  EXPECT_EQ(ErrorFor(env, {"--check-config", "--strict"}),
+            "GRPC_CONECTION_POOL_SIZE is not a poolside or gRPC setting; did you mean "
+            "GRPC_CONNECTION_POOL_SIZE?");
+  EXPECT_EQ(ErrorFor(WithTarget(), {"--strict"}), "--strict goes with --check-config");
+  EXPECT_TRUE(ParseCommandLine(WithTarget(), {"--check-config", "--strict"}).ok());
+}
+
+TEST(ConfigTest, PoolMinimumMustNotExceedThePoolSize) {
+  EXPECT_EQ(ParseOrDie(WithTarget({{"GRPC_CONNECTION_POOL_SIZE", "16"},
+                                   {"GRPC_CONNECTION_POOL_MIN", "16"}}))
+                .pool_min,
+            16);
+  EXPECT_EQ(
+      ErrorFor(WithTarget({{"GRPC_CONNECTION_POOL_SIZE", "4"}, {"GRPC_CONNECTION_POOL_MIN", "5"}})),
+      "GRPC_CONNECTION_POOL_MIN (5) is above GRPC_CONNECTION_POOL_SIZE (4), the pool's "
+      "maximum");
+  EXPECT_EQ(ErrorFor(WithTarget({{"GRPC_CONNECTION_POOL_MIN", "-1"}})),
+            "GRPC_CONNECTION_POOL_MIN=\"-1\" is invalid: expected an integer from 0 to 1000");
 }
 
 TEST(ConfigTest, DefaultsApplyWhenOnlyTheTargetIsSet) {
@@ -169,6 +226,8 @@ TEST(ConfigTest, DefaultsApplyWhenOnlyTheTargetIsSet) {
   EXPECT_EQ(config.listen_addr, "127.0.0.1:15001");
   EXPECT_EQ(config.admin_addr, "0.0.0.0:15090");
   EXPECT_EQ(config.pool_size, 10);
+  EXPECT_EQ(config.pool_min, 0);  // A fixed pool.
+  EXPECT_EQ(config.pool_scale_down, absl::Seconds(120));
   EXPECT_EQ(config.connection_timeout, absl::Seconds(30));
   EXPECT_EQ(config.health_check_interval, absl::Seconds(60));
   EXPECT_EQ(config.max_message_bytes, 64 << 20);
@@ -528,6 +587,8 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_LISTEN_ADDR=127.0.0.1:15001\n"
             "GRPC_ADMIN_ADDR=0.0.0.0:15090\n"
             "GRPC_CONNECTION_POOL_SIZE=10\n"
+            "GRPC_CONNECTION_POOL_MIN=0\n"
+            "GRPC_POOL_SCALE_DOWN_SECS=120\n"
             "GRPC_CONNECTION_TIMEOUT_SECS=30\n"
             "GRPC_HEALTH_CHECK_INTERVAL_SECS=60\n"
             "GRPC_MAX_MESSAGE_BYTES=67108864\n"

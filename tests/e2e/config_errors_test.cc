@@ -66,5 +66,33 @@ TEST(RequiredConfigTest, MissingUpstreamTargetExitsWithTwo) {
   EXPECT_THAT(result.stderr_output, HasSubstr("GRPC_UPSTREAM_TARGET"));
 }
 
+// The typo guard: a misspelt GRPC_* variable is named with its closest known
+// one; --check-config --strict refuses it with exit 2 and one line.
+TEST(TypoGuardTest, CheckConfigWarnsAndStrictRefusesAMisspeltVariable) {
+  const Environment env = {{"GRPC_UPSTREAM_TARGET", "127.0.0.1:1"},
+                           {"GRPC_CONECTION_POOL_SIZE", "4"},
+                           {"GRPC_VERBOSITY", "error"}};
+  const PoolsideProcess::ExitResult warned =
+      PoolsideProcess::RunToExit(env, {"--check-config"}, absl::Seconds(10));
+  EXPECT_EQ(warned.exit_code, 0) << warned.stderr_output;
+  EXPECT_THAT(warned.stderr_output,
+              HasSubstr("GRPC_CONECTION_POOL_SIZE is not a poolside or gRPC setting; did you "
+                        "mean GRPC_CONNECTION_POOL_SIZE?"));
+  // gRPC core's own variables are known.
+  EXPECT_THAT(warned.stderr_output, ::testing::Not(HasSubstr("GRPC_VERBOSITY")));
+
+  const PoolsideProcess::ExitResult refused =
+      PoolsideProcess::RunToExit(env, {"--check-config", "--strict"}, absl::Seconds(10));
+  EXPECT_EQ(refused.exit_code, 2) << refused.stderr_output;
+  EXPECT_THAT(refused.stderr_output, HasSubstr("did you mean GRPC_CONNECTION_POOL_SIZE?"));
+  const absl::string_view text = absl::StripTrailingAsciiWhitespace(refused.stderr_output);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 0) << refused.stderr_output;
+
+  const PoolsideProcess::ExitResult alone =
+      PoolsideProcess::RunToExit(env, {"--strict"}, absl::Seconds(10));
+  EXPECT_EQ(alone.exit_code, 2) << alone.stderr_output;
+  EXPECT_THAT(alone.stderr_output, HasSubstr("--strict goes with --check-config"));
+}
+
 }  // namespace
 }  // namespace poolside::test
