@@ -16,7 +16,7 @@
 #include "admin/admin_service.h"
 #include "config/config.h"
 #include "config/logging.h"
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 #include "metrics/pool_metrics.h"
 #include "pool/address_tracker.h"
 #include "pool/channel_factory.h"

@@ -1,4 +1,4 @@
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 
 #include <spdlog/spdlog.h>
 
