@@ -11,20 +11,10 @@
 
 namespace poolside {
 
-admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl::Time now) {
+admin::v1::HealthCheckResponse DescribeHealth(const PoolReport& report, absl::Time now) {
   admin::v1::HealthCheckResponse response;
-  const PoolHealth health = PoolHealthOf(snapshot);
-  response.set_status(PoolHealthName(health));
-  std::string message = absl::StrCat(snapshot.HealthyCount(), " of ", snapshot.ActiveCount(),
-                                     " upstream connections healthy");
-  for (const ChannelSnapshot& channel : snapshot.channels) {
-    if (channel.phase == SlotPhase::kActive && !channel.healthy) {
-      absl::StrAppend(&message, "; channel ", channel.index, " ",
-                      ConnectivityStateName(channel.state),
-                      channel.backend.empty() ? "" : " (" + channel.backend + ")");
-    }
-  }
-  response.set_message(message);
+  response.set_status(PoolHealthName(report.health));
+  response.set_message(report.counts + report.unhealthy_channels);
   response.set_timestamp(absl::ToUnixSeconds(now));
   return response;
 }
@@ -61,7 +51,8 @@ void DescribeBackends(const PoolSnapshot& snapshot,
 
 }  // namespace
 
-admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot) {
+admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolReport& report) {
+  const PoolSnapshot& snapshot = report.snapshot;
   admin::v1::GetConnectionPoolMetricsResponse response;
   response.set_total_connections(snapshot.ActiveCount());
   response.set_active_connections(snapshot.HealthyCount());
@@ -127,16 +118,17 @@ void AdminService::Answer(absl::string_view method, const grpc::ByteBuffer& requ
   const absl::string_view name = method.substr(kServicePrefix.size());
   if (name == "HealthCheck") {
     if (!ParseRequest<admin::v1::HealthCheckRequest>(request, reply)) return;
-    return ReplyWith(DescribeHealth(pool_.Snapshot(), absl::Now()), reply);
+    return ReplyWith(DescribeHealth(BuildPoolReport(pool_.Snapshot()), absl::Now()), reply);
   }
   if (name == "GetConnectionPoolMetrics") {
     if (!ParseRequest<admin::v1::GetConnectionPoolMetricsRequest>(request, reply)) return;
-    return ReplyWith(DescribeMetrics(pool_.Snapshot()), reply);
+    return ReplyWith(DescribeMetrics(BuildPoolReport(pool_.Snapshot())), reply);
   }
   if (name == "ForceHealthCheck") {
     if (!ParseRequest<admin::v1::ForceHealthCheckRequest>(request, reply)) return;
     monitor_.RequestRound([reply = std::move(reply)](const PoolSnapshot& snapshot) mutable {
-      const admin::v1::HealthCheckResponse health = DescribeHealth(snapshot, absl::Now());
+      const admin::v1::HealthCheckResponse health =
+          DescribeHealth(BuildPoolReport(snapshot), absl::Now());
       admin::v1::ForceHealthCheckResponse response;
       response.set_status(health.status());
       response.set_message(health.message());

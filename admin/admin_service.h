@@ -11,6 +11,7 @@
 #define POOLSIDE_ADMIN_ADMIN_SERVICE_H_
 
 #include "absl/strings/string_view.h"
+#include "admin/pool_report.h"
 #include "pool/channel_pool.h"
 #include "pool/health_monitor.h"
 #include "poolside/admin/v1/admin.pb.h"
@@ -36,11 +37,11 @@ class AdminService final : public LocalService {
   HealthMonitor& monitor_;
 };
 
-// The HealthCheck answer for a snapshot, taken at `now`.
-admin::v1::HealthCheckResponse DescribeHealth(const PoolSnapshot& snapshot, absl::Time now);
+// The HealthCheck answer for a report, taken at `now`.
+admin::v1::HealthCheckResponse DescribeHealth(const PoolReport& report, absl::Time now);
 
-// The GetConnectionPoolMetrics answer for a snapshot.
-admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolSnapshot& snapshot);
+// The GetConnectionPoolMetrics answer for a report.
+admin::v1::GetConnectionPoolMetricsResponse DescribeMetrics(const PoolReport& report);
 
 }  // namespace poolside
 

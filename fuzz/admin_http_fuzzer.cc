@@ -1,4 +1,4 @@
-// libFuzzer target: the HTTP side port (metrics/admin_http_server.h).
+// libFuzzer target: the HTTP side port (admin/admin_http_server.h).
 //
 // The server keeps its request handling (parsing, routing, building the
 // response) private to a Session on Asio threads, so this target runs a real
@@ -35,7 +35,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 #include "pool/pool_snapshot.h"
 
 namespace {

@@ -67,7 +67,8 @@ class CallRecorder {
   RecorderShard& shard_;
   const MethodId max_method_id_;
 
-  // Method path -> id, bounded by kMaxCachedNames.
+  // Method path -> id, bounded: max_method_id_ names plus a fixed allowance
+  // for names that map to kOtherMethod (call_recorder.cc).
   absl::flat_hash_map<std::string, MethodId> cache_;
 };
 

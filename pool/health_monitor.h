@@ -5,8 +5,8 @@
 // broken, and refreshes channels older than the maximum connection age one at
 // a time so that long-lived pools re-spread over the backends.
 //
-// Threading: runs its rounds on its own thread. RequestRound() and
-// LatestRound() are thread-safe.
+// Threading: runs its rounds on its own thread. ProbeAt() and RequestRound()
+// are thread-safe.
 #ifndef POOLSIDE_POOL_HEALTH_MONITOR_H_
 #define POOLSIDE_POOL_HEALTH_MONITOR_H_
 

@@ -15,10 +15,11 @@
 #include <thread>
 #include <utility>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "config/config.h"
 
 namespace poolside {
 namespace {
@@ -40,16 +41,13 @@ constexpr auto kConnectionCheckInterval = std::chrono::milliseconds(250);
 // address with a plain bind first so that "in use" is a clear error.
 absl::Status CheckTcpAddressFree(absl::string_view address) {
   if (absl::StartsWith(address, "unix:")) return absl::OkStatus();
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == absl::string_view::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port == 0) {
+  // The grammar config validated GRPC_LISTEN_ADDR with.
+  absl::StatusOr<HostPort> host_port = ParseHostPort(address);
+  if (!host_port.ok() || host_port->port == 0) {
     return absl::OkStatus();  // grpc reports anything else it cannot bind.
   }
-  std::string host(address.substr(0, colon));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  const std::string& host = host_port->host;
+  const int port = host_port->port;
   sockaddr_storage storage{};
   socklen_t length = 0;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);

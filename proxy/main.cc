@@ -13,11 +13,11 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "admin/admin_http_server.h"
 #include "admin/admin_service.h"
 #include "config/config.h"
 #include "config/logging.h"
 #include "config/memory_limit.h"
-#include "metrics/admin_http_server.h"
 #include "metrics/pool_metrics.h"
 #include "pool/address_tracker.h"
 #include "pool/channel_factory.h"

@@ -12,29 +12,31 @@
 namespace poolside {
 namespace {
 
-// Headers that grpc core sets, consumes or rewrites on each hop; copying them
-// would duplicate or contradict what core sends.
-bool IsHopByHop(absl::string_view key) {
-  static constexpr absl::string_view kHopByHop[] = {"user-agent",
-                                                    "host",
-                                                    "connection",
-                                                    "te",
-                                                    "content-type",
-                                                    "content-length",
-                                                    "keep-alive",
-                                                    "proxy-connection",
-                                                    "transfer-encoding",
-                                                    "upgrade",
-                                                    "grpc-timeout",
-                                                    "grpc-encoding",
-                                                    "grpc-accept-encoding",
-                                                    "accept-encoding",
-                                                    "grpc-status",
-                                                    "grpc-message",
-                                                    "grpc-status-details-bin"};
+// Pseudo-headers, HTTP/1 hop-by-hop headers and gRPC's reserved keys: grpc
+// core sets, consumes or rewrites them on each hop (status and details travel
+// in grpc::Status), so copying them would duplicate or contradict what core
+// sends.
+bool IsWrittenByGrpcCore(absl::string_view key) {
+  static constexpr absl::string_view kWrittenByCore[] = {"user-agent",
+                                                         "host",
+                                                         "connection",
+                                                         "te",
+                                                         "content-type",
+                                                         "content-length",
+                                                         "keep-alive",
+                                                         "proxy-connection",
+                                                         "transfer-encoding",
+                                                         "upgrade",
+                                                         "grpc-timeout",
+                                                         "grpc-encoding",
+                                                         "grpc-accept-encoding",
+                                                         "accept-encoding",
+                                                         "grpc-status",
+                                                         "grpc-message",
+                                                         "grpc-status-details-bin"};
   if (!key.empty() && key.front() == ':') return true;
-  for (absl::string_view hop : kHopByHop) {
-    if (key == hop) return true;
+  for (absl::string_view written : kWrittenByCore) {
+    if (key == written) return true;
   }
   return false;
 }
@@ -61,7 +63,7 @@ template <typename AddFn>
 std::string CopyLegal(const MetadataMap& from, AddFn add) {
   for (const auto& [key, value] : from) {
     const absl::string_view key_view(key.data(), key.size());
-    if (IsHopByHop(key_view)) continue;
+    if (IsWrittenByGrpcCore(key_view)) continue;
     std::string reason = IllegalReason(key, value);
     if (!reason.empty()) return reason;
     add(std::string(key_view), std::string(value.data(), value.size()));

@@ -22,10 +22,11 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "config/config.h"
 
 namespace poolside {
 namespace {
@@ -520,16 +521,14 @@ absl::Status ScreenedListener::Bind() {
     length = sizeof(sockaddr_un);
     unlink(path.c_str());  // grpc's own listener replaces a stale socket file too.
   } else {
-    const size_t colon = address.rfind(':');
-    int port = 0;
-    if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-        port < 0 || port > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", address));
+    // The grammar config validated GRPC_LISTEN_ADDR with.
+    const absl::StatusOr<HostPort> host_port = ParseHostPort(address);
+    if (!host_port.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot listen on ", address, ": ", host_port.status().message()));
     }
-    std::string host = address.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
-    }
+    const std::string& host = host_port->host;
+    const int port = host_port->port;
     auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
     auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
     if (host.empty() || host == "0.0.0.0" || host == "*") {

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 #include "metrics/pool_metrics.h"
 #include "tests/metrics/http_connection.h"
 #include "tests/metrics/subprocess.h"

@@ -1,4 +1,4 @@
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 
 #include <spdlog/spdlog.h>
 
@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "admin/pool_report.h"
 #include "config/config.h"
 
 namespace poolside {
@@ -80,9 +81,10 @@ std::string JsonEscape(absl::string_view text) {
   return out;
 }
 
-std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
+std::string PoolJson(const PoolReport& report, bool draining) {
+  const PoolSnapshot& snapshot = report.snapshot;
   std::string json = absl::StrCat(
-      "{\"status\":\"", PoolHealthName(PoolHealthOf(snapshot)),
+      "{\"status\":\"", PoolHealthName(report.health),
       "\",\"draining\":", draining ? "true" : "false",
       ",\"total_connections\":", snapshot.ActiveCount(),
       ",\"active_connections\":", snapshot.HealthyCount(),
@@ -131,18 +133,15 @@ std::string PoolJson(const PoolSnapshot& snapshot, bool draining) {
   return json;
 }
 
-Reply Readiness(const PoolSnapshot& snapshot, bool draining) {
+Reply Readiness(const PoolReport& report, bool draining) {
   if (draining) return {http::status::service_unavailable, kTextContentType, "draining\n"};
-  const PoolHealth health = PoolHealthOf(snapshot);
-  std::string reason = absl::StrCat(PoolHealthName(health), ": ", snapshot.HealthyCount(), " of ",
-                                    snapshot.ActiveCount(), " upstream connections healthy");
-  if (health != PoolHealth::kUnhealthy) return {http::status::ok, kTextContentType, reason + "\n"};
-  for (const ChannelSnapshot& channel : snapshot.channels) {
-    if (channel.phase != SlotPhase::kActive) continue;
-    absl::StrAppend(&reason, "; channel ", channel.index, " ", ConnectivityStateName(channel.state),
-                    channel.backend.empty() ? "" : " (" + channel.backend + ")");
+  const std::string reason = absl::StrCat(PoolHealthName(report.health), ": ", report.counts);
+  if (report.health != PoolHealth::kUnhealthy) {
+    return {http::status::ok, kTextContentType, reason + "\n"};
   }
-  return {http::status::service_unavailable, kTextContentType, reason + "\n"};
+  // Unhealthy: no connection in rotation is healthy, so this names them all.
+  return {http::status::service_unavailable, kTextContentType,
+          reason + report.unhealthy_channels + "\n"};
 }
 
 Reply Route(const SharedState& state, http::verb method, beast::string_view target) {
@@ -168,10 +167,10 @@ Reply Route(const SharedState& state, http::verb method, beast::string_view targ
     case Page::kHealthz:
       return {http::status::ok, kTextContentType, "ok\n"};
     case Page::kReadyz:
-      return Readiness(state.handlers.pool_snapshot(), state.draining.load());
+      return Readiness(BuildPoolReport(state.handlers.pool_snapshot()), state.draining.load());
     case Page::kPool:
       return {http::status::ok, kJsonContentType,
-              PoolJson(state.handlers.pool_snapshot(), state.draining.load())};
+              PoolJson(BuildPoolReport(state.handlers.pool_snapshot()), state.draining.load())};
   }
   return {http::status::internal_server_error, kTextContentType, "internal error\n"};
 }

@@ -16,8 +16,8 @@
 // Ownership and threading: owned by main. Start, Shutdown and the destructor
 // must be called from one thread; SetDraining and port from any. The handlers
 // are called on the server's threads, concurrently when threads > 1.
-#ifndef POOLSIDE_METRICS_ADMIN_HTTP_SERVER_H_
-#define POOLSIDE_METRICS_ADMIN_HTTP_SERVER_H_
+#ifndef POOLSIDE_ADMIN_ADMIN_HTTP_SERVER_H_
+#define POOLSIDE_ADMIN_ADMIN_HTTP_SERVER_H_
 
 #include <cstddef>
 #include <functional>
@@ -83,4 +83,4 @@ class AdminHttpServer {
 
 }  // namespace poolside
 
-#endif  // POOLSIDE_METRICS_ADMIN_HTTP_SERVER_H_
+#endif  // POOLSIDE_ADMIN_ADMIN_HTTP_SERVER_H_

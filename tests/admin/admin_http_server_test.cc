@@ -1,6 +1,6 @@
 // The side port over real sockets: routes, HTTP semantics, and clients that
 // are slow, hostile or too many.
-#include "metrics/admin_http_server.h"
+#include "admin/admin_http_server.h"
 
 #include <gtest/gtest.h>
 
