@@ -3,18 +3,17 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "admin/admin_service.h"
 #include "config/config.h"
+#include "config/cpu_limit.h"
 #include "config/logging.h"
 #include "metrics/admin_http_server.h"
 #include "metrics/pool_metrics.h"
@@ -109,21 +108,20 @@ poolside::HealthCheckOptions HealthOptionsFrom(
   return options;
 }
 
+// REQUIRES: config.worker_threads > 0 (resolved by Run).
 poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   poolside::ProxyOptions options;
   options.listen_addr = config.listen_addr;
   options.max_message_bytes = config.max_message_bytes;
   options.connection_timeout = config.connection_timeout;
   options.wait_for_ready = config.transparent_retry;
-  options.threads = config.worker_threads > 0
-                        ? config.worker_threads
-                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  options.threads = config.worker_threads;
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;
   return options;
 }
 
-int Run(const poolside::Config& config) {
+int Run(poolside::Config config) {
   // Blocked before any thread starts, so that only sigwait below sees them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -138,6 +136,15 @@ int Run(const poolside::Config& config) {
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
     spdlog::info("config: {}", std::string(line));
+  }
+  if (config.worker_threads > 0) {
+    spdlog::info("worker threads: {} (GRPC_WORKER_THREADS)", config.worker_threads);
+  } else {
+    // The container's CPU quota, not the node's cores: a sidecar limited to
+    // 500m gains nothing from 16 polling threads but throttling.
+    const poolside::WorkerThreadChoice choice = poolside::DefaultWorkerThreads();
+    config.worker_threads = choice.threads;
+    spdlog::info("worker threads: {} ({})", choice.threads, choice.reason);
   }
 
   const poolside::UpstreamChannelOptions channel_options = ChannelOptionsFrom(config);
