@@ -27,6 +27,7 @@
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
 #include "proxy/grpc_runtime.h"
+#include "proxy/heap_release.h"
 
 namespace {
 
@@ -121,6 +122,11 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   return options;
 }
 
+// How often the main thread looks at the resident size. A burst's memory is
+// back within this period plus the trim; in steady state a look is one read
+// of /proc/self/statm.
+constexpr int kHeapReleasePeriodSecs = 5;
+
 int Run(poolside::Config config) {
   // Blocked before any thread starts, so that only sigwait below sees them.
   sigset_t stop_signals;
@@ -205,8 +211,19 @@ int Run(poolside::Config config) {
     return 1;
   }
 
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  // The main thread has nothing else to do: between signals it gives memory
+  // that a burst of calls left behind back to the system (heap_release.h).
+  poolside::HeapReleaser releaser(poolside::ResidentBytes());
+  int signal_number = -1;
+  while (signal_number <= 0) {
+    const timespec period{kHeapReleasePeriodSecs, 0};
+    // -1 with EAGAIN when the period passed, EINTR on a stray signal.
+    signal_number = sigtimedwait(&stop_signals, nullptr, &period);
+    if (signal_number > 0) break;
+    if (const int64_t released = releaser.MaybeRelease(); released > 0) {
+      spdlog::debug("returned {} MiB of freed heap to the system", released >> 20);
+    }
+  }
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
                absl::FormatDuration(config.shutdown_grace));
   admin_http.SetDraining();
@@ -223,6 +240,8 @@ int Run(poolside::Config config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists: glibc assigns arenas to threads as they start.
+  poolside::ConfigureAllocator();
   // grpc takes absl mutexes on every call; their debug-only deadlock graph
   // cost a fifth of poolside's instructions per call (measured with callgrind).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
