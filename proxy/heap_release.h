@@ -1,16 +1,24 @@
 // How poolside keeps glibc's heap from holding on to memory that grpc has
-// freed. Measured with bench/compare (bench/RESULTS.md, "Memory (issue 10)"):
+// freed. Each measure was measured on its own (bench/RESULTS.md, "Memory
+// (issue 10)"):
 //
-// - grpc allocates a slice on the thread that reads a socket and frees it on
-//   the thread that finished writing it; with one malloc arena per thread the
-//   freed memory lands in arenas that the next burst may not reuse. One arena
-//   lowered the peak for 8 calls of 4 MiB messages by about a fifth, at no
-//   measurable CPU cost (glibc's per-thread cache serves small blocks
-//   without the arena lock).
-// - After a burst (10,000 streams), almost all of the heap is free but stays
-//   resident: the freed calls are scattered between blocks that are still in
-//   use, so glibc never shrinks the heap on its own. Only malloc_trim gives
-//   those pages back, and only the process knows when that is worth it.
+// - One malloc arena. grpc allocates a slice on the thread that reads a
+//   socket and frees it on the thread that finished writing it; with an
+//   arena per thread, freed memory piles up in arenas the next burst may not
+//   reuse. 8 calls of 4 MiB messages: peak RSS 110-127 -> 92-95 MiB, with no
+//   measurable CPU cost on 1 KiB calls (glibc's per-thread cache serves small
+//   blocks without the arena lock).
+// - A fixed 64 KiB mmap threshold. grpc reads sockets into 64 KiB slices, and
+//   a message's slices are shared with other calls' frames read alongside, so
+//   on the heap they pin each other; mapped one by one, each is unmapped when
+//   freed. Same scenario: peak 92-110 -> 63-66 MiB. It costs page faults:
+//   CPU per 4 MiB call rose by about 60%; 1 KiB calls never allocate that
+//   much at once and did not change.
+// - A trim after bursts. After 10,000 streams close nearly all of the heap is
+//   free but stays resident, because the freed calls lie between blocks still
+//   in use and glibc only shrinks a heap from its top. malloc_trim gives the
+//   pages back (354 -> 20 MiB), and only the process knows when that is worth
+//   doing.
 #ifndef POOLSIDE_PROXY_HEAP_RELEASE_H_
 #define POOLSIDE_PROXY_HEAP_RELEASE_H_
 
