@@ -1,9 +1,11 @@
 #include "proxy/heap_release.h"
 
 #include <malloc.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <utility>
 
 namespace poolside {
 namespace {
@@ -34,14 +36,32 @@ int64_t ResidentBytes() {
   return static_cast<int64_t>(resident_pages) * sysconf(_SC_PAGESIZE);
 }
 
-HeapReleaser::HeapReleaser(int64_t idle_bytes) : idle_bytes_(idle_bytes) {}
+double ProcessCpuSeconds() {
+  timespec used{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &used) != 0) return 0;
+  return static_cast<double>(used.tv_sec) + static_cast<double>(used.tv_nsec) * 1e-9;
+}
+
+HeapReleaser::HeapReleaser(HeapReleaseOptions options)
+    : options_(std::move(options)),
+      period_start_(options_.now()),
+      period_start_cpu_seconds_(options_.cpu_seconds()) {}
 
 int64_t HeapReleaser::MaybeRelease() {
+  const absl::Time now = options_.now();
+  const double cpu_seconds = options_.cpu_seconds();
+  const bool quiet = cpu_seconds - period_start_cpu_seconds_ <=
+                     options_.quiet_cores * absl::ToDoubleSeconds(now - period_start_);
+  period_start_ = now;
+  period_start_cpu_seconds_ = cpu_seconds;
+  // Busy: calls would wait for the allocator's lock while the trim walks the
+  // heap, and what they free is reused soon anyway.
+  if (!quiet) return 0;
   const int64_t before = ResidentBytes();
-  if (idle_bytes_ <= 0 || before <= 2 * idle_bytes_) return 0;
+  if (options_.idle_bytes <= 0 || before <= 2 * options_.idle_bytes) return 0;
   // Large but in use (10,000 streams open): trimming would find nothing to
   // give back and cost a walk of the heap every period.
-  if (static_cast<int64_t>(mallinfo2().fordblks) <= idle_bytes_) return 0;
+  if (static_cast<int64_t>(mallinfo2().fordblks) <= options_.idle_bytes) return 0;
   malloc_trim(0);
   const int64_t after = ResidentBytes();
   return after < before ? before - after : 0;

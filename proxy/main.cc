@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_split.h"
@@ -213,15 +214,21 @@ int Run(poolside::Config config) {
 
   // The main thread has nothing else to do: between signals it gives memory
   // that a burst of calls left behind back to the system (heap_release.h).
-  poolside::HeapReleaser releaser(poolside::ResidentBytes());
+  poolside::HeapReleaseOptions release_options;
+  release_options.idle_bytes = poolside::ResidentBytes();
+  poolside::HeapReleaser releaser(std::move(release_options));
   int signal_number = -1;
   while (signal_number <= 0) {
     const timespec period{kHeapReleasePeriodSecs, 0};
     // -1 with EAGAIN when the period passed, EINTR on a stray signal.
     signal_number = sigtimedwait(&stop_signals, nullptr, &period);
     if (signal_number > 0) break;
+    const absl::Time started = absl::Now();
     if (const int64_t released = releaser.MaybeRelease(); released > 0) {
-      spdlog::debug("returned {} MiB of freed heap to the system", released >> 20);
+      // The trim holds the allocator's lock: how long says what it cost the
+      // forwarding threads.
+      spdlog::debug("returned {} MiB of freed heap to the system in {}", released >> 20,
+                    absl::FormatDuration(absl::Now() - started));
     }
   }
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),

@@ -2,8 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace poolside {
@@ -38,17 +40,30 @@ void FreeAll(std::vector<void*>& blocks) {
   blocks.clear();
 }
 
-TEST(HeapReleaserTest, NothingToDoNearTheIdleSize) {
-  HeapReleaser releaser(ResidentBytes());
-  EXPECT_EQ(releaser.MaybeRelease(), 0);
-}
+// The process's CPU time and the wall clock, as the releaser sees them.
+struct FakeClocks {
+  double cpu_seconds = 0;
+  absl::Time now = absl::UnixEpoch();
 
-TEST(HeapReleaserTest, ReturnsTheHeapABurstLeftBehind) {
-  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
-  HeapReleaser releaser(ResidentBytes());
+  // A releaser for a process whose idle size is its size now.
+  HeapReleaser NewReleaser() {
+    HeapReleaseOptions options;
+    options.idle_bytes = ResidentBytes();
+    options.cpu_seconds = [this] { return cpu_seconds; };
+    options.now = [this] { return now; };
+    return HeapReleaser(std::move(options));
+  }
+  // A period of main's wait in which the process used `cores`.
+  void Pass(double cores) {
+    now += absl::Seconds(5);
+    cpu_seconds += 5 * cores;
+  }
+};
+
+// Leaves a burst's memory freed but resident: one block in 32 outlives the
+// burst, as a few long calls do, so the heap cannot shrink from its top.
+std::vector<void*> BurstLeavingSurvivors() {
   std::vector<void*> blocks = Burst();
-  // One block in 32 outlives the burst, as a few long calls do: the heap
-  // cannot shrink from its top, so glibc keeps the rest resident.
   std::vector<void*> survivors;
   for (int i = 0; i < kBlocks; ++i) {
     if (i % 32 == 31) {
@@ -57,20 +72,52 @@ TEST(HeapReleaserTest, ReturnsTheHeapABurstLeftBehind) {
       std::free(blocks[i]);
     }
   }
-  blocks.clear();
+  return survivors;
+}
+
+TEST(HeapReleaserTest, NothingToDoNearTheIdleSize) {
+  FakeClocks clocks;
+  HeapReleaser releaser = clocks.NewReleaser();
+  clocks.Pass(0);
+  EXPECT_EQ(releaser.MaybeRelease(), 0);
+}
+
+TEST(HeapReleaserTest, ReturnsTheHeapABurstLeftBehind) {
+  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
+  FakeClocks clocks;
+  HeapReleaser releaser = clocks.NewReleaser();
+  std::vector<void*> survivors = BurstLeavingSurvivors();
   const int64_t before = ResidentBytes();
   ASSERT_GT(before, 60 * kMiB) << "the burst's memory should still be resident";
 
+  clocks.Pass(0.001);
   const int64_t released = releaser.MaybeRelease();
   EXPECT_GT(released, 40 * kMiB);
   EXPECT_LT(ResidentBytes(), before - 40 * kMiB);
   FreeAll(survivors);
 }
 
+TEST(HeapReleaserTest, WaitsForAQuietPeriod) {
+  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
+  FakeClocks clocks;
+  HeapReleaser releaser = clocks.NewReleaser();
+  std::vector<void*> survivors = BurstLeavingSurvivors();
+  // Calls still running: they would wait for the allocator's lock.
+  clocks.Pass(0.5);
+  EXPECT_EQ(releaser.MaybeRelease(), 0);
+  clocks.Pass(0.03);
+  EXPECT_EQ(releaser.MaybeRelease(), 0);
+  clocks.Pass(0.01);
+  EXPECT_GT(releaser.MaybeRelease(), 40 * kMiB);
+  FreeAll(survivors);
+}
+
 TEST(HeapReleaserTest, LeavesMemoryInUseAlone) {
   if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
-  HeapReleaser releaser(ResidentBytes());
+  FakeClocks clocks;
+  HeapReleaser releaser = clocks.NewReleaser();
   std::vector<void*> blocks = Burst();
+  clocks.Pass(0);
   // Large, but all of it in use: a trim would find nothing to return.
   EXPECT_EQ(releaser.MaybeRelease(), 0);
   FreeAll(blocks);
