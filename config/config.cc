@@ -380,7 +380,7 @@ constexpr Variable kVariables[] = {
         "name the upstream certificate must match, also sent as SNI; empty means the target's"),
     Define<Integer<&Config::worker_threads, 0, 256>>(
         "GRPC_WORKER_THREADS", "worker-threads",
-        "threads serving forwarded calls; 0 means one per core"),
+        "threads serving forwarded calls; 0: from the cgroup CPU quota, else one per core"),
     // Hostile peers (SECURITY.md).
     Define<MemoryLimit>(
         "GRPC_MEMORY_LIMIT_BYTES", "memory-limit-bytes",

@@ -77,7 +77,8 @@ struct Config {
   // Name the upstream's certificate must match (and SNI); empty means the
   // target's host.
   std::string upstream_server_name;
-  // Completion-queue threads serving forwarded calls; 0 means one per core.
+  // Completion-queue threads serving forwarded calls; 0 means derived from the
+  // cgroup CPU quota and the usable cores at start (config/cpu_limit.h).
   int worker_threads = 0;
   // Hostile peers (SECURITY.md).
   // Memory budget given to grpc's listening server (a ResourceQuota); 0 means

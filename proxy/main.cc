@@ -3,12 +3,11 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_split.h"
@@ -16,6 +15,7 @@
 #include "admin/admin_http_server.h"
 #include "admin/admin_service.h"
 #include "config/config.h"
+#include "config/cpu_limit.h"
 #include "config/logging.h"
 #include "config/memory_limit.h"
 #include "metrics/pool_metrics.h"
@@ -29,6 +29,7 @@
 #include "proxy/forwarding_server.h"
 #include "proxy/grpc_logging.h"
 #include "proxy/grpc_runtime.h"
+#include "proxy/heap_release.h"
 
 namespace {
 
@@ -116,15 +117,14 @@ int64_t EffectiveMemoryLimit(const poolside::Config& config) {
   return poolside::DefaultMemoryLimitBytes(poolside::ContainerMemoryLimitBytes());
 }
 
+// REQUIRES: config.worker_threads > 0 (resolved by Run).
 poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   poolside::ProxyOptions options;
   options.listen_addr = config.listen_addr;
   options.max_message_bytes = config.max_message_bytes;
   options.connection_timeout = config.connection_timeout;
   options.wait_for_ready = config.transparent_retry;
-  options.threads = config.worker_threads > 0
-                        ? config.worker_threads
-                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  options.threads = config.worker_threads;
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;
   options.frame_screen = config.frame_screen;
@@ -145,7 +145,12 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   return options;
 }
 
-int Run(const poolside::Config& config) {
+// How often the main thread looks at the resident size. A burst's memory is
+// back within this period plus the trim; in steady state a look is one read
+// of /proc/self/statm.
+constexpr int kHeapReleasePeriodSecs = 5;
+
+int Run(poolside::Config config) {
   // Blocked before any thread starts, so that only sigwait below sees them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -160,6 +165,15 @@ int Run(const poolside::Config& config) {
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
     spdlog::info("config: {}", std::string(line));
+  }
+  if (config.worker_threads > 0) {
+    spdlog::info("worker threads: {} (GRPC_WORKER_THREADS)", config.worker_threads);
+  } else {
+    // The container's CPU quota, not the node's cores: a sidecar limited to
+    // 500m gains nothing from 16 polling threads but throttling.
+    const poolside::WorkerThreadChoice choice = poolside::DefaultWorkerThreads();
+    config.worker_threads = choice.threads;
+    spdlog::info("worker threads: {} ({})", choice.threads, choice.reason);
   }
 
   const poolside::UpstreamChannelOptions channel_options = ChannelOptionsFrom(config);
@@ -220,8 +234,25 @@ int Run(const poolside::Config& config) {
     return 1;
   }
 
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  // The main thread has nothing else to do: between signals it gives memory
+  // that a burst of calls left behind back to the system (heap_release.h).
+  poolside::HeapReleaseOptions release_options;
+  release_options.idle_bytes = poolside::ResidentBytes();
+  poolside::HeapReleaser releaser(std::move(release_options));
+  int signal_number = -1;
+  while (signal_number <= 0) {
+    const timespec period{kHeapReleasePeriodSecs, 0};
+    // -1 with EAGAIN when the period passed, EINTR on a stray signal.
+    signal_number = sigtimedwait(&stop_signals, nullptr, &period);
+    if (signal_number > 0) break;
+    const absl::Time started = absl::Now();
+    if (const int64_t released = releaser.MaybeRelease(); released > 0) {
+      // The trim holds the allocator's lock: how long says what it cost the
+      // forwarding threads.
+      spdlog::debug("returned {} MiB of freed heap to the system in {}", released >> 20,
+                    absl::FormatDuration(absl::Now() - started));
+    }
+  }
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
                absl::FormatDuration(config.shutdown_grace));
   admin_http.SetDraining();
@@ -238,6 +269,8 @@ int Run(const poolside::Config& config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists: glibc assigns arenas to threads as they start.
+  poolside::ConfigureAllocator();
   // grpc takes absl mutexes on every call; their debug-only deadlock graph
   // cost a fifth of poolside's instructions per call (measured with callgrind).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

@@ -377,6 +377,11 @@ void ProxyCall::PumpUpward() {
   if (upward_ == Upward::kHoldingMessage) {
     upward_ = Upward::kWritingUpstream;
     upstream_stream_->Write(upward_message_, Tag(Op::kUpstreamWrite));
+    // Write took its own reference to the slices, and the transport frees
+    // them as they are sent; ours would keep the whole message until the next
+    // one replaces it, which for a unary call is never (4 MiB requests, 8 in
+    // flight: 32 MiB held for nothing).
+    upward_message_.Clear();
   } else if (upward_ == Upward::kHoldingHalfClose) {
     upward_ = Upward::kClosingUpstream;
     upstream_stream_->WritesDone(Tag(Op::kUpstreamWritesDone));
@@ -435,6 +440,8 @@ void ProxyCall::OnUpstreamRead(bool ok) {
     queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
   }
   app_stream_.Write(downward_message_, Tag(Op::kAppWrite));
+  // As in PumpUpward: the write holds what it still needs.
+  downward_message_.Clear();
 }
 
 void ProxyCall::FinishUpstream() {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "config/cpu_limit.h"
 #include "tests/e2e/e2e_test_base.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
@@ -111,6 +112,24 @@ TEST_F(LifecycleTest, ServesWhileTheUpstreamIsDown) {
   // Start-up never waits for the upstream.
   ASSERT_NO_FATAL_FAILURE(
       StartPoolside({{"GRPC_UPSTREAM_TARGET", absl::StrCat("127.0.0.1:", PickFreePort())}}));
+  EXPECT_TRUE(AdminHealthCheck(CreateTestChannel(poolside_->listen_target())).ok());
+}
+
+TEST_F(LifecycleTest, WorkerThreadsFollowTheCpuQuotaAndSaySoOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()}}));
+  // The same machine and cgroup as the child: the same figure and reason.
+  const WorkerThreadChoice expected = DefaultWorkerThreads();
+  const std::string line =
+      absl::StrCat("worker threads: ", expected.threads, " (", expected.reason, ")");
+  const std::string log = poolside_->Stderr();
+  EXPECT_THAT(log, HasSubstr(line));
+  EXPECT_EQ(log.find("worker threads:"), log.rfind("worker threads:")) << "logged once";
+}
+
+TEST_F(LifecycleTest, WorkerThreadsSetExplicitlyAreTakenAsGiven) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_WORKER_THREADS", "3"}}));
+  EXPECT_THAT(poolside_->Stderr(), HasSubstr("worker threads: 3 (GRPC_WORKER_THREADS)"));
   EXPECT_TRUE(AdminHealthCheck(CreateTestChannel(poolside_->listen_target())).ok());
 }
 

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
 
 namespace poolside::test {
@@ -222,57 +223,10 @@ class RawUpstream {
 
 // ---- Helper processes ----
 
-// The test_upstream and fault_client binaries this build made.
-std::string TestUpstreamBinary();
+// The fault_client binary this build made.
 std::string FaultClientBinary();
 // goaway_upstream.py: refuses its first call with GOAWAY, then goes away.
 std::string GoawayUpstreamScript();
-
-// A helper binary run as a child with its stdout on a pipe. Killed (SIGKILL)
-// and reaped by the destructor; also killed if the starting thread dies
-// (PR_SET_PDEATHSIG). Confined to one thread.
-class ChildProcess {
- public:
-  ChildProcess(std::string binary, std::vector<std::string> args);
-  ~ChildProcess();
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  absl::Status Start();
-  // Reads stdout until a line starting with `prefix` and returns that line.
-  absl::StatusOr<std::string> WaitForLine(const std::string& prefix, absl::Duration timeout);
-  void Signal(int signal_number);
-  // The exit status (128 + signal if killed), or nullopt after `timeout`.
-  std::optional<int> WaitForExit(absl::Duration timeout);
-  pid_t pid() const { return pid_; }
-  bool running() const { return pid_ > 0; }
-
- private:
-  const std::string binary_;
-  const std::vector<std::string> args_;
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  std::string stdout_buffer_;
-};
-
-// The test_upstream binary as a child on 127.0.0.1:`port` (0: any free port).
-class UpstreamProcess {
- public:
-  // `extra_args` go to test_upstream after --port (see test_upstream_main.cc).
-  explicit UpstreamProcess(int port = 0, std::vector<std::string> extra_args = {})
-      : port_(port), extra_args_(std::move(extra_args)) {}
-  // Starts it and waits until it serves.
-  absl::Status Start(absl::Duration timeout = absl::Seconds(10));
-  // SIGKILL and reap: the upstream vanishes without a word.
-  void Kill();
-  int port() const { return port_; }
-  std::string target() const;
-
- private:
-  int port_;
-  const std::vector<std::string> extra_args_;
-  std::unique_ptr<ChildProcess> process_;
-};
 
 // ---- Load ----
 

@@ -121,7 +121,7 @@ TEST_F(ScrapeTest, RealPrometheusScrapesThePoolSize) {
                                                         server_->port(), "']\n"))
                   .ok());
   const int prometheus_port = test::PickFreePort();
-  absl::StatusOr<std::unique_ptr<test::ChildProcess>> prometheus = test::ChildProcess::Start(
+  absl::StatusOr<std::unique_ptr<test::ServerProcess>> prometheus = test::ServerProcess::Start(
       {kPrometheus, "--config.file=" + config_path, "--storage.tsdb.path=" + dir.path() + "/data",
        absl::StrCat("--web.listen-address=127.0.0.1:", prometheus_port), "--log.level=warn"},
       log_path);

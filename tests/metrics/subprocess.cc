@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "tests/support/child_process.h"
 
 namespace poolside::test {
 namespace {
@@ -39,8 +39,8 @@ int ExitCode(int status) {
   return -1;
 }
 
-// Forks and execs `argv` with stdin from `stdin_path` and stdout+stderr to
-// `output_path`. In the child only async-signal-safe calls are made.
+// Runs `argv` with stdin from `stdin_path` and stdout+stderr to
+// `output_path`.
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& stdin_path,
                             const std::string& output_path) {
   const int in = open(stdin_path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -50,30 +50,15 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
     if (out >= 0) close(out);
     return absl::InternalError(absl::StrCat("open: ", std::strerror(errno)));
   }
-  std::vector<char*> args;
-  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Even if the test process crashes, no child outlives it.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(out, 2);
-    // Sockets of the test's own servers must not live on in the child.
-    close_range(3, ~0U, 0);
-    // The test process blocks no signals the child needs, but restore
-    // defaults in case the runner changed them.
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    execv(args[0], args.data());
-    _exit(127);
-  }
+  SpawnOptions options;
+  options.binary = argv.at(0);
+  options.args.assign(argv.begin() + 1, argv.end());
+  options.stdin_fd = in;
+  options.stdout_fd = out;
+  options.stderr_fd = out;
+  absl::StatusOr<pid_t> pid = SpawnChild(options);
   close(in);
   close(out);
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   return pid;
 }
 
@@ -124,23 +109,23 @@ absl::StatusOr<ProcessResult> RunProcess(const std::vector<std::string>& argv,
   return ProcessResult{ExitCode(status), ReadFile(output_path)};
 }
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::vector<std::string>& argv, const std::string& log_path) {
   absl::StatusOr<pid_t> pid = Spawn(argv, "/dev/null", log_path);
   if (!pid.ok()) return pid.status();
-  return std::unique_ptr<ChildProcess>(new ChildProcess(*pid));
+  return std::unique_ptr<ServerProcess>(new ServerProcess(*pid));
 }
 
-ChildProcess::~ChildProcess() { Stop(); }
+ServerProcess::~ServerProcess() { Stop(); }
 
-bool ChildProcess::Running() {
+bool ServerProcess::Running() {
   if (pid_ <= 0) return false;
   if (WaitFor(pid_, absl::ZeroDuration()) == -1) return true;
   pid_ = 0;
   return false;
 }
 
-void ChildProcess::Stop() {
+void ServerProcess::Stop() {
   if (pid_ <= 0) return;
   kill(pid_, SIGTERM);
   if (WaitFor(pid_, absl::Seconds(5)) == -1) {

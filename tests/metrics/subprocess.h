@@ -46,19 +46,19 @@ absl::StatusOr<ProcessResult> RunProcess(const std::vector<std::string>& argv,
 // A long-running child (a server). Its stdout and stderr go to `log_path`.
 // Destruction stops it: SIGTERM, then SIGKILL after a grace period, then
 // reaps it.
-class ChildProcess {
+class ServerProcess {
  public:
-  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(const std::vector<std::string>& argv,
-                                                             const std::string& log_path);
-  ~ChildProcess();
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::vector<std::string>& argv,
+                                                              const std::string& log_path);
+  ~ServerProcess();
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
 
   bool Running();
   void Stop();
 
  private:
-  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  explicit ServerProcess(pid_t pid) : pid_(pid) {}
 
   pid_t pid_;
 };

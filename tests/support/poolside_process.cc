@@ -4,9 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "tests/support/child_process.h"
 
 extern char** environ;
 
@@ -94,13 +93,6 @@ std::vector<std::string> ChildEnvironment(const Environment& env) {
   return strings;
 }
 
-std::vector<char*> Pointers(std::vector<std::string>& strings) {
-  std::vector<char*> pointers;
-  for (std::string& s : strings) pointers.push_back(s.data());
-  pointers.push_back(nullptr);
-  return pointers;
-}
-
 // An unlinked temporary file open for reading and writing, or -1.
 int AnonymousTempFile() {
   const char* tmpdir = std::getenv("TMPDIR");
@@ -123,18 +115,6 @@ std::string ReadAll(int fd) {
     offset += n;
   }
   return out;
-}
-
-// Closes every descriptor from `first` up, but `keep`. Async-signal-safe.
-void CloseDescriptorsFrom(int first, int keep) {
-  auto close_range = [](unsigned low, unsigned high) {
-    if (low > high) return;
-    if (syscall(SYS_close_range, low, high, 0) == 0) return;
-    // Kernels before 5.9: close one by one, up to a generous limit.
-    for (unsigned fd = low; fd <= high && fd < 65536; ++fd) close(static_cast<int>(fd));
-  };
-  close_range(static_cast<unsigned>(first), static_cast<unsigned>(keep) - 1);
-  close_range(static_cast<unsigned>(keep) + 1, ~0U);
 }
 
 int DecodeWaitStatus(int status) {
@@ -190,12 +170,7 @@ PoolsideProcess::PoolsideProcess(Environment env, std::vector<std::string> args)
 }
 
 PoolsideProcess::~PoolsideProcess() {
-  if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    int status = 0;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
+  KillAndReap(pid_);
   if (stdout_fd_ >= 0) close(stdout_fd_);
   if (stderr_fd_ >= 0) close(stderr_fd_);
 }
@@ -210,63 +185,18 @@ absl::Status PoolsideProcess::Start() {
   if (pid_ > 0 || exit_code_.has_value()) return absl::FailedPreconditionError("already started");
   stdout_fd_ = AnonymousTempFile();
   stderr_fd_ = AnonymousTempFile();
-  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int error_pipe[2];
-  if (stdout_fd_ < 0 || stderr_fd_ < 0 || null_fd < 0 || pipe2(error_pipe, O_CLOEXEC) != 0) {
-    if (null_fd >= 0) close(null_fd);
+  if (stdout_fd_ < 0 || stderr_fd_ < 0) {
     return absl::InternalError(absl::StrCat("cannot set up the child's files: ", strerror(errno)));
   }
-
-  // Everything the child needs is built before fork(): after it, in a
-  // multi-threaded process, only async-signal-safe calls are allowed.
-  const std::string binary = BinaryPath();
-  std::vector<std::string> argv_strings = {binary};
-  argv_strings.insert(argv_strings.end(), args_.begin(), args_.end());
-  std::vector<std::string> env_strings = ChildEnvironment(env_);
-  std::vector<char*> argv = Pointers(argv_strings);
-  std::vector<char*> envp = Pointers(env_strings);
-  const pid_t parent = getpid();
-  sigset_t no_signals;
-  sigemptyset(&no_signals);
-
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(null_fd);
-    close(error_pipe[0]);
-    close(error_pipe[1]);
-    return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
-  }
-  if (pid == 0) {
-    // Die with the thread that started us, even if it never gets to kill us.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(null_fd, STDIN_FILENO);
-    dup2(stdout_fd_, STDOUT_FILENO);
-    dup2(stderr_fd_, STDERR_FILENO);
-    // Nothing else of ours may leak into the child: an inherited listening
-    // socket would keep a test's port bound after the test closed it.
-    CloseDescriptorsFrom(STDERR_FILENO + 1, error_pipe[1]);
-    sigprocmask(SIG_SETMASK, &no_signals, nullptr);
-    execve(binary.c_str(), argv.data(), envp.data());
-    const int exec_errno = errno;
-    while (write(error_pipe[1], &exec_errno, sizeof(exec_errno)) < 0 && errno == EINTR) {
-    }
-    _exit(127);
-  }
-
-  close(null_fd);
-  close(error_pipe[1]);
-  pid_ = pid;
-  int exec_errno = 0;
-  ssize_t n;
-  while ((n = read(error_pipe[0], &exec_errno, sizeof(exec_errno))) < 0 && errno == EINTR) {
-  }
-  close(error_pipe[0]);
-  if (n == sizeof(exec_errno)) {
-    WaitForExit(absl::Seconds(5));
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot execute ", binary, ": ", strerror(exec_errno)));
-  }
+  SpawnOptions options;
+  options.binary = BinaryPath();
+  options.args = args_;
+  options.env = ChildEnvironment(env_);
+  options.stdout_fd = stdout_fd_;
+  options.stderr_fd = stderr_fd_;
+  absl::StatusOr<pid_t> pid = SpawnChild(options);
+  if (!pid.ok()) return pid.status();
+  pid_ = *pid;
   return absl::OkStatus();
 }
 
