@@ -50,9 +50,27 @@
 #include <thread>
 #include <vector>
 
+#include "bench/load_flags.h"
+#include "bench/load_report.h"
+#include "bench/proc_stats.h"
 #include "metrics/request_metrics.h"
 
 namespace {
+
+using poolside::bench::EstablishedConnectionsOnPort;
+using poolside::bench::Flags;
+using poolside::bench::JsonNumber;
+using poolside::bench::JsonString;
+using poolside::bench::MachineBusyCpuSeconds;
+using poolside::bench::Mode;
+using poolside::bench::ModeName;
+using poolside::bench::ParseFlags;
+using poolside::bench::Percentile;
+using poolside::bench::ProcessCpuSeconds;
+using poolside::bench::ProcessStatusKib;
+using poolside::bench::SelfCpuSeconds;
+using poolside::bench::SumOverGroup;
+using poolside::bench::WatchGroup;
 
 using Clock = std::chrono::steady_clock;
 
@@ -60,266 +78,6 @@ using Clock = std::chrono::steady_clock;
 template <typename C = Clock>
 typename C::duration Seconds(double seconds) {
   return std::chrono::duration_cast<typename C::duration>(std::chrono::duration<double>(seconds));
-}
-
-constexpr char kUsage[] =
-    "usage: bench_load --target=HOST:PORT [flags]\n"
-    "  --target=T          gRPC target to load (required)\n"
-    "  --connections=N     distinct client channels, each its own TCP connection (default 1)\n"
-    "  --inflight=N        calls (or streams) in flight in total (default 1)\n"
-    "  --duration=S        measured seconds (default 10)\n"
-    "  --warmup=S          seconds run before measuring (default 2)\n"
-    "  --payload=BYTES     request size; the echo must match it (default 64)\n"
-    "  --mode=M            unary | bidi | new-channel-per-call | open-streams (default unary)\n"
-    "  --method=NAME       default /bench.Echo/Unary (unary modes) or /bench.Echo/Bidi\n"
-    "  --threads=N         completion-queue threads (default 1)\n"
-    "  --call-timeout=S    deadline of each call; open-streams: of the open phase (default 30)\n"
-    "  --watch=G           name:pid[+pid...][,name:pid...]: report these processes' CPU\n"
-    "                      seconds over the measured window and RSS at its end\n"
-    "  --upstream-port=P   report the most ESTABLISHED TCP connections to local port P seen\n"
-    "                      during the window (the upstream's side of its connections)\n";
-
-enum class Mode { kUnary, kBidi, kNewChannelPerCall, kOpenStreams };
-
-const char* ModeName(Mode mode) {
-  switch (mode) {
-    case Mode::kUnary:
-      return "unary";
-    case Mode::kBidi:
-      return "bidi";
-    case Mode::kNewChannelPerCall:
-      return "new-channel-per-call";
-    case Mode::kOpenStreams:
-      return "open-streams";
-  }
-  return "?";
-}
-
-// Processes whose resources are reported together (e.g. nginx's master and
-// its workers).
-struct WatchGroup {
-  std::string name;
-  std::vector<int> pids;
-};
-
-struct Flags {
-  std::string target;
-  int connections = 1;
-  int inflight = 1;
-  double duration_s = 10;
-  double warmup_s = 2;
-  int payload = 64;
-  Mode mode = Mode::kUnary;
-  std::string method;
-  int threads = 1;
-  double call_timeout_s = 30;
-  std::vector<WatchGroup> watch;
-  int upstream_port = 0;
-};
-
-[[noreturn]] void Usage(const std::string& problem) {
-  std::fprintf(stderr, "bench_load: %s\n%s", problem.c_str(), kUsage);
-  std::exit(2);
-}
-
-long ParseInt(const std::string& flag, const std::string& value, long min, long max) {
-  char* end = nullptr;
-  const long parsed = std::strtol(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || parsed < min || parsed > max) {
-    Usage(flag + ": want an integer in [" + std::to_string(min) + ", " + std::to_string(max) +
-          "], got '" + value + "'");
-  }
-  return parsed;
-}
-
-double ParseSeconds(const std::string& flag, const std::string& value) {
-  char* end = nullptr;
-  const double parsed = std::strtod(value.c_str(), &end);
-  if (value.empty() || *end != '\0' || !(parsed >= 0) || parsed > 86400) {
-    Usage(flag + ": want seconds in [0, 86400], got '" + value + "'");
-  }
-  return parsed;
-}
-
-std::vector<std::string> Split(const std::string& text, char separator) {
-  std::vector<std::string> parts;
-  std::stringstream stream(text);
-  std::string part;
-  while (std::getline(stream, part, separator)) {
-    if (!part.empty()) parts.push_back(part);
-  }
-  return parts;
-}
-
-std::vector<WatchGroup> ParseWatch(const std::string& value) {
-  std::vector<WatchGroup> groups;
-  for (const std::string& spec : Split(value, ',')) {
-    const size_t colon = spec.find(':');
-    if (colon == std::string::npos || colon == 0) Usage("--watch: want name:pid[+pid...]");
-    WatchGroup group;
-    group.name = spec.substr(0, colon);
-    for (const std::string& pid : Split(spec.substr(colon + 1), '+')) {
-      group.pids.push_back(static_cast<int>(ParseInt("--watch", pid, 1, 1 << 30)));
-    }
-    if (group.pids.empty()) Usage("--watch: group " + group.name + " has no pid");
-    groups.push_back(std::move(group));
-  }
-  return groups;
-}
-
-Flags ParseFlags(int argc, char** argv) {
-  Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    const size_t equals = arg.find('=');
-    const std::string name = arg.substr(0, equals);
-    std::string value;
-    if (equals != std::string::npos) {
-      value = arg.substr(equals + 1);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      Usage(name + ": missing value");
-    }
-    if (name == "--target") {
-      flags.target = value;
-    } else if (name == "--connections") {
-      flags.connections = static_cast<int>(ParseInt(name, value, 1, 100000));
-    } else if (name == "--inflight") {
-      flags.inflight = static_cast<int>(ParseInt(name, value, 1, 1000000));
-    } else if (name == "--duration") {
-      flags.duration_s = ParseSeconds(name, value);
-    } else if (name == "--warmup") {
-      flags.warmup_s = ParseSeconds(name, value);
-    } else if (name == "--payload") {
-      flags.payload = static_cast<int>(ParseInt(name, value, 0, 64 << 20));
-    } else if (name == "--mode") {
-      if (value == "unary") {
-        flags.mode = Mode::kUnary;
-      } else if (value == "bidi") {
-        flags.mode = Mode::kBidi;
-      } else if (value == "new-channel-per-call") {
-        flags.mode = Mode::kNewChannelPerCall;
-      } else if (value == "open-streams") {
-        flags.mode = Mode::kOpenStreams;
-      } else {
-        Usage("--mode: want unary, bidi, new-channel-per-call or open-streams, got '" + value +
-              "'");
-      }
-    } else if (name == "--method") {
-      flags.method = value;
-    } else if (name == "--threads") {
-      flags.threads = static_cast<int>(ParseInt(name, value, 1, 64));
-    } else if (name == "--call-timeout") {
-      flags.call_timeout_s = ParseSeconds(name, value);
-    } else if (name == "--watch") {
-      flags.watch = ParseWatch(value);
-    } else if (name == "--upstream-port") {
-      flags.upstream_port = static_cast<int>(ParseInt(name, value, 1, 65535));
-    } else {
-      Usage("unknown flag " + arg);
-    }
-  }
-  if (flags.target.empty()) Usage("--target is required");
-  if (flags.method.empty()) {
-    const bool streaming = flags.mode == Mode::kBidi || flags.mode == Mode::kOpenStreams;
-    flags.method = streaming ? "/bench.Echo/Bidi" : "/bench.Echo/Unary";
-  }
-  return flags;
-}
-
-// --- Other processes' resources, from /proc ---
-
-// utime + stime of `pid` in seconds, or a negative value when it is gone.
-double ProcessCpuSeconds(int pid) {
-  std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(file, line)) return -1;
-  // The command name may hold spaces and parentheses; fields resume after
-  // the last ')'. utime and stime are fields 14 and 15.
-  const size_t close = line.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream fields(line.substr(close + 2));
-  std::string field;
-  unsigned long long utime = 0;
-  unsigned long long stime = 0;
-  for (int index = 3; fields >> field; ++index) {
-    if (index == 14) utime = std::stoull(field);
-    if (index == 15) {
-      stime = std::stoull(field);
-      break;
-    }
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// CPU seconds the whole machine spent busy (every core, every process).
-double MachineBusyCpuSeconds() {
-  std::ifstream file("/proc/stat");
-  std::string label;
-  file >> label;
-  if (label != "cpu") return -1;
-  // user nice system idle iowait irq softirq steal: all but idle and iowait.
-  unsigned long long value = 0;
-  unsigned long long busy = 0;
-  for (int field = 0; field < 8 && file >> value; ++field) {
-    if (field != 3 && field != 4) busy += value;
-  }
-  return static_cast<double>(busy) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-double SelfCpuSeconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
-
-// The value in kB of `key` (e.g. "VmRSS") in /proc/PID/status, or -1.
-long ProcessStatusKib(int pid, const std::string& key) {
-  std::ifstream file("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(file, line)) {
-    if (line.compare(0, key.size() + 1, key + ":") == 0) {
-      return std::strtol(line.c_str() + key.size() + 1, nullptr, 10);
-    }
-  }
-  return -1;
-}
-
-// Sums a per-process figure over a group; negative when any process is gone.
-template <typename Reading>
-double SumOverGroup(const WatchGroup& group, Reading reading) {
-  double total = 0;
-  for (int pid : group.pids) {
-    const double value = reading(pid);
-    if (value < 0) return -1;
-    total += value;
-  }
-  return total;
-}
-
-// ESTABLISHED TCP connections whose local port is `port`.
-int EstablishedConnectionsOnPort(int port) {
-  int count = 0;
-  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream file(path);
-    std::string line;
-    std::getline(file, line);  // Header.
-    while (std::getline(file, line)) {
-      std::istringstream fields(line);
-      std::string slot, local, remote, state;
-      fields >> slot >> local >> remote >> state;
-      const size_t colon = local.rfind(':');
-      if (colon == std::string::npos || state != "01") continue;
-      if (std::strtol(local.c_str() + colon + 1, nullptr, 16) == port) ++count;
-    }
-  }
-  return count;
 }
 
 // --- Recording ---
@@ -637,29 +395,6 @@ class StreamSlot : public Slot {
 };
 
 // --- Results ---
-
-uint32_t Percentile(const std::vector<uint32_t>& sorted, double quantile) {
-  if (sorted.empty()) return 0;
-  const auto rank = static_cast<size_t>(quantile * static_cast<double>(sorted.size()) + 0.999999);
-  return sorted[std::min(sorted.size() - 1, rank == 0 ? 0 : rank - 1)];
-}
-
-std::string JsonString(const std::string& text) {
-  std::string quoted = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') quoted += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    quoted += c;
-  }
-  return quoted + "\"";
-}
-
-std::string JsonNumber(double value) {
-  if (value < 0) return "null";
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%.4f", value);
-  return buffer;
-}
 
 std::string ErrorsJson(const std::array<uint64_t, kStatusCodes + 1>& errors) {
   std::string json = "{";
