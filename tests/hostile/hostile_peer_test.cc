@@ -125,8 +125,9 @@ class HostilePeerTest : public E2eTest, public ::testing::WithParamInterface<Att
  protected:
   void SetUp() override {
     ASSERT_TRUE(upstream_.Start().ok());
-    ASSERT_NO_FATAL_FAILURE(StartPoolside(
-        {{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_CONNECTION_POOL_SIZE", "2"}}));
+    ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()},
+                                           {"GRPC_CONNECTION_POOL_SIZE", "2"},
+                                           {"GRPC_FRAME_SCREEN", "true"}}));
     ASSERT_TRUE(
         UnaryCall(CreateTestChannel(poolside_->listen_target()), kUnaryMethod, "warm").status.ok());
     pid_ = FindChildRunning(PoolsideProcess::BinaryPath());
