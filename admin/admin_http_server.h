@@ -46,7 +46,7 @@ struct AdminHttpOptions {
 // What the routes serve. Both must be set, thread-safe, and must not block
 // for long: they run on the server's threads.
 struct AdminHttpHandlers {
-  // The /metrics body, e.g. refresh Metrics from the pool, then Serialize().
+  // The /metrics body, e.g. refresh PoolsideMetrics from the pool, then Serialize().
   std::function<std::string()> metrics_text;
   // The pool's current state, for /readyz and /pool.
   std::function<PoolSnapshot()> pool_snapshot;

@@ -5,10 +5,10 @@
 // time.
 //
 // Ownership and threading: a CallRecorder is created by
-// Metrics::NewCallRecorder() (or RequestMetrics::NewRecorder()), owned by the
+// PoolsideMetrics::NewCallRecorder() (or RequestMetrics::NewRecorder()), owned by the
 // caller and confined to one thread — normally one forwarding
 // completion-queue thread for its whole life. What it recorded stays counted
-// after it is destroyed. REQUIRES: the Metrics that made it outlives it.
+// after it is destroyed. REQUIRES: the PoolsideMetrics that made it outlives it.
 #ifndef POOLSIDE_METRICS_CALL_RECORDER_H_
 #define POOLSIDE_METRICS_CALL_RECORDER_H_
 

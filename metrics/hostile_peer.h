@@ -31,7 +31,7 @@ inline constexpr size_t kPeerSideCount = 2;
 absl::string_view HostileReasonName(HostileReason reason);
 absl::string_view PeerSideName(PeerSide side);
 
-// Counts hostile peers. Thread-safe. Implemented by Metrics; tests may count
+// Counts hostile peers. Thread-safe. Implemented by PoolsideMetrics; tests may count
 // for themselves.
 class HostilePeerCounter {
  public:

@@ -2,7 +2,7 @@
 // (app, upstream) and rule broken. Every series exists from the start (at 0),
 // so that alerts on increase() see the first one.
 //
-// Ownership and threading: Metrics owns one. Thread-safe (atomic counters).
+// Ownership and threading: PoolsideMetrics owns one. Thread-safe (atomic counters).
 #ifndef POOLSIDE_METRICS_HOSTILE_PEER_METRICS_H_
 #define POOLSIDE_METRICS_HOSTILE_PEER_METRICS_H_
 

@@ -13,7 +13,7 @@
 // allocated up front, and there is one shard per live recorder (shards of
 // destroyed recorders are reused).
 //
-// Ownership and threading: owned by Metrics. Thread-safe. Must outlive every
+// Ownership and threading: owned by PoolsideMetrics. Thread-safe. Must outlive every
 // CallRecorder it made.
 #ifndef POOLSIDE_METRICS_REQUEST_METRICS_H_
 #define POOLSIDE_METRICS_REQUEST_METRICS_H_

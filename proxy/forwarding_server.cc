@@ -82,7 +82,8 @@ absl::Status CheckTcpAddressFree(absl::string_view address) {
 
 }  // namespace
 
-ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics)
+ForwardingServer::ForwardingServer(ProxyOptions options, ChannelPool& pool,
+                                   PoolsideMetrics* metrics)
     : options_(std::move(options)), pool_(pool), metrics_(metrics) {
   limits_.concurrent.Configure(options_.max_concurrent_requests,
                                metrics_ != nullptr ? &metrics_->concurrency_overflows() : nullptr);
@@ -142,7 +143,7 @@ absl::Status ForwardingServer::Start(LocalService* local) {
   }
 
   for (auto& completion_queue : completion_queues_) {
-    auto queue = std::make_unique<CallQueue>();
+    auto queue = std::make_unique<QueueContext>();
     queue->service = &generic_service_;
     queue->queue = completion_queue.get();
     queue->pool = &pool_;
@@ -174,7 +175,7 @@ absl::Status ForwardingServer::Start(LocalService* local) {
   return absl::OkStatus();
 }
 
-void ForwardingServer::ServeQueue(CallQueue& queue) {
+void ForwardingServer::ServeQueue(QueueContext& queue) {
   void* tag = nullptr;
   bool ok = false;
   while (queue.queue->Next(&tag, &ok)) {
@@ -186,7 +187,7 @@ void ForwardingServer::ServeQueue(CallQueue& queue) {
   }
 }
 
-ForwardingServer::ConnectionCheck::ConnectionCheck(ForwardingServer& server, CallQueue& queue)
+ForwardingServer::ConnectionCheck::ConnectionCheck(ForwardingServer& server, QueueContext& queue)
     : server_(server), queue_(queue) {}
 
 void ForwardingServer::ConnectionCheck::Arm() {

@@ -24,7 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 #include "pool/channel_pool.h"
 #include "pool/queue_event.h"
 #include "proxy/local_service.h"
@@ -66,7 +66,7 @@ struct ProxyOptions {
 class ForwardingServer {
  public:
   // `pool` and `metrics` (null: no request metrics) must outlive the server.
-  ForwardingServer(ProxyOptions options, ChannelPool& pool, Metrics* metrics);
+  ForwardingServer(ProxyOptions options, ChannelPool& pool, PoolsideMetrics* metrics);
   ~ForwardingServer();
   ForwardingServer(const ForwardingServer&) = delete;
   ForwardingServer& operator=(const ForwardingServer&) = delete;
@@ -88,27 +88,27 @@ class ForwardingServer {
   // kConnectionCheckInterval, riding that queue. Confined to its thread.
   class ConnectionCheck final : public QueueEvent {
    public:
-    ConnectionCheck(ForwardingServer& server, CallQueue& queue);
+    ConnectionCheck(ForwardingServer& server, QueueContext& queue);
     void Arm();
     void OnQueueEvent(bool ok) override;
 
    private:
     ForwardingServer& server_;
-    CallQueue& queue_;
+    QueueContext& queue_;
     grpc::Alarm alarm_;
   };
 
-  void ServeQueue(CallQueue& queue);
+  void ServeQueue(QueueContext& queue);
   int64_t LiveCalls() const;
   // Stops the connection checks; returns once none is armed.
   void StopConnectionChecks();
 
   const ProxyOptions options_;
   ChannelPool& pool_;
-  Metrics* const metrics_;
+  PoolsideMetrics* const metrics_;
   grpc::AsyncGenericService generic_service_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> completion_queues_;
-  std::vector<std::unique_ptr<CallQueue>> call_queues_;
+  std::vector<std::unique_ptr<QueueContext>> call_queues_;
   std::vector<std::unique_ptr<ConnectionCheck>> connection_checks_;
   std::atomic<bool> stopping_checks_{false};
   std::atomic<int> armed_checks_{0};

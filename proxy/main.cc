@@ -18,7 +18,7 @@
 #include "config/cpu_limit.h"
 #include "config/logging.h"
 #include "config/memory_limit.h"
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 #include "pool/address_tracker.h"
 #include "pool/channel_factory.h"
 #include "pool/channel_pool.h"
@@ -191,7 +191,7 @@ int Run(poolside::Config config) {
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
   metrics_options.max_methods = config.metrics_max_methods;
-  poolside::Metrics metrics(metrics_options);
+  poolside::PoolsideMetrics metrics(metrics_options);
   poolside::HealthMonitor monitor(
       pool, HealthOptionsFrom(config, channel_options),
       [&metrics](const poolside::PoolSnapshot& snapshot) { metrics.UpdateFromPool(snapshot); });

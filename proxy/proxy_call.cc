@@ -31,7 +31,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 }  // namespace
 
-void ProxyCall::AcceptNext(CallQueue& queue) {
+void ProxyCall::AcceptNext(QueueContext& queue) {
   // Owns itself from here on: see Dispatch().
   auto* call = new ProxyCall(queue);
   // Counted as pending only once a call is accepted: a request that fails at
@@ -49,7 +49,7 @@ void ProxyCall::Dispatch(void* tag, bool ok) {
   if (--call->pending_ops_ == 0) delete call;
 }
 
-ProxyCall::ProxyCall(CallQueue& queue) : queue_(queue), app_stream_(&app_context_) {
+ProxyCall::ProxyCall(QueueContext& queue) : queue_(queue), app_stream_(&app_context_) {
   queue_.live_calls.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -293,7 +293,7 @@ void ProxyCall::MoveToList(Listed list) {
   head = this;
 }
 
-void ProxyCall::CheckUpstreamCalls(CallQueue& queue, absl::Time now) {
+void ProxyCall::CheckUpstreamCalls(QueueContext& queue, absl::Time now) {
   const uint64_t cuts = queue.pool->cuts();
   const bool new_cuts = cuts != queue.cuts_seen;
   queue.cuts_seen = cuts;

@@ -74,7 +74,7 @@ class ProxyCall;
 
 // What every call on one completion queue shares. Constant after
 // construction, except for live_calls and awaiting_answer.
-struct CallQueue {
+struct QueueContext {
   grpc::AsyncGenericService* service = nullptr;
   grpc::ServerCompletionQueue* queue = nullptr;
   ChannelPool* pool = nullptr;
@@ -111,7 +111,7 @@ class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
   // forwards it and starts another so that the queue keeps accepting.
-  static void AcceptNext(CallQueue& queue);
+  static void AcceptNext(QueueContext& queue);
 
   // Handles a completion-queue event whose tag a ProxyCall issued.
   static void Dispatch(void* tag, bool ok);
@@ -122,7 +122,7 @@ class alignas(16) ProxyCall {
   // grpc's transparent retry of a call the upstream never saw can outlast a
   // reconnect; this bounds that wait), and those on a channel the pool has
   // cut. Runs on the queue's thread, every few hundred milliseconds.
-  static void CheckUpstreamCalls(CallQueue& queue, absl::Time now);
+  static void CheckUpstreamCalls(QueueContext& queue, absl::Time now);
 
   ProxyCall(const ProxyCall&) = delete;
   ProxyCall& operator=(const ProxyCall&) = delete;
@@ -167,7 +167,7 @@ class alignas(16) ProxyCall {
     kStopped,           // Cancelled, failed, or the upstream call ended.
   };
 
-  explicit ProxyCall(CallQueue& queue);
+  explicit ProxyCall(QueueContext& queue);
   ~ProxyCall();
 
   void* Tag(Op op);
@@ -213,7 +213,7 @@ class alignas(16) ProxyCall {
   bool AdmitPending();
   void LeavePending();
 
-  CallQueue& queue_;
+  QueueContext& queue_;
   Stage stage_ = Stage::kAccepting;
   Upward upward_ = Upward::kReadingApp;
   // The app cancelled, went away or passed its deadline.
@@ -259,7 +259,7 @@ class alignas(16) ProxyCall {
   };
   std::unique_ptr<LocalAnswer> local_;
 
-  // Metrics.
+  // PoolsideMetrics.
   absl::Time accepted_at_;
   MethodId method_ = kOtherMethod;
   bool recorded_start_ = false;

@@ -13,7 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 #include "tests/metrics/http_connection.h"
 #include "tests/metrics/prometheus_text.h"
 #include "tests/metrics/subprocess.h"
@@ -86,7 +86,7 @@ class AdminHttpServerTest : public ::testing::Test {
 
   int port() const { return server_->port(); }
 
-  Metrics metrics_{MetricsOptions{"test", 200}};
+  PoolsideMetrics metrics_{MetricsOptions{"test", 200}};
   absl::Mutex mutex_;
   PoolSnapshot snapshot_ ABSL_GUARDED_BY(mutex_) = Pool(3, 0);
   std::unique_ptr<AdminHttpServer> server_;

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 #include "metrics/request_metrics.h"
 
 namespace poolside {
@@ -22,7 +22,7 @@ namespace {
 constexpr char kMethod[] = "/helloworld.Greeter/SayHello";
 
 void BM_CallRecorder(benchmark::State& state) {
-  static Metrics* const metrics = new Metrics(MetricsOptions{"bench", 200});
+  static PoolsideMetrics* const metrics = new PoolsideMetrics(MetricsOptions{"bench", 200});
   std::unique_ptr<CallRecorder> recorder = metrics->NewCallRecorder();
   const std::string method = kMethod;
   int64_t i = 0;

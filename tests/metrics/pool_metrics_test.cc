@@ -1,12 +1,11 @@
-// The pool metrics Metrics exports from a PoolSnapshot, read back from the
+// The pool metrics PoolsideMetrics exports from a PoolSnapshot, read back from the
 // serialized text.
-#include "metrics/pool_metrics.h"
-
 #include <gtest/gtest.h>
 
 #include <string>
 #include <utility>
 
+#include "metrics/poolside_metrics.h"
 #include "tests/metrics/prometheus_text.h"
 
 namespace poolside {
@@ -38,14 +37,14 @@ PoolSnapshot ThreeChannels() {
   return snapshot;
 }
 
-Exposition Scrape(const Metrics& metrics) {
+Exposition Scrape(const PoolsideMetrics& metrics) {
   absl::StatusOr<Exposition> parsed = ParseExposition(metrics.Serialize());
   EXPECT_TRUE(parsed.ok()) << parsed.status();
   return parsed.ok() ? *std::move(parsed) : Exposition{};
 }
 
 TEST(MetricsTest, ExportsEveryRequiredFamilyWithItsType) {
-  Metrics metrics(MetricsOptions{"1.2.3", 200});
+  PoolsideMetrics metrics(MetricsOptions{"1.2.3", 200});
   metrics.UpdateFromPool(ThreeChannels());
   const Exposition scrape = Scrape(metrics);
   const std::map<std::string, std::string> expected = {
@@ -76,7 +75,7 @@ TEST(MetricsTest, ExportsEveryRequiredFamilyWithItsType) {
 }
 
 TEST(MetricsTest, MirrorsThePoolSnapshot) {
-  Metrics metrics(MetricsOptions{"1.2.3", 200});
+  PoolsideMetrics metrics(MetricsOptions{"1.2.3", 200});
   metrics.UpdateFromPool(ThreeChannels());
   const Exposition scrape = Scrape(metrics);
   EXPECT_EQ(scrape.Value("poolside_build_info", {{"version", "1.2.3"}}), 1);
@@ -96,7 +95,7 @@ TEST(MetricsTest, MirrorsThePoolSnapshot) {
 }
 
 TEST(MetricsTest, HealthStatusIsAStateSet) {
-  Metrics metrics(MetricsOptions{});
+  PoolsideMetrics metrics(MetricsOptions{});
   PoolSnapshot snapshot = ThreeChannels();
   auto status = [&](const char* name) {
     return Scrape(metrics).Value("poolside_pool_health_status", {{"status", name}});
@@ -119,7 +118,7 @@ TEST(MetricsTest, HealthStatusIsAStateSet) {
 }
 
 TEST(MetricsTest, CountersFollowThePoolTotalsAndNeverGoDown) {
-  Metrics metrics(MetricsOptions{});
+  PoolsideMetrics metrics(MetricsOptions{});
   PoolSnapshot snapshot = ThreeChannels();
   metrics.UpdateFromPool(snapshot);
   snapshot.connection_errors = 12;
@@ -140,7 +139,7 @@ TEST(MetricsTest, CountersFollowThePoolTotalsAndNeverGoDown) {
 }
 
 TEST(MetricsTest, LastHealthCheckIsZeroBeforeTheFirst) {
-  Metrics metrics(MetricsOptions{});
+  PoolsideMetrics metrics(MetricsOptions{});
   PoolSnapshot snapshot = ThreeChannels();
   snapshot.last_health_check = absl::InfinitePast();
   metrics.UpdateFromPool(snapshot);
@@ -148,7 +147,7 @@ TEST(MetricsTest, LastHealthCheckIsZeroBeforeTheFirst) {
 }
 
 TEST(MetricsTest, ChannelSeriesFollowThePoolSize) {
-  Metrics metrics(MetricsOptions{});
+  PoolsideMetrics metrics(MetricsOptions{});
   PoolSnapshot snapshot = ThreeChannels();
   metrics.UpdateFromPool(snapshot);
   EXPECT_EQ(Scrape(metrics).Find("poolside_pool_channel_healthy").size(), 3u);
@@ -166,7 +165,7 @@ TEST(MetricsTest, ChannelSeriesFollowThePoolSize) {
 }
 
 TEST(MetricsTest, EmptyPoolHasZeroUtilization) {
-  Metrics metrics(MetricsOptions{});
+  PoolsideMetrics metrics(MetricsOptions{});
   metrics.UpdateFromPool(PoolSnapshot{});
   const Exposition scrape = Scrape(metrics);
   EXPECT_EQ(scrape.Value("poolside_pool_utilization"), 0);
@@ -174,7 +173,7 @@ TEST(MetricsTest, EmptyPoolHasZeroUtilization) {
 }
 
 TEST(MetricsTest, RequestMetricsAreInTheSameText) {
-  Metrics metrics(MetricsOptions{"dev", 1});
+  PoolsideMetrics metrics(MetricsOptions{"dev", 1});
   std::unique_ptr<CallRecorder> recorder = metrics.NewCallRecorder();
   recorder->RecordCall(recorder->Method("/pkg.S/First"), grpc::StatusCode::OK,
                        absl::Milliseconds(1));

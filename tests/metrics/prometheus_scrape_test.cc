@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "admin/admin_http_server.h"
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 #include "tests/metrics/http_connection.h"
 #include "tests/metrics/subprocess.h"
 #include "tests/support/poolside_process.h"
@@ -68,7 +68,7 @@ class ScrapeTest : public ::testing::Test {
 
   void TearDown() override { server_->Shutdown(); }
 
-  Metrics metrics_{MetricsOptions{"0.1.0-test", 200}};
+  PoolsideMetrics metrics_{MetricsOptions{"0.1.0-test", 200}};
   std::unique_ptr<CallRecorder> recorder_;
   std::unique_ptr<AdminHttpServer> server_;
 };

@@ -1,4 +1,4 @@
-#include "metrics/pool_metrics.h"
+#include "metrics/poolside_metrics.h"
 
 #include <prometheus/text_serializer.h>
 
@@ -63,7 +63,7 @@ prometheus::Family<prometheus::Gauge>& HealthStatusFamily(prometheus::Registry& 
 
 }  // namespace
 
-Metrics::Metrics(MetricsOptions options)
+PoolsideMetrics::PoolsideMetrics(MetricsOptions options)
     : registry_(std::make_unique<prometheus::Registry>()),
       requests_(options.max_methods),
       connections_(
@@ -151,11 +151,11 @@ Metrics::Metrics(MetricsOptions options)
       .Set(1);
 }
 
-Metrics::~Metrics() = default;
+PoolsideMetrics::~PoolsideMetrics() = default;
 
-std::unique_ptr<CallRecorder> Metrics::NewCallRecorder() { return requests_.NewRecorder(); }
+std::unique_ptr<CallRecorder> PoolsideMetrics::NewCallRecorder() { return requests_.NewRecorder(); }
 
-void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
+void PoolsideMetrics::UpdateFromPool(const PoolSnapshot& snapshot) {
   absl::MutexLock lock(&update_mutex_);
   const int total = snapshot.ActiveCount();
   connections_.Set(total);
@@ -227,7 +227,7 @@ void Metrics::UpdateFromPool(const PoolSnapshot& snapshot) {
   utilization_.Set(capacity > 0 ? static_cast<double>(outstanding) / capacity : 0);
 }
 
-void Metrics::UpdateBackends(const PoolSnapshot& snapshot) {
+void PoolsideMetrics::UpdateBackends(const PoolSnapshot& snapshot) {
   backends_.Set(static_cast<double>(snapshot.backends.size()));
   AdvanceTo(address_set_changes_, snapshot.address_set_changes);
   AdvanceTo(resolution_failures_, snapshot.resolution_failures);
@@ -257,13 +257,13 @@ void Metrics::UpdateBackends(const PoolSnapshot& snapshot) {
   backend_series_ = std::move(current);
 }
 
-void Metrics::AdvanceTo(prometheus::Counter& counter, uint64_t total) {
+void PoolsideMetrics::AdvanceTo(prometheus::Counter& counter, uint64_t total) {
   const double target = static_cast<double>(total);
   const double current = counter.Value();
   if (target > current) counter.Increment(target - current);
 }
 
-std::vector<prometheus::MetricFamily> Metrics::Collect() const {
+std::vector<prometheus::MetricFamily> PoolsideMetrics::Collect() const {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   std::vector<prometheus::MetricFamily> requests = requests_.Collect();
   families.insert(families.end(), std::make_move_iterator(requests.begin()),
@@ -271,6 +271,8 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   return families;
 }
 
-std::string Metrics::Serialize() const { return prometheus::TextSerializer().Serialize(Collect()); }
+std::string PoolsideMetrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(Collect());
+}
 
 }  // namespace poolside

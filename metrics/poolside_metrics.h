@@ -43,10 +43,10 @@
 // poolside_forwarded_messages_total.
 // Hostile peers (hostile_peer_metrics.h): poolside_hostile_peer_total{side,reason}.
 //
-// Ownership and threading: main owns one Metrics for the life of the process.
+// Ownership and threading: main owns one PoolsideMetrics for the life of the process.
 // Thread-safe. It must outlive every CallRecorder it made.
-#ifndef POOLSIDE_METRICS_POOL_METRICS_H_
-#define POOLSIDE_METRICS_POOL_METRICS_H_
+#ifndef POOLSIDE_METRICS_POOLSIDE_METRICS_H_
+#define POOLSIDE_METRICS_POOLSIDE_METRICS_H_
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -77,12 +77,12 @@ struct MetricsOptions {
   int max_methods = 200;
 };
 
-class Metrics {
+class PoolsideMetrics {
  public:
-  explicit Metrics(MetricsOptions options);
-  ~Metrics();
-  Metrics(const Metrics&) = delete;
-  Metrics& operator=(const Metrics&) = delete;
+  explicit PoolsideMetrics(MetricsOptions options);
+  ~PoolsideMetrics();
+  PoolsideMetrics(const PoolsideMetrics&) = delete;
+  PoolsideMetrics& operator=(const PoolsideMetrics&) = delete;
 
   // A recorder for one forwarding thread. See CallRecorder.
   std::unique_ptr<CallRecorder> NewCallRecorder();
@@ -172,4 +172,4 @@ class Metrics {
 
 }  // namespace poolside
 
-#endif  // POOLSIDE_METRICS_POOL_METRICS_H_
+#endif  // POOLSIDE_METRICS_POOLSIDE_METRICS_H_
