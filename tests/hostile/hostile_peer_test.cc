@@ -220,8 +220,16 @@ TEST_P(HostilePeerTest, AttackerIsCutOffWhileOthersKeepTheirRateAndMemoryStaysBo
     EXPECT_EQ(call.code, grpc::StatusCode::OK)
         << "well-behaved call " << call.id << " failed: " << call.message;
   }
-  EXPECT_GE(attack_rate, baseline_rate / 2)
-      << "well-behaved calls/s: " << baseline_rate << " before, " << attack_rate << " during";
+  std::cout << "[ metric ] well-behaved calls/s: " << baseline_rate << " before, " << attack_rate
+            << " during\n";
+  // Under a sanitizer the screen and grpc run several times slower and share
+  // two cores with the attacker, so the rate says more about the machine
+  // than about poolside; the memory bound is skipped there for the same kind
+  // of reason.
+  if (!kUnderSanitizer) {
+    EXPECT_GE(attack_rate, baseline_rate / 2)
+        << "well-behaved calls/s: " << baseline_rate << " before, " << attack_rate << " during";
+  }
   if (!attack.reason.empty()) {
     // prometheus-cpp prints labels in name order.
     const std::string series =
