@@ -23,6 +23,7 @@
 #include "tests/e2e/e2e_test_base.h"
 #include "tests/support/dns_responder.h"
 #include "tests/support/generic_client.h"
+#include "tests/support/sanitizer.h"
 #include "tests/support/test_upstream.h"
 
 namespace poolside::test {
@@ -388,6 +389,13 @@ TEST_F(BackendsTest, LostConnectionResolvesTheNameAgainAtOnce) {
   EXPECT_GT(dns_->queries(), queries_before);
 }
 
+// Calls a rolling-restart test may lose to grpc 1.51's write-into-a-closing-
+// socket race (explained below). A hop without transparent retry fails about
+// every call in flight at each restart: 3 restarts x 32 callers. The race is
+// rarer on an optimized build (0-5 calls a run) than under a sanitizer (up to
+// 17 seen), where grpc is several times slower.
+constexpr int64_t kWriteRaceAllowance = kUnderSanitizer ? 48 : 10;
+
 TEST_F(BackendsTest, RollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
   dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
   ASSERT_NO_FATAL_FAILURE(StartPoolside(DnsEnvironment(6)));
@@ -407,7 +415,7 @@ TEST_F(BackendsTest, RollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
             << load.UnavailableOnWrite() << "\n";
   EXPECT_EQ(load.Count(grpc::StatusCode::UNAVAILABLE) - load.UnavailableOnWrite(), 0)
       << load.FirstFailures();
-  EXPECT_LE(load.UnavailableOnWrite(), 10) << load.FirstFailures();
+  EXPECT_LE(load.UnavailableOnWrite(), kWriteRaceAllowance) << load.FirstFailures();
 }
 
 // The issue's own reproduction: one upstream, restarted three times under
@@ -435,7 +443,7 @@ TEST_F(BackendsTest, RollingRestartsOfTheOnlyUpstreamFailNoCallWithUnavailable) 
             << load.UnavailableOnWrite() << "\n";
   EXPECT_EQ(load.Count(grpc::StatusCode::UNAVAILABLE) - load.UnavailableOnWrite(), 0)
       << load.FirstFailures();
-  EXPECT_LE(load.UnavailableOnWrite(), 10) << load.FirstFailures();
+  EXPECT_LE(load.UnavailableOnWrite(), kWriteRaceAllowance) << load.FirstFailures();
 }
 
 TEST_F(BackendsTest, NameThatStopsResolvingKeepsThePool) {

@@ -29,22 +29,9 @@
 #include "absl/time/time.h"
 #include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
+#include "tests/support/sanitizer.h"
 
 namespace poolside::test {
-
-// Whether this build runs under a sanitizer (slower, and RSS includes the
-// sanitizer's own shadow memory and quarantine, so RSS bounds do not apply).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-inline constexpr bool kUnderSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-inline constexpr bool kUnderSanitizer = true;
-#else
-inline constexpr bool kUnderSanitizer = false;
-#endif
-#else
-inline constexpr bool kUnderSanitizer = false;
-#endif
 
 // ---- The poolside process, seen from outside ----
 

@@ -7,17 +7,14 @@
 
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/support/sanitizer.h"
 
 namespace poolside {
 namespace {
 
+using test::kUnderSanitizer;
 constexpr int64_t kMiB = 1 << 20;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitizerAllocator = true;
-#else
-constexpr bool kSanitizerAllocator = false;
-#endif
 // Below glibc's mmap threshold, so the blocks come from the heap as grpc's
 // call arenas do.
 constexpr size_t kBlockBytes = 4096;
@@ -83,7 +80,7 @@ TEST(HeapReleaserTest, NothingToDoNearTheIdleSize) {
 }
 
 TEST(HeapReleaserTest, ReturnsTheHeapABurstLeftBehind) {
-  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
+  if (kUnderSanitizer) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
   FakeClocks clocks;
   HeapReleaser releaser = clocks.NewReleaser();
   std::vector<void*> survivors = BurstLeavingSurvivors();
@@ -98,7 +95,7 @@ TEST(HeapReleaserTest, ReturnsTheHeapABurstLeftBehind) {
 }
 
 TEST(HeapReleaserTest, WaitsForAQuietPeriod) {
-  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
+  if (kUnderSanitizer) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
   FakeClocks clocks;
   HeapReleaser releaser = clocks.NewReleaser();
   std::vector<void*> survivors = BurstLeavingSurvivors();
@@ -113,7 +110,7 @@ TEST(HeapReleaserTest, WaitsForAQuietPeriod) {
 }
 
 TEST(HeapReleaserTest, LeavesMemoryInUseAlone) {
-  if (kSanitizerAllocator) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
+  if (kUnderSanitizer) GTEST_SKIP() << "the sanitizer's allocator replaces glibc's heap";
   FakeClocks clocks;
   HeapReleaser releaser = clocks.NewReleaser();
   std::vector<void*> blocks = Burst();
