@@ -1,0 +1,172 @@
+// unary_hop: the cheapest hop grpc++ 1.51 allows, as a yardstick for
+// poolside in bench/compare ("grpc-hop" target). Each call is taken as
+// unary: one request message is read, sent upstream as one unary call (one
+// client batch), and its reply and status go back in one WriteAndFinish: 4
+// grpc batches per call where poolside issues 13 to stay transparent.
+//
+// It is NOT a proxy anyone should run: no metadata is copied either way, no
+// trailers or status details come back, client and bidi streams break, there
+// is no pool, health, drain or limit. It answers one question: how much CPU
+// and latency a hop costs on this library before any of that.
+//
+//   unary_hop --upstream=127.0.0.1:PORT [--port=0] [--threads=2]
+//
+// Prints PORT=<n> once listening; serves until SIGTERM or SIGINT.
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: unary_hop --upstream=HOST:PORT [--port=0] [--threads=2]\n"
+    "A minimal unary-only grpc++ forwarder (a benchmark yardstick, not a proxy).\n";
+
+// One forwarded call; owns itself and deletes itself after its last step.
+// Exactly one operation is pending at a time, so the tag needs no step bits.
+class HopCall {
+ public:
+  HopCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
+          grpc::GenericStub* stub)
+      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {
+    service_->RequestCall(&app_context_, &app_stream_, queue_, queue_, this);
+  }
+
+  void Proceed(bool ok) {
+    switch (step_) {
+      case Step::kAccepting:
+        if (!ok) return delete this;  // Shutting down.
+        new HopCall(service_, queue_, stub_);
+        step_ = Step::kReadingRequest;
+        app_stream_.Read(&message_, this);
+        return;
+      case Step::kReadingRequest:
+        if (!ok) {
+          step_ = Step::kAnswering;
+          app_stream_.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "no request"), this);
+          return;
+        }
+        step_ = Step::kCallingUpstream;
+        upstream_context_.set_deadline(app_context_.raw_deadline());
+        upstream_call_ =
+            stub_->PrepareUnaryCall(&upstream_context_, app_context_.method(), message_, queue_);
+        upstream_call_->StartCall();
+        upstream_call_->Finish(&message_, &status_, this);
+        return;
+      case Step::kCallingUpstream:
+        step_ = Step::kAnswering;
+        if (status_.ok()) {
+          app_stream_.WriteAndFinish(message_, grpc::WriteOptions(), status_, this);
+        } else {
+          app_stream_.Finish(status_, this);
+        }
+        return;
+      case Step::kAnswering:
+        delete this;
+        return;
+    }
+  }
+
+ private:
+  enum class Step { kAccepting, kReadingRequest, kCallingUpstream, kAnswering };
+
+  grpc::AsyncGenericService* const service_;
+  grpc::ServerCompletionQueue* const queue_;
+  grpc::GenericStub* const stub_;
+  grpc::GenericServerContext app_context_;
+  grpc::GenericServerAsyncReaderWriter app_stream_;
+  grpc::ClientContext upstream_context_;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> upstream_call_;
+  grpc::ByteBuffer message_;
+  grpc::Status status_;
+  Step step_ = Step::kAccepting;
+};
+
+void Serve(grpc::ServerCompletionQueue* queue, grpc::AsyncGenericService* service,
+           grpc::GenericStub* stub) {
+  // Enough accepting calls that a burst never waits for the next RequestCall.
+  for (int i = 0; i < 64; ++i) new HopCall(service, queue, stub);
+  void* tag = nullptr;
+  bool ok = false;
+  while (queue->Next(&tag, &ok)) static_cast<HopCall*>(tag)->Proceed(ok);
+}
+
+std::string FlagValue(const std::string& arg, const std::string& name) {
+  const std::string prefix = name + "=";
+  return arg.rfind(prefix, 0) == 0 ? arg.substr(prefix.size()) : std::string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Blocked before any thread starts, so that only sigwait below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  std::string upstream;
+  int port = 0;
+  int threads = 2;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (!FlagValue(arg, "--upstream").empty()) {
+      upstream = FlagValue(arg, "--upstream");
+    } else if (!FlagValue(arg, "--port").empty()) {
+      port = std::atoi(FlagValue(arg, "--port").c_str());
+    } else if (!FlagValue(arg, "--threads").empty()) {
+      threads = std::atoi(FlagValue(arg, "--threads").c_str());
+    } else {
+      std::fputs(kUsage, stderr);
+      return 2;
+    }
+  }
+  if (upstream.empty() || threads < 1 || port < 0) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+
+  grpc::ChannelArguments channel_args;
+  // Like poolside's upstream channels: no retry machinery in the way.
+  channel_args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  grpc::GenericStub stub(
+      grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), channel_args));
+
+  grpc::AsyncGenericService service;
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                           &selected_port);
+  builder.RegisterAsyncGenericService(&service);
+  builder.SetMaxReceiveMessageSize(-1);
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  for (int i = 0; i < threads; ++i) queues.push_back(builder.AddCompletionQueue());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    std::fprintf(stderr, "unary_hop: cannot listen on 127.0.0.1:%d\n", port);
+    return 1;
+  }
+  std::printf("PORT=%d\n", selected_port);
+  std::fflush(stdout);
+
+  std::vector<std::thread> workers;
+  for (auto& queue : queues) workers.emplace_back(Serve, queue.get(), &service, &stub);
+
+  int received = 0;
+  sigwait(&stop_signals, &received);
+
+  server->Shutdown();
+  for (auto& queue : queues) queue->Shutdown();
+  for (auto& worker : workers) worker.join();
+  return 0;
+}
