@@ -57,19 +57,23 @@ const Variable* FindVariableFlag(absl::string_view name) {
   return nullptr;
 }
 
-}  // namespace
-
-absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, std::string>& env,
-                                                   const std::vector<std::string>& args) {
-  // First only sort the arguments out: which commands were asked for, and the
-  // last value given to each flag. Errors wait until we know that neither
-  // --help nor --version was asked for.
+// The command line sorted out, before anything is validated: which commands
+// were asked for, and the last value given to each variable's flag (indexed
+// like Variables()). The first malformed argument is kept in `error`, to be
+// reported only once it is clear that neither --help nor --version was asked
+// for.
+struct SortedArguments {
   std::set<Command> commands;
+  std::vector<std::optional<std::string>> flag_values;
+  absl::Status error;
+};
+
+SortedArguments SortArguments(const std::vector<std::string>& args) {
   const absl::Span<const Variable> variables = Variables();
-  std::vector<std::optional<std::string>> flag_values(variables.size());
-  absl::Status argument_error;
-  const auto fail = [&argument_error](std::string message) {
-    if (argument_error.ok()) argument_error = absl::InvalidArgumentError(std::move(message));
+  SortedArguments sorted;
+  sorted.flag_values.resize(variables.size());
+  const auto fail = [&sorted](std::string message) {
+    if (sorted.error.ok()) sorted.error = absl::InvalidArgumentError(std::move(message));
   };
   for (size_t i = 0; i < args.size(); ++i) {
     const absl::string_view arg = args[i];
@@ -77,7 +81,7 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
     const absl::string_view name = arg.substr(0, equals);
     if (const CommandFlag* command = FindCommandFlag(name)) {
       if (equals == absl::string_view::npos) {
-        commands.insert(command->command);
+        sorted.commands.insert(command->command);
       } else {
         fail(absl::StrCat(name, " takes no value"));
       }
@@ -89,7 +93,7 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
                         QuoteValue(name), "; see --help"));
       continue;
     }
-    std::optional<std::string>& value = flag_values[variable - variables.data()];
+    std::optional<std::string>& value = sorted.flag_values[variable - variables.data()];
     if (equals != absl::string_view::npos) {
       value = std::string(arg.substr(equals + 1));
     } else if (i + 1 < args.size()) {
@@ -98,27 +102,37 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
       fail(absl::StrCat(name, " requires a value"));
     }
   }
+  return sorted;
+}
 
-  ParsedCommandLine parsed;
+// --help or --version, if either was asked for: they answer even when the
+// rest of the command line or the configuration is wrong.
+std::optional<Command> InformationCommand(const std::set<Command>& commands) {
   for (Command command : {Command::kHelp, Command::kVersion}) {
-    if (commands.count(command) > 0) {
-      parsed.command = command;
-      return parsed;
-    }
+    if (commands.count(command) > 0) return command;
   }
-  if (!argument_error.ok()) return argument_error;
-  if (commands.count(Command::kCheckConfig) > 0) parsed.command = Command::kCheckConfig;
-  const bool strict = commands.count(Command::kStrict) > 0;
-  if (strict && parsed.command != Command::kCheckConfig) {
-    return absl::InvalidArgumentError("--strict goes with --check-config");
-  }
+  return std::nullopt;
+}
+
+// Names the GRPC_* variables nothing reads; with --strict the first one
+// fails the parse.
+absl::Status CheckUnknownVariables(const std::map<std::string, std::string>& env, bool strict,
+                                   ParsedCommandLine& parsed) {
   std::vector<absl::string_view> known;
-  for (const Variable& variable : variables) known.push_back(variable.env);
+  for (const Variable& variable : Variables()) known.push_back(variable.env);
   parsed.unknown_variables = FindUnknownVariables(env, known);
   if (strict && !parsed.unknown_variables.empty()) {
     return absl::InvalidArgumentError(DescribeUnknownVariable(parsed.unknown_variables.front()));
   }
+  return absl::OkStatus();
+}
 
+// Sets every variable given, its flag winning over the environment, and
+// validates each value.
+absl::Status ApplyVariables(const std::map<std::string, std::string>& env,
+                            const std::vector<std::optional<std::string>>& flag_values,
+                            Config& config) {
+  const absl::Span<const Variable> variables = Variables();
   for (size_t i = 0; i < variables.size(); ++i) {
     const Variable& variable = variables[i];
     std::string source;
@@ -135,13 +149,40 @@ absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, s
     } else {
       continue;
     }
-    if (!variable.parse(value, parsed.config)) {
+    if (!variable.parse(value, config)) {
       return absl::InvalidArgumentError(absl::StrCat(source, "=", QuoteValue(value),
                                                      " is invalid: expected ", variable.allowed()));
     }
   }
-  if (absl::Status combined = CheckVariableCombinations(parsed.config); !combined.ok())
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ParsedCommandLine> ParseCommandLine(const std::map<std::string, std::string>& env,
+                                                   const std::vector<std::string>& args) {
+  const SortedArguments arguments = SortArguments(args);
+  ParsedCommandLine parsed;
+  if (const std::optional<Command> information = InformationCommand(arguments.commands)) {
+    parsed.command = *information;
+    return parsed;
+  }
+  if (!arguments.error.ok()) return arguments.error;
+  if (arguments.commands.count(Command::kCheckConfig) > 0) parsed.command = Command::kCheckConfig;
+  const bool strict = arguments.commands.count(Command::kStrict) > 0;
+  if (strict && parsed.command != Command::kCheckConfig) {
+    return absl::InvalidArgumentError("--strict goes with --check-config");
+  }
+  if (absl::Status unknown = CheckUnknownVariables(env, strict, parsed); !unknown.ok()) {
+    return unknown;
+  }
+  if (absl::Status applied = ApplyVariables(env, arguments.flag_values, parsed.config);
+      !applied.ok()) {
+    return applied;
+  }
+  if (absl::Status combined = CheckVariableCombinations(parsed.config); !combined.ok()) {
     return combined;
+  }
   return parsed;
 }
 
