@@ -68,13 +68,11 @@ bool IsValidHost(const Endpoint& endpoint) {
   return endpoint.bracketed ? IsIpv6Literal(endpoint.host) : IsHostName(endpoint.host);
 }
 
-// host:port or [v6]:port, for connecting: the port may not be 0, and may be
-// left out only if `port_optional` (the dns resolver defaults it to 443).
+// host:port or [v6]:port, for connecting: the port may be left out only if
+// `port_optional` (the dns resolver defaults it to 443).
 bool IsDialEndpoint(absl::string_view text, bool port_optional = false) {
-  const std::optional<Endpoint> endpoint = SplitEndpoint(text);
-  if (!endpoint || !IsValidHost(*endpoint)) return false;
-  if (!endpoint->port) return port_optional;
-  return ParseStrictInteger(*endpoint->port, 1, 65535).has_value();
+  const std::optional<DialEndpoint> endpoint = ParseDialEndpoint(text);
+  return endpoint && (endpoint->port || port_optional);
 }
 
 // The part after "unix:": a path, or "//" followed by an absolute path.
@@ -96,6 +94,18 @@ bool IsAddressList(absl::string_view list, bool ipv6) {
 }
 
 }  // namespace
+
+std::optional<DialEndpoint> ParseDialEndpoint(absl::string_view text) {
+  const std::optional<Endpoint> endpoint = SplitEndpoint(text);
+  if (!endpoint || !IsValidHost(*endpoint)) return std::nullopt;
+  DialEndpoint parsed{std::string(endpoint->host), std::nullopt};
+  if (endpoint->port) {
+    const std::optional<int64_t> port = ParseStrictInteger(*endpoint->port, 1, 65535);
+    if (!port) return std::nullopt;
+    parsed.port = static_cast<int>(*port);
+  }
+  return parsed;
+}
 
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view address) {
   const std::optional<Endpoint> endpoint = SplitEndpoint(address);
