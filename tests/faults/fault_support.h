@@ -22,8 +22,9 @@
 
 namespace poolside::test {
 
-// An HTTP/2 "upstream" on 127.0.0.1 that misbehaves on purpose. One thread
-// per connection; Stop() (or the destructor) closes everything and joins.
+// An HTTP/2 "upstream" on 127.0.0.1 that misbehaves on purpose. Owns its
+// listening socket, an accept thread and one thread per connection, which
+// alone serves it; Stop() (or the destructor) closes everything and joins.
 class RawUpstream {
  public:
   enum class Behavior {

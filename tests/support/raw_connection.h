@@ -14,7 +14,8 @@
 
 namespace poolside::test {
 
-// A blocking TCP client connection to 127.0.0.1. Confined to one thread.
+// A blocking TCP client connection to 127.0.0.1. Owns its socket (closed on
+// destruction or Reset). Confined to one thread.
 class RawConnection {
  public:
   struct ReadResult {
