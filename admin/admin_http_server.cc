@@ -21,7 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "admin/pool_report.h"
-#include "config/config.h"
+#include "config/address.h"
 
 namespace poolside {
 namespace {

@@ -1,6 +1,13 @@
 // poolside's configuration: every GRPC_* environment variable, each also a
 // --flag (flags win), validated once at start-up. Components receive their
 // own slice of it (PoolOptions, ProxyOptions), never this struct as a global.
+//
+// The entry point of config/. Behind it, one file per idea:
+//   variables.cc         the table of variables: names, defaults, validation
+//   command_line.cc      flags and commands, ParseCommandLine, --help
+//   address.h/.cc        the address grammar (targets, listen addresses)
+//   effective_config.cc  --check-config's VAR=value printer
+// Stateless functions; thread-safe.
 #ifndef POOLSIDE_CONFIG_CONFIG_H_
 #define POOLSIDE_CONFIG_CONFIG_H_
 
@@ -10,8 +17,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "config/address.h"
 #include "config/unknown_variables.h"
 
 namespace poolside {
@@ -135,16 +142,6 @@ std::string HelpText();
 
 // --check-config output: the effective configuration, one VAR=value per line.
 std::string DescribeConfig(const Config& config);
-
-// An address split into host and port; an IPv6 host has lost its brackets.
-struct HostPort {
-  std::string host;
-  int port = 0;
-};
-
-// Splits "host:port" or "[v6]:port" (port 0..65535), the form GRPC_ADMIN_ADDR
-// and a non-unix GRPC_LISTEN_ADDR take; InvalidArgument if it is not one.
-absl::StatusOr<HostPort> ParseHostPort(absl::string_view address);
 
 }  // namespace poolside
 

@@ -91,6 +91,8 @@ class RequestMetrics final : public prometheus::Collectable {
  private:
   friend class CallRecorder;
   void Release(RecorderShard& shard);
+  // Every shard made so far, in use or not; the pointers stay valid.
+  std::vector<const RecorderShard*> Shards() const;
 
   MethodTable methods_;
 

@@ -179,20 +179,37 @@ absl::Time HealthMonitor::NextRefresh() const {
 }
 
 std::vector<std::optional<std::string>> HealthMonitor::CheckChannels() {
-  const int size = pool_.capacity();
-  std::vector<std::shared_ptr<PooledChannel>> channels(size);
-  std::vector<std::optional<std::string>> connectivity(size);
-  for (int i = 0; i < size; ++i) {
-    if (!pool_.IsActive(i)) continue;
-    channels[i] = pool_.CurrentChannel(i);
+  const std::vector<std::shared_ptr<PooledChannel>> channels = ChannelsInRotation();
+  std::vector<std::optional<std::string>> connectivity = JudgeConnectivity(channels);
+  if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return connectivity;
+  const std::vector<std::optional<ProbeAnswer>> answers = ProbeAll(channels);
+  if (UpstreamLacksHealthService(answers)) return connectivity;
+  return JudgeProbes(answers);
+}
+
+std::vector<std::shared_ptr<PooledChannel>> HealthMonitor::ChannelsInRotation() const {
+  std::vector<std::shared_ptr<PooledChannel>> channels(pool_.capacity());
+  for (int i = 0; i < pool_.capacity(); ++i) {
+    if (pool_.IsActive(i)) channels[i] = pool_.CurrentChannel(i);
+  }
+  return channels;
+}
+
+std::vector<std::optional<std::string>> HealthMonitor::JudgeConnectivity(
+    const std::vector<std::shared_ptr<PooledChannel>>& channels) {
+  std::vector<std::optional<std::string>> verdicts(channels.size());
+  for (size_t i = 0; i < channels.size(); ++i) {
     if (channels[i] == nullptr) continue;
     const grpc_connectivity_state state = channels[i]->channel().GetState(/*try_to_connect=*/true);
-    connectivity[i] = state == GRPC_CHANNEL_READY
-                          ? std::string()
-                          : absl::StrCat("connection ", ConnectivityStateName(state));
+    verdicts[i] = state == GRPC_CHANNEL_READY
+                      ? std::string()
+                      : absl::StrCat("connection ", ConnectivityStateName(state));
   }
-  if (!options_.probe_with_grpc_health || upstream_lacks_health_service_) return connectivity;
+  return verdicts;
+}
 
+std::vector<std::optional<HealthMonitor::ProbeAnswer>> HealthMonitor::ProbeAll(
+    const std::vector<std::shared_ptr<PooledChannel>>& channels) const {
   // One probe per channel, all in flight at once, each bounded by its
   // deadline, so a round takes at most one probe timeout.
   struct Probe {
@@ -205,10 +222,11 @@ std::vector<std::optional<std::string>> HealthMonitor::CheckChannels() {
   request.set_service(options_.service);
   const grpc::ByteBuffer request_bytes = SerializeProto(request);
   grpc::CompletionQueue queue;
+  const size_t size = channels.size();
   auto probes = std::make_unique<Probe[]>(size);
   const auto deadline = absl::ToChronoTime(absl::Now() + options_.probe_timeout);
   int started = 0;
-  for (int i = 0; i < size; ++i) {
+  for (size_t i = 0; i < size; ++i) {
     if (channels[i] == nullptr) continue;
     ++started;
     Probe& probe = probes[i];
@@ -226,30 +244,46 @@ std::vector<std::optional<std::string>> HealthMonitor::CheckChannels() {
   while (queue.Next(&tag, &ok)) {
   }
 
-  std::vector<std::optional<std::string>> failures(size);
-  for (int i = 0; i < size; ++i) {
+  std::vector<std::optional<ProbeAnswer>> answers(size);
+  for (size_t i = 0; i < size; ++i) {
     if (channels[i] == nullptr) continue;
-    failures[i].emplace();
     const grpc::Status& status = probes[i].status;
-    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-      if (!upstream_lacks_health_service_) {
-        spdlog::warn(
-            "health: upstream {} does not implement grpc.health.v1.Health; checking "
-            "connectivity only",
-            pool_.options().target);
-      }
-      upstream_lacks_health_service_ = true;
-      return connectivity;
-    }
-    if (!status.ok()) {
-      failures[i] = absl::StrCat("health check failed with status ", status.error_code(), ": ",
-                                 status.error_message());
-    } else if (!ParseServing(probes[i].response)) {
-      failures[i] = "upstream reports NOT_SERVING";
-    }
-    if (!failures[i]->empty()) spdlog::debug("health: channel {}: {}", i, *failures[i]);
+    answers[i] = ProbeAnswer{status, status.ok() && ParseServing(probes[i].response)};
   }
-  return failures;
+  return answers;
+}
+
+bool HealthMonitor::UpstreamLacksHealthService(
+    const std::vector<std::optional<ProbeAnswer>>& answers) {
+  for (const std::optional<ProbeAnswer>& answer : answers) {
+    if (answer && answer->status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      spdlog::warn(
+          "health: upstream {} does not implement grpc.health.v1.Health; checking "
+          "connectivity only",
+          pool_.options().target);
+      upstream_lacks_health_service_ = true;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<std::optional<std::string>> HealthMonitor::JudgeProbes(
+    const std::vector<std::optional<ProbeAnswer>>& answers) {
+  std::vector<std::optional<std::string>> verdicts(answers.size());
+  for (size_t i = 0; i < answers.size(); ++i) {
+    if (!answers[i]) continue;
+    verdicts[i].emplace();
+    const grpc::Status& status = answers[i]->status;
+    if (!status.ok()) {
+      verdicts[i] = absl::StrCat("health check failed with status ", status.error_code(), ": ",
+                                 status.error_message());
+    } else if (!answers[i]->serving) {
+      verdicts[i] = "upstream reports NOT_SERVING";
+    }
+    if (!verdicts[i]->empty()) spdlog::debug("health: channel {}: {}", i, *verdicts[i]);
+  }
+  return verdicts;
 }
 
 PoolSnapshot HealthMonitor::RunRound() {

@@ -5,10 +5,13 @@
 // broken, and refreshes channels older than the maximum connection age one at
 // a time so that long-lived pools re-spread over the backends.
 //
-// Threading: runs its rounds on its own thread. ProbeAt() and RequestRound()
-// are thread-safe.
+// Ownership and threading: owned by main beside the pool it watches; owns its
+// thread and each slot's health history. Rounds run on that thread only;
+// ProbeAt() and RequestRound() are thread-safe.
 #ifndef POOLSIDE_POOL_HEALTH_MONITOR_H_
 #define POOLSIDE_POOL_HEALTH_MONITOR_H_
+
+#include <grpcpp/support/status.h>
 
 #include <cstdint>
 #include <functional>
@@ -87,9 +90,31 @@ class HealthMonitor {
   // freed slot): their history belongs to the old channel.
   void SyncSlots();
   PoolSnapshot RunRound();
+  // What one grpc.health.v1 probe came back with.
+  struct ProbeAnswer {
+    grpc::Status status;
+    // The status is OK and the reply says SERVING.
+    bool serving = false;
+  };
+
   // One entry per slot: nullopt if not checked (not in rotation), empty if
   // its check passed, else why it failed.
   std::vector<std::optional<std::string>> CheckChannels();
+  // The channel of every slot in rotation; null for the others.
+  std::vector<std::shared_ptr<PooledChannel>> ChannelsInRotation() const;
+  // CheckChannels' verdicts from the connectivity state alone.
+  static std::vector<std::optional<std::string>> JudgeConnectivity(
+      const std::vector<std::shared_ptr<PooledChannel>>& channels);
+  // Sends a health probe over every non-null channel at once and waits for
+  // all of them (at most one probe timeout); nullopt where no channel.
+  std::vector<std::optional<ProbeAnswer>> ProbeAll(
+      const std::vector<std::shared_ptr<PooledChannel>>& channels) const;
+  // Whether a probe says the upstream has no health service; from then on
+  // channels are judged by connectivity only (logged once).
+  bool UpstreamLacksHealthService(const std::vector<std::optional<ProbeAnswer>>& answers);
+  // CheckChannels' verdicts from the probes' answers.
+  static std::vector<std::optional<std::string>> JudgeProbes(
+      const std::vector<std::optional<ProbeAnswer>>& answers);
   void ScheduleRefresh(int slot, absl::Time created_at);
   // Refreshes the channel most overdue for its maximum age, if any; returns
   // when the next one falls due.

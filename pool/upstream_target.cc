@@ -5,45 +5,16 @@
 #include <optional>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "config/address.h"
 
 namespace poolside {
 namespace {
 
 // The port grpc's dns resolver assumes when the target names none.
 constexpr int kDefaultPort = 443;
-
-struct HostAndPort {
-  std::string host;  // Without brackets.
-  std::optional<int> port;
-};
-
-std::optional<HostAndPort> SplitHostPort(absl::string_view text) {
-  HostAndPort split;
-  absl::string_view rest;
-  if (absl::ConsumePrefix(&text, "[")) {
-    const size_t close = text.find(']');
-    if (close == absl::string_view::npos) return std::nullopt;
-    split.host = std::string(text.substr(0, close));
-    rest = text.substr(close + 1);
-  } else {
-    const size_t colon = text.find(':');
-    split.host = std::string(text.substr(0, colon));
-    rest = colon == absl::string_view::npos ? absl::string_view() : text.substr(colon);
-  }
-  if (split.host.empty()) return std::nullopt;
-  if (rest.empty()) return split;
-  int port = 0;
-  if (!absl::ConsumePrefix(&rest, ":") || !absl::SimpleAtoi(rest, &port) || port < 1 ||
-      port > 65535) {
-    return std::nullopt;
-  }
-  split.port = port;
-  return split;
-}
 
 bool IsIpLiteral(const std::string& host, int family) {
   unsigned char parsed[sizeof(in6_addr)];
@@ -63,7 +34,7 @@ absl::StatusOr<UpstreamTarget> ParseAddressList(absl::string_view target, absl::
   if (absl::ConsumePrefix(&list, "//")) absl::ConsumePrefix(&list, "/");
   parsed.default_authority = std::string(list);
   for (absl::string_view entry : absl::StrSplit(list, ',')) {
-    std::optional<HostAndPort> address = SplitHostPort(entry);
+    std::optional<DialEndpoint> address = ParseDialEndpoint(entry);
     if (!address || !address->port || !IsIpLiteral(address->host, family)) {
       return Invalid(target, absl::StrCat("\"", entry, "\" is not an address with a port"));
     }
@@ -107,7 +78,7 @@ absl::StatusOr<UpstreamTarget> ParseUpstreamTarget(absl::string_view target) {
       parsed.dns_server = std::string(rest.substr(0, slash));
       rest.remove_prefix(slash + 1);
       if (!parsed.dns_server.empty()) {
-        std::optional<HostAndPort> server = SplitHostPort(parsed.dns_server);
+        std::optional<DialEndpoint> server = ParseDialEndpoint(parsed.dns_server);
         if (!server ||
             !(IsIpLiteral(server->host, AF_INET) || IsIpLiteral(server->host, AF_INET6))) {
           return Invalid(target, "the DNS server must be an IP address with an optional port");
@@ -121,7 +92,7 @@ absl::StatusOr<UpstreamTarget> ParseUpstreamTarget(absl::string_view target) {
       absl::ConsumePrefix(&rest, "/");
     }
   }
-  std::optional<HostAndPort> endpoint = SplitHostPort(rest);
+  std::optional<DialEndpoint> endpoint = ParseDialEndpoint(rest);
   if (!endpoint) return Invalid(target, "expected host:port");
   parsed.default_authority = std::string(rest);
   parsed.port = endpoint->port.value_or(kDefaultPort);

@@ -53,7 +53,7 @@ struct UpstreamTarget {
 };
 
 // Takes `target` apart. InvalidArgument for what gRPC would not accept
-// either; config/config.cc has already refused most of that.
+// either; config/address.cc has already refused most of that.
 absl::StatusOr<UpstreamTarget> ParseUpstreamTarget(absl::string_view target);
 
 // The address of an IPv4 or IPv6 literal `ip` (no brackets) at `port`.

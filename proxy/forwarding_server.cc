@@ -98,21 +98,41 @@ ForwardingServer::~ForwardingServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status ForwardingServer::Start(LocalService* local) {
   if (absl::Status free = CheckTcpAddressFree(options_.listen_addr); !free.ok()) return free;
-
   grpc::ServerBuilder builder;
-  if (options_.frame_screen) {
-    ScreenOptions screen_options;
-    screen_options.listen_addr = options_.listen_addr;
-    screen_options.limits = options_.screen_limits;
-    screen_options.limits.max_streams_before_settings_ack = options_.max_streams_per_app_connection;
-    screen_options.max_connections = options_.max_app_connections;
-    listener_ = std::make_unique<ScreenedListener>(
-        std::move(screen_options), metrics_ != nullptr ? &metrics_->hostile_peers() : nullptr);
-    if (absl::Status bound = listener_->Bind(); !bound.ok()) return bound;
-  } else {
+  if (absl::Status listening = AddListener(builder); !listening.ok()) return listening;
+  ConfigureAppSide(builder);
+  if (absl::Status started = BuildAndStartServer(builder); !started.ok()) return started;
+  for (auto& completion_queue : completion_queues_) StartQueue(*completion_queue, local);
+  if (pool_.options().watch_on_caller_queues) {
+    std::vector<grpc::CompletionQueue*> queues;
+    for (auto& completion_queue : completion_queues_) queues.push_back(completion_queue.get());
+    pool_.WatchOn(queues);
+  }
+  for (auto& queue : call_queues_) {
+    threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
+  }
+  spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr,
+               completion_queues_.size(), listener_ != nullptr ? ", frame screen on" : "");
+  return absl::OkStatus();
+}
+
+absl::Status ForwardingServer::AddListener(grpc::ServerBuilder& builder) {
+  if (!options_.frame_screen) {
     builder.AddListeningPort(options_.listen_addr, grpc::InsecureServerCredentials(),
                              &selected_port_);
+    return absl::OkStatus();
   }
+  ScreenOptions screen_options;
+  screen_options.listen_addr = options_.listen_addr;
+  screen_options.limits = options_.screen_limits;
+  screen_options.limits.max_streams_before_settings_ack = options_.max_streams_per_app_connection;
+  screen_options.max_connections = options_.max_app_connections;
+  listener_ = std::make_unique<ScreenedListener>(
+      std::move(screen_options), metrics_ != nullptr ? &metrics_->hostile_peers() : nullptr);
+  return listener_->Bind();
+}
+
+void ForwardingServer::ConfigureAppSide(grpc::ServerBuilder& builder) {
   // Stream hoarding: grpc 1.51 lets one app connection open streams without
   // limit unless told.
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
@@ -129,7 +149,9 @@ absl::Status ForwardingServer::Start(LocalService* local) {
   builder.RegisterAsyncGenericService(&generic_service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
+}
 
+absl::Status ForwardingServer::BuildAndStartServer(grpc::ServerBuilder& builder) {
   server_ = builder.BuildAndStart();
   if (server_ != nullptr && listener_ != nullptr) {
     selected_port_ = listener_->port();
@@ -141,38 +163,29 @@ absl::Status ForwardingServer::Start(LocalService* local) {
     server_.reset();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_addr));
   }
-
-  for (auto& completion_queue : completion_queues_) {
-    auto queue = std::make_unique<QueueContext>();
-    queue->service = &generic_service_;
-    queue->queue = completion_queue.get();
-    queue->pool = &pool_;
-    queue->connection_timeout = options_.connection_timeout;
-    queue->wait_for_ready = options_.wait_for_ready;
-    queue->limits = &limits_;
-    queue->local = local;
-    queue->fair_share = fair_share_.get();
-    if (metrics_ != nullptr) {
-      recorders_.push_back(metrics_->NewCallRecorder());
-      queue->recorder = recorders_.back().get();
-      queue->hostile_peers = &metrics_->hostile_peers();
-    }
-    for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
-    connection_checks_.push_back(std::make_unique<ConnectionCheck>(*this, *queue));
-    connection_checks_.back()->Arm();
-    call_queues_.push_back(std::move(queue));
-  }
-  if (pool_.options().watch_on_caller_queues) {
-    std::vector<grpc::CompletionQueue*> queues;
-    for (auto& completion_queue : completion_queues_) queues.push_back(completion_queue.get());
-    pool_.WatchOn(queues);
-  }
-  for (auto& queue : call_queues_) {
-    threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
-  }
-  spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr, threads,
-               listener_ != nullptr ? ", frame screen on" : "");
   return absl::OkStatus();
+}
+
+void ForwardingServer::StartQueue(grpc::ServerCompletionQueue& completion_queue,
+                                  LocalService* local) {
+  auto queue = std::make_unique<QueueContext>();
+  queue->service = &generic_service_;
+  queue->queue = &completion_queue;
+  queue->pool = &pool_;
+  queue->connection_timeout = options_.connection_timeout;
+  queue->wait_for_ready = options_.wait_for_ready;
+  queue->limits = &limits_;
+  queue->local = local;
+  queue->fair_share = fair_share_.get();
+  if (metrics_ != nullptr) {
+    recorders_.push_back(metrics_->NewCallRecorder());
+    queue->recorder = recorders_.back().get();
+    queue->hostile_peers = &metrics_->hostile_peers();
+  }
+  for (int i = 0; i < kAcceptsPerQueue; ++i) ProxyCall::AcceptNext(*queue);
+  connection_checks_.push_back(std::make_unique<ConnectionCheck>(*this, *queue));
+  connection_checks_.back()->Arm();
+  call_queues_.push_back(std::move(queue));
 }
 
 void ForwardingServer::ServeQueue(QueueContext& queue) {

@@ -6,7 +6,9 @@
 // Measured against the callback API this spends about a quarter less CPU per
 // call, and it makes every call single-threaded.
 //
-// Thread-safety: Start and Shutdown are called from one thread (main).
+// Ownership and threading: owned by main; owns the grpc::Server, its
+// completion queues and one thread per queue, which runs every call accepted
+// on that queue. Start and Shutdown are called from one thread (main).
 #ifndef POOLSIDE_PROXY_FORWARDING_SERVER_H_
 #define POOLSIDE_PROXY_FORWARDING_SERVER_H_
 
@@ -97,6 +99,16 @@ class ForwardingServer {
     QueueContext& queue_;
     grpc::Alarm alarm_;
   };
+
+  // Start's steps, in order.
+  // Listens through the frame screen (bound here) or lets grpc listen.
+  absl::Status AddListener(grpc::ServerBuilder& builder);
+  // The app side's limits, the generic service and one queue per thread.
+  void ConfigureAppSide(grpc::ServerBuilder& builder);
+  // Fails if nothing ended up listening.
+  absl::Status BuildAndStartServer(grpc::ServerBuilder& builder);
+  // The queue's shared context, its first accepts and its connection check.
+  void StartQueue(grpc::ServerCompletionQueue& completion_queue, LocalService* local);
 
   void ServeQueue(QueueContext& queue);
   int64_t LiveCalls() const;

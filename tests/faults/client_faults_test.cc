@@ -17,9 +17,14 @@
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
 #include "tests/faults/fault_support.h"
+#include "tests/support/admin_http.h"
+#include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
+#include "tests/support/h2_frames.h"
 #include "tests/support/poolside_process.h"
+#include "tests/support/raw_connection.h"
 #include "tests/support/test_upstream.h"
+#include "tests/support/unary_load.h"
 
 namespace poolside::test {
 namespace {

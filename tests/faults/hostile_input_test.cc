@@ -17,10 +17,12 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
-#include "tests/faults/fault_support.h"
 #include "tests/support/generic_client.h"
+#include "tests/support/h2_frames.h"
 #include "tests/support/poolside_process.h"
+#include "tests/support/raw_connection.h"
 #include "tests/support/test_upstream.h"
+#include "tests/support/unary_load.h"
 
 namespace poolside::test {
 namespace {

@@ -20,9 +20,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
-#include "tests/faults/fault_support.h"
+#include "tests/support/admin_http.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
+#include "tests/support/process_stats.h"
+#include "tests/support/stream_swarm.h"
 #include "tests/support/test_upstream.h"
 
 namespace poolside::test {
@@ -43,10 +45,10 @@ class LoadFaultTest : public E2eTest {
  protected:
   void SetUp() override { ASSERT_TRUE(upstream_.Start().ok()); }
 
-  // Starts poolside and finds its pid.
+  // Starts poolside and keeps its pid, for reading /proc.
   void StartAndFind(Environment env) {
     ASSERT_NO_FATAL_FAILURE(StartPoolside(std::move(env)));
-    pid_ = FindChildRunning(PoolsideProcess::BinaryPath());
+    pid_ = poolside_->pid();
     ASSERT_GT(pid_, 0) << "cannot find the poolside process";
   }
 

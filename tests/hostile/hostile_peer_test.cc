@@ -26,10 +26,13 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
-#include "tests/faults/fault_support.h"
+#include "tests/support/admin_http.h"
+#include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
+#include "tests/support/process_stats.h"
 #include "tests/support/test_upstream.h"
+#include "tests/support/unary_load.h"
 
 namespace poolside::test {
 namespace {
@@ -131,7 +134,7 @@ class HostilePeerTest : public E2eTest, public ::testing::WithParamInterface<Att
                                            {"GRPC_FRAME_SCREEN", "true"}}));
     ASSERT_TRUE(
         UnaryCall(CreateTestChannel(poolside_->listen_target()), kUnaryMethod, "warm").status.ok());
-    pid_ = FindChildRunning(PoolsideProcess::BinaryPath());
+    pid_ = poolside_->pid();
     ASSERT_GT(pid_, 0);
   }
 

@@ -25,10 +25,13 @@
 #include "absl/time/time.h"
 #include "proxy/upstream_abuse.h"
 #include "tests/e2e/e2e_test_base.h"
-#include "tests/faults/fault_support.h"
+#include "tests/support/admin_http.h"
+#include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
+#include "tests/support/process_stats.h"
 #include "tests/support/test_upstream.h"
+#include "tests/support/unary_load.h"
 
 namespace poolside::test {
 namespace {
@@ -67,7 +70,7 @@ class HostileUpstreamTest : public E2eTest, public ::testing::WithParamInterface
         StartPoolside({{"GRPC_UPSTREAM_TARGET", absl::StrCat("ipv4:127.0.0.1:", good_.port(),
                                                              ",127.0.0.1:", hostile_port_)},
                        {"GRPC_CONNECTION_POOL_SIZE", "4"}}));
-    pid_ = FindChildRunning(PoolsideProcess::BinaryPath());
+    pid_ = poolside_->pid();
     ASSERT_GT(pid_, 0);
   }
 

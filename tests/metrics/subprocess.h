@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tests/support/files.h"
 
 namespace poolside::test {
 
@@ -62,9 +63,6 @@ class ServerProcess {
 
   pid_t pid_;
 };
-
-std::string ReadFile(const std::string& path);
-absl::Status WriteFile(const std::string& path, const std::string& contents);
 
 }  // namespace poolside::test
 

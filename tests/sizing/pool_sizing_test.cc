@@ -17,7 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/e2e_test_base.h"
-#include "tests/faults/fault_support.h"
+#include "tests/support/child_process.h"
+#include "tests/support/generic_client.h"
 
 namespace poolside::test {
 namespace {

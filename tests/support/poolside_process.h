@@ -90,6 +90,9 @@ class PoolsideProcess {
 
   // Whether the child has been started and not yet reaped.
   bool running() const { return pid_ > 0; }
+  // The child's pid, for reading its /proc entries (process_stats.h); -1
+  // before Start and once reaped.
+  pid_t pid() const { return pid_; }
 
   // What the child wrote so far.
   std::string Stderr() const;

@@ -13,25 +13,18 @@
 #include <memory>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/e2e_test_base.h"
 #include "tests/support/dns_responder.h"
+#include "tests/support/files.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/poolside_process.h"
 
 namespace poolside::test {
 namespace {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 // A scratch directory of certificates, removed with the object.
 class CertificateDirectory {
