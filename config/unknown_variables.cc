@@ -64,8 +64,11 @@ std::vector<UnknownVariable> FindUnknownVariables(const std::map<std::string, st
     UnknownVariable variable{name, ""};
     // Near enough to be a typo: a quarter of the name's length, at least 2.
     size_t best = std::max<size_t>(2, name.size() / 4) + 1;
+    // C++17 lets no lambda capture a structured binding (clang refuses it;
+    // the fuzz build uses clang): capture a plain reference instead.
+    const std::string& typed = name;
     const auto consider = [&](absl::string_view candidate) {
-      const size_t distance = EditDistance(name, candidate);
+      const size_t distance = EditDistance(typed, candidate);
       if (distance < best) {
         best = distance;
         variable.closest = std::string(candidate);

@@ -125,6 +125,11 @@ class DownstreamFrames {
   void Feed(const uint8_t* data, size_t size);
   // True when the bytes fed so far end exactly at a frame boundary.
   bool AtBoundary() const { return header_filled_ == 0 && payload_left_ == 0; }
+  // How many more bytes reach the next boundary, or at least the end of the
+  // frame header being read (its length is not known before).
+  size_t BytesToBoundary() const {
+    return header_filled_ > 0 ? sizeof(header_) - header_filled_ : payload_left_;
+  }
 
  private:
   uint8_t header_[9];

@@ -33,6 +33,18 @@ namespace {
 
 // One read at a time per direction: the most a connection buffers in poolside.
 constexpr size_t kRelayBufferBytes = 16 << 10;
+// The send buffer of grpc's end of the socketpair. grpc 1.51 finishes a write
+// that met EAGAIN through its tcp backup poller, and that wake-up comes late:
+// 0.1 to several seconds, measured (GRPC_TRACE=tcp: "write: delayed", then
+// nothing until an unrelated timer fires). A unix socket's default send
+// buffer (net.core.wmem_default, 212,992 bytes of skb truesize, about 100 KB
+// of 1 KiB messages) filled at every burst, so calls whose app reads slowly
+// stalled for seconds (UpstreamFaultTest.UpstreamKilledMidStream...). A TCP
+// socket, which grpc has without the screen, autotunes its send buffer up to
+// tcp_wmem's maximum (4 MiB); this gives grpc's end the same room (the kernel
+// caps it at net.core.wmem_max). HTTP/2 flow control still bounds what grpc
+// queues, as it does on a TCP socket.
+constexpr int kGrpcSendBufferBytes = 4 << 20;
 // Accepts per wake-up, so a connection storm cannot starve the relaying.
 constexpr int kAcceptsPerWake = 64;
 // How long a cut-off connection may take to read its GOAWAY before it is closed.
@@ -192,6 +204,10 @@ class ScreenedListener::Relay {
   // Writes what it can of `up_out`. False if grpc's end is gone.
   bool FlushOut(Connection& connection);
   void Cut(Connection& connection, HostileReason reason);
+  // Relays the rest of the frame grpc's output stands in, as far as grpc has
+  // written it and the app takes it. True when the app's side is then between
+  // frames with nothing pending: a GOAWAY may go next.
+  bool FinishDownFrame(Connection& connection);
   void Remove(Connection& connection);
   void CloseBoth(Connection& connection);
   void ExpireLingering(absl::Time now);
@@ -280,6 +296,8 @@ void ScreenedListener::Relay::Accept() {
     }
     const int one = 1;
     setsockopt(app_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // grpc writes to pair[1]; see kGrpcSendBufferBytes.
+    setsockopt(pair[1], SOL_SOCKET, SO_SNDBUF, &kGrpcSendBufferBytes, sizeof(kGrpcSendBufferBytes));
     auto connection = std::make_unique<Connection>(owner_.options_.limits);
     connection->app_fd = app_fd;
     connection->grpc_fd = pair[0];
@@ -440,16 +458,15 @@ void ScreenedListener::Relay::Cut(Connection& connection, HostileReason reason) 
   } else {
     ++unlogged_[index];
   }
+  // The GOAWAY may only go between grpc's frames.
+  const bool between_frames = FinishDownFrame(connection);
   // grpc sees its end close and cancels this connection's calls.
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.grpc_fd, nullptr);
   close(connection.grpc_fd);
   connection.grpc_fd = -1;
-  // The GOAWAY may only go between grpc's frames.
-  if (connection.down_frames.AtBoundary()) {
+  if (between_frames) {
     const std::string goaway = GoawayFrame(connection.screen.last_stream_id(), kEnhanceYourCalm);
-    if (Flush(connection.app_fd, connection.down) && connection.down.empty()) {
-      (void)!send(connection.app_fd, goaway.data(), goaway.size(), MSG_NOSIGNAL);
-    }
+    (void)!send(connection.app_fd, goaway.data(), goaway.size(), MSG_NOSIGNAL);
   }
   shutdown(connection.app_fd, SHUT_WR);
   connection.lingering = true;
@@ -457,6 +474,25 @@ void ScreenedListener::Relay::Cut(Connection& connection, HostileReason reason) 
   connection.up.begin = connection.up.end = 0;
   Rewatch(connection.app_fd, connection.app_events, EPOLLIN, &connection.app_end);
   lingering_.push_back(&connection);
+}
+
+bool ScreenedListener::Relay::FinishDownFrame(Connection& connection) {
+  // A busy connection (rapid reset: grpc answering hundreds of streams) is
+  // usually cut with part of a frame relayed, as the relay reads grpc's
+  // output in chunks that ignore frame boundaries. Reading exactly the rest of
+  // that frame, when grpc has written it (at most one frame, 16 KiB by
+  // default), lets the GOAWAY follow it instead of being left out.
+  Buffer& down = connection.down;
+  while (true) {
+    if (!Flush(connection.app_fd, down) || !down.empty()) return false;
+    if (connection.down_frames.AtBoundary()) return true;
+    const size_t wanted = std::min(connection.down_frames.BytesToBoundary(), kRelayBufferBytes);
+    const ssize_t got = recv(connection.grpc_fd, down.data.get(), wanted, 0);
+    if (got <= 0) return false;
+    down.begin = 0;
+    down.end = static_cast<size_t>(got);
+    connection.down_frames.Feed(down.data.get(), down.end);
+  }
 }
 
 void ScreenedListener::Relay::ExpireLingering(absl::Time now) {
