@@ -121,20 +121,22 @@ TEST_F(LoadFaultTest, SlowClientOnFastServerStreamKeepsPoolsideMemoryBounded) {
       static_cast<long long>(peak - baseline));
   EXPECT_GT(read_so_far, 100);
   // Flow control held: poolside read from the upstream little more than the
-  // client took (HTTP/2 windows and socket buffers: measured ~100 messages,
-  // 6 MiB, per stream), not the 6.5 GB the upstream had to send. grpc sizes
-  // its windows from the measured round trip (BDP probing), so a slower
-  // sanitizer build buffers more: ~300 per stream seen under ASan.
-  const double buffered_per_stream_bound = kUnderSanitizer ? 500.0 : 200.0;
+  // client took (HTTP/2 windows and socket buffers: measured 100-250
+  // messages, 6-16 MiB, per stream, more when the machine is busy, as grpc
+  // sizes its windows from the measured round trip), not the 6.5 GB the
+  // upstream had to send. Under a sanitizer ~300 per stream were seen.
   EXPECT_LT(forwarded - 20 /* warm-up calls */ - static_cast<double>(read_so_far),
-            kStreams * buffered_per_stream_bound);
+            kStreams * 500.0);
   if (!kUnderSanitizer) {
     // Measured +57..+148 MiB over 8..60 s runs, not growing with the bytes
     // forwarded (~13 MB/s): grpc's read slices, pinned by the messages in
     // flight, and allocator churn. A leak would grow without bound.
     EXPECT_LT(peak - baseline, 192 * kMiB);
   }
-  ASSERT_TRUE(upstream_.WaitForCancelled(kStreams, absl::Seconds(5), kServerStreamMethod));
+  const absl::Time cancelled_at = absl::Now();
+  ASSERT_TRUE(upstream_.WaitForCancelled(kStreams, absl::Seconds(20), kServerStreamMethod));
+  std::printf("[ metric ] upstream saw the cancels after %.3f s\n",
+              absl::ToDoubleSeconds(absl::Now() - cancelled_at));
   EXPECT_EQ(AwaitMetric(poolside_->admin_port(), kInflight, 0, absl::Seconds(5)), 0);
 }
 
