@@ -77,9 +77,9 @@ struct FoundCpuQuota {
 };
 absl::StatusOr<std::optional<FoundCpuQuota>> FindCpuQuota(const std::string& root);
 
-// Worker threads for `cpus` usable CPUs under `quota`:
-// max(1, min(cpus, ceil(quota / period))), and why, for the log
-// ("cgroup cpu quota 50000/100000" or "2 CPUs, no quota").
+// Worker threads for `cpus` usable CPUs under `quota`: one per two of
+// min(cpus, ceil(quota / period)), at least one; and why, for the log
+// ("cgroup cpu quota 50000/100000: one thread per 2 CPUs").
 struct WorkerThreadChoice {
   int threads = 1;
   std::string reason;

@@ -198,7 +198,7 @@ TEST(FindCpuQuotaTest, V1OnlyQuota) {
   std::optional<CpuQuota> quota = QuotaOrDie(root);
   ASSERT_TRUE(quota.has_value());
   EXPECT_EQ(quota->quota_us, 150000);
-  EXPECT_EQ(WorkerThreadsFor(quota, 8).threads, 2);
+  EXPECT_EQ(WorkerThreadsFor(quota, 8).threads, 1);
 }
 
 TEST(FindCpuQuotaTest, HybridWithoutQuotaAnywhere) {
@@ -275,24 +275,27 @@ TEST(FindCpuQuotaTest, MalformedQuotaFileIsAnErrorNamingIt) {
   EXPECT_THAT(found.status().message(), HasSubstr("/sys/fs/cgroup/cpu.max"));
 }
 
-TEST(WorkerThreadsForTest, RoundsTheQuotaUp) {
+TEST(WorkerThreadsForTest, OnePerTwoCpusOfTheQuotaRoundedUp) {
   WorkerThreadChoice half = WorkerThreadsFor(CpuQuota{50000, 100000}, 16);
   EXPECT_EQ(half.threads, 1);
-  EXPECT_EQ(half.reason, "cgroup cpu quota 50000/100000");
-  EXPECT_EQ(WorkerThreadsFor(CpuQuota{150000, 100000}, 16).threads, 2);
+  EXPECT_EQ(half.reason, "cgroup cpu quota 50000/100000: one thread per 2 CPUs");
+  EXPECT_EQ(WorkerThreadsFor(CpuQuota{150000, 100000}, 16).threads, 1);
+  EXPECT_EQ(WorkerThreadsFor(CpuQuota{350000, 100000}, 16).threads, 2);
   EXPECT_EQ(WorkerThreadsFor(CpuQuota{1000, 100000}, 16).threads, 1);
 }
 
 TEST(WorkerThreadsForTest, CappedByUsableCpus) {
-  WorkerThreadChoice choice = WorkerThreadsFor(CpuQuota{800000, 100000}, 2);
+  WorkerThreadChoice choice = WorkerThreadsFor(CpuQuota{800000, 100000}, 4);
   EXPECT_EQ(choice.threads, 2);
-  EXPECT_THAT(choice.reason, HasSubstr("capped at 2 CPUs"));
+  EXPECT_THAT(choice.reason, HasSubstr("capped at 4 CPUs"));
 }
 
-TEST(WorkerThreadsForTest, WithoutQuotaOnePerCpu) {
+TEST(WorkerThreadsForTest, WithoutQuotaOnePerTwoCpus) {
   WorkerThreadChoice choice = WorkerThreadsFor(std::nullopt, 2);
-  EXPECT_EQ(choice.threads, 2);
-  EXPECT_EQ(choice.reason, "2 CPUs, no quota");
+  EXPECT_EQ(choice.threads, 1);
+  EXPECT_EQ(choice.reason, "2 CPUs, no quota: one thread per 2 CPUs");
+  EXPECT_EQ(WorkerThreadsFor(std::nullopt, 16).threads, 8);
+  EXPECT_EQ(WorkerThreadsFor(std::nullopt, 1).threads, 1);
 }
 
 TEST(UsableCpusTest, AtLeastOneAndNoMoreThanTheMachine) {
