@@ -93,9 +93,10 @@ struct Config {
   // outside a memory-limited container.
   int64_t memory_limit_bytes = 0;
   // Relay app connections through the frame screen (rapid reset, CONTINUATION,
-  // PING and SETTINGS floods); false lets grpc listen on its own. Off by
-  // default until its price is cut (SECURITY.md, "When to turn it on").
-  bool frame_screen = false;
+  // PING and SETTINGS floods); false lets grpc listen on its own. On by
+  // default: a sidecar pushed into an OOM kill takes every app of the pod
+  // with it (SECURITY.md, "When to turn it off").
+  bool frame_screen = true;
   // Longest header block (HEADERS + CONTINUATION) an app may send.
   int max_header_block_bytes = 64 << 10;
   // Streams an app connection opens in a window before the rapid-reset rule

@@ -84,7 +84,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_UPSTREAM_SERVER_NAME", "--upstream-server-name", "api.internal"},
       {"GRPC_WORKER_THREADS", "--worker-threads", "256"},
       {"GRPC_MEMORY_LIMIT_BYTES", "--memory-limit-bytes", "268435456"},
-      {"GRPC_FRAME_SCREEN", "--frame-screen", "true"},
+      {"GRPC_FRAME_SCREEN", "--frame-screen", "false"},
       {"GRPC_MAX_HEADER_BLOCK_BYTES", "--max-header-block-bytes", "16384"},
       {"GRPC_RAPID_RESET_MIN_STREAMS", "--rapid-reset-min-streams", "0"},
       {"GRPC_MAX_APP_CONNECTIONS", "--max-app-connections", "50"},
@@ -127,7 +127,7 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.upstream_server_name, "api.internal");
   EXPECT_EQ(config.worker_threads, 256);
   EXPECT_EQ(config.memory_limit_bytes, 268435456);
-  EXPECT_TRUE(config.frame_screen);
+  EXPECT_FALSE(config.frame_screen);
   EXPECT_EQ(config.max_header_block_bytes, 16384);
   EXPECT_EQ(config.rapid_reset_min_streams, 0);
   EXPECT_EQ(config.max_app_connections, 50);
@@ -614,7 +614,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_UPSTREAM_SERVER_NAME=\n"
             "GRPC_WORKER_THREADS=0\n"
             "GRPC_MEMORY_LIMIT_BYTES=0\n"
-            "GRPC_FRAME_SCREEN=false\n"
+            "GRPC_FRAME_SCREEN=true\n"
             "GRPC_MAX_HEADER_BLOCK_BYTES=65536\n"
             "GRPC_RAPID_RESET_MIN_STREAMS=500\n"
             "GRPC_MAX_APP_CONNECTIONS=1000\n"
