@@ -11,7 +11,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <cmath>
 #include <exception>
 #include <optional>
 #include <string>
@@ -20,7 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "admin/pool_report.h"
+#include "admin/admin_http_routes.h"
 #include "config/address.h"
 
 namespace poolside {
@@ -31,9 +30,10 @@ namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
 
-constexpr char kMetricsContentType[] = "text/plain; version=0.0.4; charset=utf-8";
-constexpr char kTextContentType[] = "text/plain; charset=utf-8";
-constexpr char kJsonContentType[] = "application/json";
+using admin_http::kTextContentType;
+using admin_http::Reply;
+using admin_http::Route;
+using admin_http::SharedState;
 
 // After an error the connection is closed, but the client's unread request
 // bytes are drained for at most this long first: closing a socket with unread
@@ -43,137 +43,6 @@ constexpr auto kMaxLinger = std::chrono::seconds(1);
 // After a failed accept (e.g. out of file descriptors) the listener pauses
 // rather than spin.
 constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
-
-// What the sessions share with the server. Constant after Start() except for
-// the atomics.
-struct SharedState {
-  AdminHttpOptions options;
-  AdminHttpHandlers handlers;
-  std::chrono::steady_clock::duration request_timeout;
-  std::atomic<int> connections{0};
-  std::atomic<bool> draining{false};
-};
-
-struct Reply {
-  http::status status = http::status::ok;
-  const char* content_type = kTextContentType;
-  std::string body;
-  bool allow_header = false;
-};
-
-std::string JsonNumber(double value) {
-  return std::isfinite(value) ? absl::StrCat(value) : std::string("0");
-}
-
-// Backend addresses come from DNS and the configuration: escaped, not trusted.
-std::string JsonEscape(absl::string_view text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      absl::StrAppend(&out, "\\u00", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
-std::string PoolJson(const PoolReport& report, bool draining) {
-  const PoolSnapshot& snapshot = report.snapshot;
-  std::string json = absl::StrCat(
-      "{\"status\":\"", PoolHealthName(report.health),
-      "\",\"draining\":", draining ? "true" : "false",
-      ",\"total_connections\":", snapshot.ActiveCount(),
-      ",\"active_connections\":", snapshot.HealthyCount(),
-      ",\"available_connections\":", snapshot.AvailableCount(),
-      ",\"max_streams_per_connection\":", snapshot.max_streams_per_connection,
-      ",\"connection_errors\":", snapshot.connection_errors,
-      ",\"connections_created\":", snapshot.connections_created,
-      ",\"health_check_failures\":", snapshot.health_check_failures,
-      ",\"last_health_check_timestamp\":",
-      snapshot.last_health_check == absl::InfinitePast()
-          ? std::string("0")
-          : JsonNumber(absl::ToDoubleSeconds(snapshot.last_health_check - absl::UnixEpoch())),
-      ",\"channels\":[");
-  bool first = true;
-  for (const ChannelSnapshot& channel : snapshot.channels) {
-    absl::StrAppend(&json, first ? "" : ",", "{\"index\":", channel.index, ",\"backend\":\"",
-                    JsonEscape(channel.backend), "\",\"phase\":\"", SlotPhaseName(channel.phase),
-                    "\",\"state\":\"", ConnectivityStateName(channel.state),
-                    "\",\"healthy\":", channel.healthy ? "true" : "false",
-                    ",\"outstanding_calls\":", channel.outstanding_calls,
-                    ",\"calls_started\":", channel.calls_started, ",\"errors\":", channel.errors,
-                    ",\"age_seconds\":", JsonNumber(absl::ToDoubleSeconds(channel.age)), "}");
-    first = false;
-  }
-  absl::StrAppend(&json, "],\"address_set_changes\":", snapshot.address_set_changes,
-                  ",\"resolution_failures\":", snapshot.resolution_failures,
-                  ",\"resolution_failing\":", snapshot.resolution_failing ? "true" : "false",
-                  ",\"calls_ended_connection_lost\":", snapshot.calls_ended_connection_lost,
-                  ",\"calls_ended_drain_grace\":", snapshot.calls_ended_drain_grace,
-                  ",\"sizing\":{\"target\":", snapshot.size, ",\"min\":", snapshot.min_size,
-                  ",\"max\":", snapshot.max_size, ",\"recommended\":", snapshot.recommended_size,
-                  ",\"grow_events\":", snapshot.grow_events,
-                  ",\"shrink_events\":", snapshot.shrink_events,
-                  ",\"calls_over_stream_limit\":", snapshot.calls_over_stream_limit,
-                  ",\"calls_waiting_for_stream_quota\":", snapshot.calls_waiting_for_stream_quota,
-                  "}", ",\"backends\":[");
-  first = true;
-  for (const BackendSnapshot& backend : snapshot.backends) {
-    absl::StrAppend(&json, first ? "" : ",", "{\"address\":\"", JsonEscape(backend.address),
-                    "\",\"active_connections\":", backend.active_connections,
-                    ",\"connecting\":", backend.connecting, ",\"draining\":", backend.draining,
-                    ",\"calls_started\":", backend.calls_started, "}");
-    first = false;
-  }
-  absl::StrAppend(&json, "]}\n");
-  return json;
-}
-
-Reply Readiness(const PoolReport& report, bool draining) {
-  if (draining) return {http::status::service_unavailable, kTextContentType, "draining\n"};
-  const std::string reason = absl::StrCat(PoolHealthName(report.health), ": ", report.counts);
-  if (report.health != PoolHealth::kUnhealthy) {
-    return {http::status::ok, kTextContentType, reason + "\n"};
-  }
-  // Unhealthy: no connection in rotation is healthy, so this names them all.
-  return {http::status::service_unavailable, kTextContentType,
-          reason + report.unhealthy_channels + "\n"};
-}
-
-Reply Route(const SharedState& state, http::verb method, beast::string_view target) {
-  const beast::string_view path = target.substr(0, target.find('?'));
-  enum class Page { kMetrics, kHealthz, kReadyz, kPool } page;
-  if (path == "/metrics") {
-    page = Page::kMetrics;
-  } else if (path == "/healthz") {
-    page = Page::kHealthz;
-  } else if (path == "/readyz") {
-    page = Page::kReadyz;
-  } else if (path == "/pool") {
-    page = Page::kPool;
-  } else {
-    return {http::status::not_found, kTextContentType, "not found\n"};
-  }
-  if (method != http::verb::get && method != http::verb::head) {
-    return {http::status::method_not_allowed, kTextContentType, "method not allowed\n", true};
-  }
-  switch (page) {
-    case Page::kMetrics:
-      return {http::status::ok, kMetricsContentType, state.handlers.metrics_text()};
-    case Page::kHealthz:
-      return {http::status::ok, kTextContentType, "ok\n"};
-    case Page::kReadyz:
-      return Readiness(BuildPoolReport(state.handlers.pool_snapshot()), state.draining.load());
-    case Page::kPool:
-      return {http::status::ok, kJsonContentType,
-              PoolJson(BuildPoolReport(state.handlers.pool_snapshot()), state.draining.load())};
-  }
-  return {http::status::internal_server_error, kTextContentType, "internal error\n"};
-}
 
 // One client connection: reads a request, answers it, and repeats while the
 // client keeps the connection alive. Owned by the handlers of its pending
