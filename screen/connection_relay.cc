@@ -1,6 +1,7 @@
-// The per-connection half of the relay: bytes app -> screen -> grpc and
-// grpc -> app, withholding unfinished header blocks, and cutting off a
-// connection that broke a rule (GOAWAY, count, log, linger, close).
+// The relay thread's loop and the per-connection relay: bytes app -> screen
+// -> grpc and grpc -> app, withholding unfinished header blocks, and cutting
+// off a connection that broke a rule (GOAWAY, count, log, linger, close).
+// The loop stays in this file with what it calls for every event.
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -54,6 +55,42 @@ ReadResult Fill(int fd, Buffer& buffer) {
 }
 
 }  // namespace
+
+void ScreenedListener::Relay::Run() {
+  std::array<epoll_event, 64> events;
+  last_logged_.fill(absl::InfinitePast());
+  while (true) {
+    const int ready = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
+                                 lingering_.empty() && listen_watched_ ? 1000 : 50);
+    const absl::Time now = absl::Now();
+    for (int i = 0; i < ready; ++i) {
+      void* cookie = events[i].data.ptr;
+      if (cookie == &wake_fd_) {
+        uint64_t commands = 0;
+        (void)!read(wake_fd_, &commands, sizeof(commands));
+        if (commands >= kShutdown) return;
+        if (commands & kStopAccepting) accepting_ = false;
+      } else if (cookie == &listen_fd_) {
+        Accept();
+      } else {
+        Serve(*static_cast<End*>(cookie), events[i].events, now);
+      }
+    }
+    for (Connection* connection : removed_) connections_.erase(connection);
+    removed_.clear();
+    if (!accepting_ && listen_fd_ >= 0) {
+      // Closed, not just ignored: new connections are refused at once.
+      close(listen_fd_);
+      listen_fd_ = -1;
+      listen_watched_ = false;
+    }
+    if (accepting_ && !listen_watched_ && now >= accept_paused_until_) {
+      Watch(listen_fd_, EPOLLIN, &listen_fd_);
+      listen_watched_ = true;
+    }
+    ExpireLingering(now);
+  }
+}
 
 void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
   Connection& connection = *end.connection;

@@ -1,7 +1,7 @@
 // The relay thread of a ScreenedListener: its event loop, the listening
 // socket once Start() hands it over, and every app connection with its two
-// buffers and FrameScreen. Private to screen/: screened_listener.cc binds,
-// accepts and runs the loop; connection_relay.cc moves one connection's bytes
+// buffers and FrameScreen. Private to screen/: screened_listener.cc binds and
+// accepts; connection_relay.cc runs the loop, moves one connection's bytes
 // through the screen, and cuts off a connection that breaks a rule.
 #ifndef POOLSIDE_SCREEN_RELAY_H_
 #define POOLSIDE_SCREEN_RELAY_H_
