@@ -1,6 +1,7 @@
 #include "config/address.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -144,5 +145,29 @@ bool IsListenAddress(absl::string_view address) {
 }
 
 bool IsAdminAddress(absl::string_view address) { return ParseHostPort(address).ok(); }
+
+std::optional<SocketAddress> ToSocketAddress(const HostPort& host_port) {
+  SocketAddress address;
+  const std::string& host = host_port.host;
+  const auto port = htons(static_cast<uint16_t>(host_port.port));
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage);
+  if (host.empty() || host == "0.0.0.0" || host == "*" || host == "localhost" ||
+      inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    if (host == "localhost") v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (host.empty() || host == "0.0.0.0" || host == "*") v4->sin_addr.s_addr = htonl(INADDR_ANY);
+    v4->sin_family = AF_INET;
+    v4->sin_port = port;
+    address.length = sizeof(*v4);
+    return address;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = port;
+    address.length = sizeof(*v6);
+    return address;
+  }
+  return std::nullopt;
+}
 
 }  // namespace poolside

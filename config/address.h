@@ -6,6 +6,8 @@
 #ifndef POOLSIDE_CONFIG_ADDRESS_H_
 #define POOLSIDE_CONFIG_ADDRESS_H_
 
+#include <sys/socket.h>
+
 #include <optional>
 #include <string>
 
@@ -23,6 +25,15 @@ struct HostPort {
 // Splits "host:port" or "[v6]:port" (port 0..65535), the form GRPC_ADMIN_ADDR
 // and a non-unix GRPC_LISTEN_ADDR take; InvalidArgument if it is not one.
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view address);
+
+// A socket address to bind `host_port` to: an IPv4 or IPv6 literal, "localhost"
+// (127.0.0.1), or empty, "0.0.0.0" and "*" (every IPv4 address). nullopt for
+// any other host name, which only a resolver can turn into addresses.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+};
+std::optional<SocketAddress> ToSocketAddress(const HostPort& host_port);
 
 // An address to connect to: "host", "host:port", "[v6]" or "[v6]:port". The
 // host is a name or an IPv6 literal in brackets (dropped here); the port,

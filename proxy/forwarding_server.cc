@@ -46,33 +46,15 @@ absl::Status CheckTcpAddressFree(absl::string_view address) {
   if (!host_port.ok() || host_port->port == 0) {
     return absl::OkStatus();  // grpc reports anything else it cannot bind.
   }
-  const std::string& host = host_port->host;
-  const int port = host_port->port;
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-  if (host.empty() || host == "0.0.0.0" || host == "*") {
-    v4->sin_family = AF_INET;
-    v4->sin_addr.s_addr = htonl(INADDR_ANY);
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    length = sizeof(*v4);
-  } else if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    length = sizeof(*v4);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    length = sizeof(*v6);
-  } else {
-    return absl::OkStatus();  // A host name: grpc resolves and binds it.
-  }
+  const std::optional<SocketAddress> resolved = ToSocketAddress(*host_port);
+  if (!resolved) return absl::OkStatus();  // A host name: grpc resolves and binds it.
+  const sockaddr_storage& storage = resolved->storage;
+  const socklen_t length = resolved->length;
   const int fd = socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::OkStatus();
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const int bound = bind(fd, reinterpret_cast<sockaddr*>(&storage), length);
+  const int bound = bind(fd, reinterpret_cast<const sockaddr*>(&storage), length);
   const int bind_errno = errno;
   close(fd);
   if (bound == 0) return absl::OkStatus();

@@ -152,30 +152,15 @@ absl::Status ScreenedListener::Bind() {
       return absl::InvalidArgumentError(
           absl::StrCat("cannot listen on ", address, ": ", host_port.status().message()));
     }
-    const std::string& host = host_port->host;
-    const int port = host_port->port;
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-    if (host.empty() || host == "0.0.0.0" || host == "*") {
-      v4->sin_family = AF_INET;
-      v4->sin_addr.s_addr = htonl(INADDR_ANY);
-      v4->sin_port = htons(static_cast<uint16_t>(port));
-      length = sizeof(*v4);
-    } else if (host == "localhost" || inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-      if (host == "localhost") v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      v4->sin_family = AF_INET;
-      v4->sin_port = htons(static_cast<uint16_t>(port));
-      length = sizeof(*v4);
-    } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-      v6->sin6_family = AF_INET6;
-      v6->sin6_port = htons(static_cast<uint16_t>(port));
-      length = sizeof(*v6);
-    } else {
+    const std::optional<SocketAddress> resolved = ToSocketAddress(*host_port);
+    if (!resolved) {
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot listen on ", address,
           ": the frame screen needs an IP address or unix: path (GRPC_FRAME_SCREEN=false lets "
           "grpc resolve a host name)"));
     }
+    storage = resolved->storage;
+    length = resolved->length;
   }
   listen_fd_ = socket(storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) return Errno("socket", address);

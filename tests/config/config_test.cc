@@ -1,5 +1,8 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -691,6 +694,28 @@ TEST(HostPortTest, RejectsOtherForms) {
     SCOPED_TRACE(address);
     EXPECT_EQ(ParseHostPort(address).status().code(), absl::StatusCode::kInvalidArgument);
   }
+}
+
+TEST(HostPortTest, BindsLiteralsLocalhostAndWildcardsButNotHostNames) {
+  const auto ipv4 = [](const HostPort& host_port) {
+    std::optional<SocketAddress> address = ToSocketAddress(host_port);
+    EXPECT_TRUE(address.has_value()) << host_port.host;
+    if (!address) return sockaddr_in{};
+    EXPECT_EQ(address->storage.ss_family, AF_INET);
+    EXPECT_EQ(address->length, sizeof(sockaddr_in));
+    return reinterpret_cast<const sockaddr_in&>(address->storage);
+  };
+  EXPECT_EQ(ipv4({"127.0.0.2", 15001}).sin_addr.s_addr, htonl(0x7f000002));
+  EXPECT_EQ(ipv4({"127.0.0.2", 15001}).sin_port, htons(15001));
+  EXPECT_EQ(ipv4({"localhost", 1}).sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+  for (const char* wildcard : {"", "0.0.0.0", "*"}) {
+    EXPECT_EQ(ipv4({wildcard, 1}).sin_addr.s_addr, htonl(INADDR_ANY)) << wildcard;
+  }
+  std::optional<SocketAddress> v6 = ToSocketAddress({"::1", 443});
+  ASSERT_TRUE(v6.has_value());
+  EXPECT_EQ(v6->storage.ss_family, AF_INET6);
+  EXPECT_EQ(reinterpret_cast<const sockaddr_in6&>(v6->storage).sin6_port, htons(443));
+  EXPECT_FALSE(ToSocketAddress({"upstream.internal", 80}).has_value());
 }
 
 // Logs `message` at info through a freshly configured default logger and
