@@ -76,8 +76,7 @@ void AddressTracker::Loop() {
   absl::Time next_resolve = last_resolve + options_.refresh_interval;
   while (true) {
     if (!current_.empty()) {
-      const bool unsettled =
-          pool_.Rebalance(current_, options_.connect_timeout, options_.drain_grace);
+      const bool unsettled = pool_.Rebalance(current_, options_.rebalance);
       if (settling_ && !unsettled) {
         spdlog::info("pool: spread over {} address{} again", current_.size(),
                      current_.size() == 1 ? "" : "es");

@@ -30,11 +30,9 @@ struct AddressTrackerOptions {
   absl::Duration min_resolve_spacing = absl::Seconds(1);
   // While the pool rebalances, how often it looks at its new connections.
   absl::Duration rebalance_poll = absl::Milliseconds(50);
-  // How long a surplus connection may take to finish its calls
-  // (GRPC_SHUTDOWN_GRACE_SECS).
-  absl::Duration drain_grace = absl::Seconds(25);
-  // Beyond this a new connection that is still not READY is logged (once).
-  absl::Duration connect_timeout = absl::Seconds(30);
+  // How long a new connection may take to become READY before it is logged
+  // (once), and a surplus one to finish its calls.
+  RebalanceTiming rebalance;
 };
 
 class AddressTracker {

@@ -41,6 +41,16 @@
 
 namespace poolside {
 
+// How Rebalance treats the connections it moves: a new one not READY after
+// connect_timeout is logged once (it keeps trying), a draining one still
+// running calls after drain_grace is cut.
+struct RebalanceTiming {
+  // GRPC_CONNECTION_TIMEOUT_SECS.
+  absl::Duration connect_timeout = absl::Seconds(30);
+  // GRPC_SHUTDOWN_GRACE_SECS.
+  absl::Duration drain_grace = absl::Seconds(25);
+};
+
 struct PoolOptions {
   // gRPC target URI of the upstream, used in logs and error messages.
   std::string target;
@@ -188,7 +198,7 @@ class ChannelPool {
   // What the sizer reports, for Snapshot().
   void RecordSizing(int recommended, int grew, int shrank);
   // Rebalance over the backends the pool has now.
-  bool RebalanceCurrent(absl::Duration connect_timeout, absl::Duration drain_grace);
+  bool RebalanceCurrent(RebalanceTiming timing);
   // Slot positions: active, connecting and draining slots together never
   // exceed this. Slot indices run from 0 to capacity() - 1.
   int capacity() const { return capacity_; }
@@ -199,12 +209,11 @@ class ChannelPool {
   // `backends` (not empty): opens connections to backends short of their
   // share, puts each into rotation once READY while taking a surplus slot
   // out (the surplus drains: no new calls, its calls finish), and frees
-  // draining slots whose calls are over or whose `drain_grace` has passed.
-  // A new connection not READY after `connect_timeout` is logged once and
+  // draining slots whose calls are over or whose drain grace has passed.
+  // A new connection not READY within the connect timeout is logged once and
   // keeps trying; it never displaces a working slot until READY.
   // Returns true while the pool has not settled (call again soon).
-  bool Rebalance(const std::vector<BackendAddress>& backends, absl::Duration connect_timeout,
-                 absl::Duration drain_grace);
+  bool Rebalance(const std::vector<BackendAddress>& backends, RebalanceTiming timing);
   // Called on the watcher thread when an active connection leaves READY for
   // TRANSIENT_FAILURE or IDLE (a backend may have gone). Set before Start().
   void SetConnectionLostListener(std::function<void()> listener);

@@ -170,8 +170,7 @@ void ChannelPool::RecordResolution(bool failed, bool set_changed) {
   resolution_failing_ = failed;
 }
 
-bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
-                            absl::Duration connect_timeout, absl::Duration drain_grace) {
+bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends, RebalanceTiming timing) {
   if (backends.empty()) return false;
   absl::MutexLock lock(&structure_mutex_);
   const absl::Time now = absl::Now();
@@ -193,10 +192,10 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
     Slot& slot = slots_[i];
     if (slot.phase.load() != SlotPhase::kDraining) continue;
     const int64_t outstanding = slot.outstanding.load();
-    if (outstanding == 0 || now - slot.phase_since >= drain_grace) {
+    if (outstanding == 0 || now - slot.phase_since >= timing.drain_grace) {
       if (outstanding > 0) {
         spdlog::warn("pool: channel {} ({}) drained after {}; ending the {} calls still on it",
-                     slot.index, slot.backend.label, absl::FormatDuration(drain_grace),
+                     slot.index, slot.backend.label, absl::FormatDuration(timing.drain_grace),
                      outstanding);
         std::atomic_load(&slot.channel)->Cut();
         cuts_.fetch_add(1, std::memory_order_release);
@@ -298,7 +297,7 @@ bool ChannelPool::Rebalance(const std::vector<BackendAddress>& backends,
       slot->state.store(state, std::memory_order_relaxed);
       if (state != GRPC_CHANNEL_READY) {
         connecting_left = true;
-        if (now - slot->phase_since > connect_timeout && !slot->slow_connect_logged) {
+        if (now - slot->phase_since > timing.connect_timeout && !slot->slow_connect_logged) {
           // It keeps trying (grpc's backoff); the slots it would replace
           // keep serving meanwhile.
           spdlog::warn("pool: new connection {} to {} not ready after {}; still trying",
@@ -364,13 +363,13 @@ void ChannelPool::RecordSizing(int recommended, int grew, int shrank) {
   shrink_events_.fetch_add(shrank);
 }
 
-bool ChannelPool::RebalanceCurrent(absl::Duration connect_timeout, absl::Duration drain_grace) {
+bool ChannelPool::RebalanceCurrent(RebalanceTiming timing) {
   std::vector<BackendAddress> backends;
   {
     absl::MutexLock lock(&structure_mutex_);
     backends = backends_;
   }
-  return Rebalance(backends, connect_timeout, drain_grace);
+  return Rebalance(backends, timing);
 }
 
 }  // namespace poolside

@@ -65,7 +65,7 @@ int PoolSizer::Step(absl::Time now) {
           "for {}",
           before, target, need, absl::FormatDuration(now - below_since_));
     }
-    settling_ = pool_.RebalanceCurrent(options_.connect_timeout, options_.drain_grace);
+    settling_ = pool_.RebalanceCurrent(options_.rebalance);
   }
   pool_.RecordSizing(recommended_, grew, shrank);
   return recommended_;

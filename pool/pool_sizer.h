@@ -42,9 +42,7 @@ struct PoolSizerOptions {
   absl::Duration demand_window = absl::Seconds(1);
   absl::Duration tick = absl::Milliseconds(100);
   absl::Duration idle_tick = absl::Milliseconds(500);
-  // For Rebalance (GRPC_CONNECTION_TIMEOUT_SECS, GRPC_SHUTDOWN_GRACE_SECS).
-  absl::Duration connect_timeout = absl::Seconds(30);
-  absl::Duration drain_grace = absl::Seconds(25);
+  RebalanceTiming rebalance;
 };
 
 class PoolSizer {

@@ -66,6 +66,11 @@ poolside::PoolOptions PoolOptionsFrom(const poolside::Config& config) {
   return options;
 }
 
+// Both the address tracker and the sizer move the pool with these.
+poolside::RebalanceTiming RebalanceTimingFrom(const poolside::Config& config) {
+  return {config.connection_timeout, config.shutdown_grace};
+}
+
 // Null for a target whose addresses are literal: nothing to follow.
 std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Config& config,
                                                             poolside::ChannelPool& pool) {
@@ -83,16 +88,14 @@ std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Conf
   }
   poolside::AddressTrackerOptions options;
   options.refresh_interval = config.dns_refresh;
-  options.drain_grace = config.shutdown_grace;
-  options.connect_timeout = config.connection_timeout;
+  options.rebalance = RebalanceTimingFrom(config);
   return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
 }
 
 poolside::PoolSizerOptions SizerOptionsFrom(const poolside::Config& config) {
   poolside::PoolSizerOptions options;
   options.scale_down = config.pool_scale_down;
-  options.connect_timeout = config.connection_timeout;
-  options.drain_grace = config.shutdown_grace;
+  options.rebalance = RebalanceTimingFrom(config);
   return options;
 }
 

@@ -248,7 +248,7 @@ class RebalanceTest : public ::testing::Test {
               absl::Duration grace = absl::Seconds(30)) {
     const absl::Time deadline = absl::Now() + absl::Seconds(10);
     while (absl::Now() < deadline) {
-      if (!pool_->Rebalance(backends, absl::Seconds(5), grace)) return true;
+      if (!pool_->Rebalance(backends, {absl::Seconds(5), grace})) return true;
       absl::SleepFor(absl::Milliseconds(10));
     }
     return false;
@@ -280,8 +280,8 @@ TEST_F(RebalanceTest, StartSpreadsSlotsRoundRobin) {
   EXPECT_EQ(ActivePerBackend(),
             (std::map<std::string, int>{
                 {backends_[0].label, 2}, {backends_[1].label, 1}, {backends_[2].label, 1}}));
-  EXPECT_FALSE(pool_->Rebalance({backends_[0], backends_[1], backends_[2]}, absl::Seconds(5),
-                                absl::Seconds(5)))
+  EXPECT_FALSE(pool_->Rebalance({backends_[0], backends_[1], backends_[2]},
+                                {absl::Seconds(5), absl::Seconds(5)}))
       << "already settled";
 }
 
@@ -304,10 +304,10 @@ TEST_F(RebalanceTest, DrainingSlotWaitsForItsCallsThenLeaves) {
   const std::vector<BackendAddress> two = {backends_[0], backends_[1]};
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (ActivePerBackend()[backends_[1].label] < 2 && absl::Now() < deadline) {
-    pool_->Rebalance(two, absl::Seconds(5), absl::Seconds(30));
+    pool_->Rebalance(two, {absl::Seconds(5), absl::Seconds(30)});
     absl::SleepFor(absl::Milliseconds(10));
   }
-  EXPECT_TRUE(pool_->Rebalance(two, absl::Seconds(5), absl::Seconds(30)))
+  EXPECT_TRUE(pool_->Rebalance(two, {absl::Seconds(5), absl::Seconds(30)}))
       << "the drain waits for the calls";
   int draining = 0;
   for (const ChannelSnapshot& channel : pool_->Snapshot().channels) {
@@ -349,7 +349,7 @@ TEST_F(RebalanceTest, NewBackendThatNeverConnectsTakesNoSlotFromAWorkingOne) {
   ASSERT_TRUE(WaitUntilAllReady(*pool_));
   upstreams_[2]->Shutdown();
   for (int i = 0; i < 20; ++i) {
-    EXPECT_TRUE(pool_->Rebalance(backends_, absl::Milliseconds(50), absl::Seconds(5)));
+    EXPECT_TRUE(pool_->Rebalance(backends_, {absl::Milliseconds(50), absl::Seconds(5)}));
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_EQ(ActivePerBackend(),
