@@ -120,62 +120,44 @@ void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
 
 bool ScreenedListener::Relay::PumpUp(Connection& connection, absl::Time now) {
   // app -> screen -> grpc.
-  if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
-    Remove(connection);
-    return false;
-  }
+  if (!FlushUp(connection)) return Drop(connection);
   if (!connection.up.empty() || !connection.up_out.empty()) return true;
   const uint64_t chunk_start = connection.screen.fed_bytes();
-  switch (Fill(connection.app_fd, connection.up)) {
-    case ReadResult::kData: {
-      const HostileReason broken =
-          connection.screen.Feed(connection.up.data.get(), connection.up.end, now);
-      if (broken != HostileReason::kNone) {
-        Cut(connection, broken);
-        return false;
-      }
-      const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
-      if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
-      if (!Flush(connection.grpc_fd, connection.up) || !FlushOut(connection)) {
-        Remove(connection);
-        return false;
-      }
-      return true;
-    }
-    case ReadResult::kAgain:
-      return true;
-    case ReadResult::kClosed:
-      // The app is gone; grpc learns it when its end closes.
-      Remove(connection);
-      return false;
+  const ReadResult read = Fill(connection.app_fd, connection.up);
+  if (read == ReadResult::kAgain) return true;
+  // The app is gone; grpc learns it when its end closes.
+  if (read == ReadResult::kClosed) return Drop(connection);
+  const HostileReason broken =
+      connection.screen.Feed(connection.up.data.get(), connection.up.end, now);
+  if (broken != HostileReason::kNone) {
+    Cut(connection, broken);
+    return false;
   }
-  return true;
+  const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
+  if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
+  return FlushUp(connection) || Drop(connection);
 }
 
 bool ScreenedListener::Relay::PumpDown(Connection& connection) {
   // grpc -> app.
-  if (!Flush(connection.app_fd, connection.down)) {
-    Remove(connection);
-    return false;
-  }
+  if (!Flush(connection.app_fd, connection.down)) return Drop(connection);
   if (!connection.down.empty()) return true;
-  switch (Fill(connection.grpc_fd, connection.down)) {
-    case ReadResult::kData:
-      connection.down_frames.Feed(connection.down.data.get(), connection.down.end);
-      if (!Flush(connection.app_fd, connection.down)) {
-        Remove(connection);
-        return false;
-      }
-      return true;
-    case ReadResult::kAgain:
-      return true;
-    case ReadResult::kClosed:
-      // grpc closed the connection (GOAWAY sent, or shut down): pass it on
-      // once its last bytes are out; they are, as `down` is empty.
-      Remove(connection);
-      return false;
-  }
-  return true;
+  const ReadResult read = Fill(connection.grpc_fd, connection.down);
+  if (read == ReadResult::kAgain) return true;
+  // grpc closed the connection (GOAWAY sent, or shut down): pass it on once
+  // its last bytes are out; they are, as `down` is empty.
+  if (read == ReadResult::kClosed) return Drop(connection);
+  connection.down_frames.Feed(connection.down.data.get(), connection.down.end);
+  return Flush(connection.app_fd, connection.down) || Drop(connection);
+}
+
+bool ScreenedListener::Relay::FlushUp(Connection& connection) {
+  return Flush(connection.grpc_fd, connection.up) && FlushOut(connection);
+}
+
+bool ScreenedListener::Relay::Drop(Connection& connection) {
+  Remove(connection);
+  return false;
 }
 
 void ScreenedListener::Relay::Withhold(Connection& connection, uint64_t chunk_start,

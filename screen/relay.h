@@ -134,6 +134,10 @@ class ScreenedListener::Relay {
   void Withhold(Connection& connection, uint64_t chunk_start, std::optional<uint64_t> block);
   // Writes what it can of `up_out`. False if grpc's end is gone.
   bool FlushOut(Connection& connection);
+  // Writes what it can of `up`, then of `up_out`. False if grpc's end is gone.
+  bool FlushUp(Connection& connection);
+  // Removes the connection; false, for a pump to return.
+  bool Drop(Connection& connection);
   void Cut(Connection& connection, HostileReason reason);
   // Relays the rest of the frame grpc's output stands in, as far as grpc has
   // written it and the app takes it. True when the app's side is then between
