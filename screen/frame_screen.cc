@@ -21,10 +21,6 @@ constexpr uint8_t kFlagEndHeaders = 0x4;
 
 constexpr uint32_t kNoError = 0x0;
 
-uint32_t Read24(const uint8_t* bytes) {
-  return (uint32_t{bytes[0]} << 16) | (uint32_t{bytes[1]} << 8) | bytes[2];
-}
-
 uint32_t Read32(const uint8_t* bytes) {
   return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
          bytes[3];
@@ -53,12 +49,12 @@ HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now
     data += skipped;
   }
   while (data < end) {
-    if (payload_left_ > 0) {
+    if (cursor_.InPayload()) {
       // Skip the payload, except the error code of a RST_STREAM.
       if (reading_rst_code_) {
         while (data < end && rst_code_filled_ < 4) {
           rst_code_[rst_code_filled_++] = *data++;
-          --payload_left_;
+          cursor_.TookPayloadByte();
         }
         if (rst_code_filled_ == 4) {
           reading_rst_code_ = false;
@@ -69,31 +65,23 @@ HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now
         }
         continue;
       }
-      const size_t skipped = std::min<size_t>(payload_left_, end - data);
-      payload_left_ -= static_cast<uint32_t>(skipped);
-      data += skipped;
-      if (payload_left_ == 0 && block_closing_) block_open_ = block_closing_ = false;
+      data += cursor_.SkipPayload(data, end);
+      if (!cursor_.InPayload() && block_closing_) block_open_ = block_closing_ = false;
       continue;
     }
-    if (header_filled_ == 0) frame_begin_ = fed_before + static_cast<uint64_t>(data - begin);
-    // Most frame headers arrive whole; copy only what this read holds.
-    const size_t taken = std::min<size_t>(sizeof(header_) - header_filled_, end - data);
-    std::copy(data, data + taken, header_ + header_filled_);
-    header_filled_ += taken;
-    data += taken;
-    if (header_filled_ < sizeof(header_)) break;
-    header_filled_ = 0;
+    if (cursor_.AtBoundary()) frame_begin_ = fed_before + static_cast<uint64_t>(data - begin);
+    if (!cursor_.TakeHeader(data, end)) break;
     if (HostileReason broken = OnFrameHeader(now); broken != HostileReason::kNone) return broken;
   }
   return HostileReason::kNone;
 }
 
 HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
-  const uint32_t length = Read24(header_);
-  const uint8_t type = header_[3];
-  const uint8_t flags = header_[4];
-  const uint32_t stream = Read32(header_ + 5) & 0x7fffffffu;
-  payload_left_ = length;
+  const uint8_t* const header = cursor_.header();
+  const uint32_t length = cursor_.payload_left();
+  const uint8_t type = header[3];
+  const uint8_t flags = header[4];
+  const uint32_t stream = Read32(header + 5) & 0x7fffffffu;
   if (now - window_start_ >= limits_.window) StartWindow(now);
 
   if (in_header_block_ && type != kContinuation) return HostileReason::kMalformed;
@@ -114,7 +102,7 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       [[fallthrough]];
     case kContinuation:
       // Frame headers count too: empty CONTINUATION frames are not free.
-      header_block_bytes_ += length + sizeof(header_);
+      header_block_bytes_ += length + FrameCursor::kHeaderSize;
       if (header_block_bytes_ > limits_.max_header_block_bytes) {
         return HostileReason::kHeaderBlockTooLarge;
       }
@@ -172,19 +160,11 @@ void FrameScreen::StartWindow(absl::Time now) {
 void DownstreamFrames::Feed(const uint8_t* data, size_t size) {
   const uint8_t* const end = data + size;
   while (data < end) {
-    if (payload_left_ > 0) {
-      const size_t skipped = std::min<size_t>(payload_left_, end - data);
-      payload_left_ -= static_cast<uint32_t>(skipped);
-      data += skipped;
-      continue;
+    if (cursor_.InPayload()) {
+      data += cursor_.SkipPayload(data, end);
+    } else if (!cursor_.TakeHeader(data, end)) {
+      break;
     }
-    const size_t taken = std::min<size_t>(sizeof(header_) - header_filled_, end - data);
-    std::copy(data, data + taken, header_ + header_filled_);
-    header_filled_ += taken;
-    data += taken;
-    if (header_filled_ < sizeof(header_)) break;
-    header_filled_ = 0;
-    payload_left_ = Read24(header_);
   }
 }
 

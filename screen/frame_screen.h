@@ -33,6 +33,7 @@
 #ifndef POOLSIDE_SCREEN_FRAME_SCREEN_H_
 #define POOLSIDE_SCREEN_FRAME_SCREEN_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -51,6 +52,56 @@ struct FrameScreenLimits {
   int64_t max_settings = 1000;
   int64_t max_streams_before_settings_ack = 1000;
   absl::Duration window = absl::Seconds(10);
+};
+
+// Where a reader stands in a stream of HTTP/2 frames: the 9-byte header of
+// the next frame as its bytes arrive (a read may split it anywhere), then
+// what is left of that frame's payload. Both directions of the relay read
+// frames this way.
+class FrameCursor {
+ public:
+  static constexpr size_t kHeaderSize = 9;
+
+  // True when the bytes so far end exactly at a frame boundary.
+  bool AtBoundary() const { return header_filled_ == 0 && payload_left_ == 0; }
+  bool InPayload() const { return payload_left_ > 0; }
+  // How many more bytes reach the next boundary, or at least the end of the
+  // frame header being read (its length is not known before).
+  size_t BytesToBoundary() const {
+    return header_filled_ > 0 ? kHeaderSize - header_filled_ : payload_left_;
+  }
+  // Payload bytes of the current frame not yet seen.
+  uint32_t payload_left() const { return payload_left_; }
+
+  // Passes over what [data, end) holds of the current payload; returns how
+  // many bytes that was.
+  size_t SkipPayload(const uint8_t* data, const uint8_t* end) {
+    const size_t skipped = std::min<size_t>(payload_left_, end - data);
+    payload_left_ -= static_cast<uint32_t>(skipped);
+    return skipped;
+  }
+  // One payload byte the caller read itself.
+  void TookPayloadByte() { --payload_left_; }
+  // Copies what [data, end) holds of the frame header, advancing `data`.
+  // True once the header is whole: header() then holds it, and the payload
+  // that follows is its length.
+  bool TakeHeader(const uint8_t*& data, const uint8_t* end) {
+    // Most frame headers arrive whole; copy only what this read holds.
+    const size_t taken = std::min<size_t>(kHeaderSize - header_filled_, end - data);
+    std::copy(data, data + taken, header_ + header_filled_);
+    header_filled_ += taken;
+    data += taken;
+    if (header_filled_ < kHeaderSize) return false;
+    header_filled_ = 0;
+    payload_left_ = (uint32_t{header_[0]} << 16) | (uint32_t{header_[1]} << 8) | header_[2];
+    return true;
+  }
+  const uint8_t* header() const { return header_; }
+
+ private:
+  uint8_t header_[kHeaderSize];
+  size_t header_filled_ = 0;
+  uint32_t payload_left_ = 0;
 };
 
 class FrameScreen {
@@ -87,10 +138,7 @@ class FrameScreen {
 
   // Where the parser stands in the byte stream.
   size_t preface_left_;
-  uint8_t header_[9];
-  size_t header_filled_ = 0;
-  // Payload bytes of the current frame not yet seen.
-  uint32_t payload_left_ = 0;
+  FrameCursor cursor_;
   // RST_STREAM error code being collected (its first four payload bytes).
   bool reading_rst_code_ = false;
   uint8_t rst_code_[4];
@@ -124,17 +172,13 @@ class DownstreamFrames {
   // Accounts for `size` more bytes of grpc's output.
   void Feed(const uint8_t* data, size_t size);
   // True when the bytes fed so far end exactly at a frame boundary.
-  bool AtBoundary() const { return header_filled_ == 0 && payload_left_ == 0; }
+  bool AtBoundary() const { return cursor_.AtBoundary(); }
   // How many more bytes reach the next boundary, or at least the end of the
   // frame header being read (its length is not known before).
-  size_t BytesToBoundary() const {
-    return header_filled_ > 0 ? sizeof(header_) - header_filled_ : payload_left_;
-  }
+  size_t BytesToBoundary() const { return cursor_.BytesToBoundary(); }
 
  private:
-  uint8_t header_[9];
-  size_t header_filled_ = 0;
-  uint32_t payload_left_ = 0;
+  FrameCursor cursor_;
 };
 
 // A GOAWAY frame (stream 0, no debug data) with `last_stream_id` and `code`.
