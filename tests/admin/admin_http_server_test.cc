@@ -84,6 +84,13 @@ class AdminHttpServerTest : public ::testing::Test {
     return response.ok() ? *std::move(response) : HttpResponse{};
   }
 
+  // GETs `target`: the answer must be exactly `status` with `body`.
+  void ExpectGet(const std::string& target, int status, const std::string& body) {
+    const HttpResponse response = Get(target);
+    EXPECT_EQ(response.status, status) << target;
+    EXPECT_EQ(response.body, body) << target;
+  }
+
   int port() const { return server_->port(); }
 
   PoolsideMetrics metrics_{MetricsOptions{"test", 200}};
@@ -107,9 +114,7 @@ TEST_F(AdminHttpServerTest, HealthzIsOkWhileServingEvenWhenUnhealthyOrDraining) 
   StartServer();
   SetSnapshot(Pool(0, 3));
   server_->SetDraining();
-  const HttpResponse response = Get("/healthz");
-  EXPECT_EQ(response.status, 200);
-  EXPECT_EQ(response.body, "ok\n");
+  ExpectGet("/healthz", 200, "ok\n");
 }
 
 TEST_F(AdminHttpServerTest, ReadyzIsOkUnlessUnhealthy) {
@@ -138,9 +143,7 @@ TEST_F(AdminHttpServerTest, ReadyzIs503OnceDraining) {
   StartServer();
   EXPECT_EQ(Get("/readyz").status, 200);
   server_->SetDraining();
-  const HttpResponse response = Get("/readyz");
-  EXPECT_EQ(response.status, 503);
-  EXPECT_EQ(response.body, "draining\n");
+  ExpectGet("/readyz", 503, "draining\n");
 }
 
 TEST_F(AdminHttpServerTest, PoolIsValidJsonWithEveryChannel) {

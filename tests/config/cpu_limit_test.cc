@@ -4,10 +4,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <ostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -16,28 +20,42 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// A file to write into a FakeRoot, or an empty directory to make there
+// (contents kEmptyDirectory). `path` is absolute, as the process sees it.
+struct FakeEntry {
+  std::string path;
+  std::optional<std::string> contents;
+};
+
+const std::optional<std::string> kEmptyDirectory = std::nullopt;
+
 // A fake file system root holding /proc/self and cgroup trees, removed at
 // the end of the test.
 class FakeRoot {
  public:
-  FakeRoot() {
+  explicit FakeRoot(const std::vector<FakeEntry>& entries) {
     const testing::TestInfo* test = testing::UnitTest::GetInstance()->current_test_info();
+    // Parameterized tests have '/' in their names; keep the root one directory.
     root_ = std::filesystem::path(testing::TempDir()) /
-            absl::StrCat("cpu_limit_", test->test_suite_name(), "_", test->name(), "_", getpid());
+            absl::StrReplaceAll(absl::StrCat("cpu_limit_", test->test_suite_name(), "_",
+                                             test->name(), "_", getpid()),
+                                {{"/", "_"}});
     std::filesystem::remove_all(root_);
     std::filesystem::create_directories(root_);
+    for (const FakeEntry& entry : entries) {
+      const std::filesystem::path file = root_ / entry.path.substr(1);
+      if (!entry.contents.has_value()) {
+        std::filesystem::create_directories(file);
+        continue;
+      }
+      std::filesystem::create_directories(file.parent_path());
+      std::ofstream(file) << *entry.contents;
+    }
   }
   ~FakeRoot() { std::filesystem::remove_all(root_); }
+  FakeRoot(const FakeRoot&) = delete;
+  FakeRoot& operator=(const FakeRoot&) = delete;
 
-  // Writes `contents` to `path` (absolute, inside the fake root).
-  void Write(const std::string& path, const std::string& contents) const {
-    const std::filesystem::path file = root_ / path.substr(1);
-    std::filesystem::create_directories(file.parent_path());
-    std::ofstream(file) << contents;
-  }
-  void MakeDirectory(const std::string& path) const {
-    std::filesystem::create_directories(root_ / path.substr(1));
-  }
   std::string path() const { return root_.string(); }
 
  private:
@@ -151,125 +169,115 @@ TEST(CgroupDirectoryTest, PathOutsideTheMountRootIsTheMountPoint) {
   EXPECT_EQ(CgroupDirectory(whole, "/../../outside"), "/sys/fs/cgroup");
 }
 
-TEST(FindCpuQuotaTest, V2QuotaOfOwnCgroup) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kV2Mount);
-  root.Write("/proc/self/cgroup", "0::/kubepods/pod1/ctr\n");
-  root.Write("/sys/fs/cgroup/cpu.max", "max 100000\n");
-  root.Write("/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "50000 100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
+// One layout of cgroup files and the quota FindCpuQuota must find in it.
+struct QuotaCase {
+  // The test's name.
+  std::string name;
+  std::vector<FakeEntry> entries;
+  std::optional<CpuQuota> expected;
+};
+
+// For failure messages: the case's name rather than its bytes.
+void PrintTo(const QuotaCase& quota_case, std::ostream* os) { *os << quota_case.name; }
+
+constexpr std::nullopt_t kNoQuota = std::nullopt;
+
+// cgroup v1 only: the cpu,cpuacct hierarchy has no quota at its root, 1.5
+// CPUs on the container's cgroup.
+const std::vector<FakeEntry> kV1OnlyQuotaEntries = {
+    {"/proc/self/mountinfo",
+     "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+     "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"},
+    {"/proc/self/cgroup",
+     "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n"},
+    {"/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n"},
+    {"/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"},
+    {"/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "150000\n"},
+    {"/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n"},
+};
+
+const QuotaCase kQuotaCases[] = {
+    {"V2QuotaOfOwnCgroup",
+     {{"/proc/self/mountinfo", kV2Mount},
+      {"/proc/self/cgroup", "0::/kubepods/pod1/ctr\n"},
+      {"/sys/fs/cgroup/cpu.max", "max 100000\n"},
+      {"/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "50000 100000\n"}},
+     CpuQuota{50000, 100000}},
+    {"V2WithoutQuota",
+     {{"/proc/self/mountinfo", kV2Mount},
+      {"/proc/self/cgroup", "0::/kubepods/pod1/ctr\n"},
+      {"/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "max 100000\n"}},
+     kNoQuota},
+    {"AncestorQuotaBoundsNestedCgroup",
+     {{"/proc/self/mountinfo", kV2Mount},
+      {"/proc/self/cgroup", "0::/kubepods/pod1/ctr\n"},
+      {"/sys/fs/cgroup/kubepods/cpu.max", "400000 100000\n"},
+      {"/sys/fs/cgroup/kubepods/pod1/cpu.max", "25000 50000\n"},
+      {"/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "max 100000\n"}},
+     CpuQuota{25000, 50000}},
+    {"V1OnlyQuota", kV1OnlyQuotaEntries, CpuQuota{150000, 100000}},
+    {"HybridWithoutQuotaAnywhere",
+     {{"/proc/self/mountinfo", kHybridMounts},
+      {"/proc/self/cgroup", "4:memory:/process_api/c831\n1:cpu,cpuacct:/\n0::/\n"},
+      {"/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n"},
+      {"/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"},
+      {"/sys/fs/cgroup/unified", kEmptyDirectory}},
+     kNoQuota},
+    {"HybridTakesTheTighterOfV1AndV2",
+     {{"/proc/self/mountinfo", kHybridMounts},
+      {"/proc/self/cgroup", "1:cpu,cpuacct:/app\n0::/app\n"},
+      {"/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_quota_us", "300000\n"},
+      {"/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_period_us", "100000\n"},
+      {"/sys/fs/cgroup/unified/app/cpu.max", "100000 100000\n"}},
+     CpuQuota{100000, 100000}},
+    // Docker without a cgroup namespace: /proc/self/cgroup shows the host's
+    // path, and the mount shows only the container's own cgroup.
+    {"ContainerCgroupMountedAtTheMountPoint",
+     {{"/proc/self/mountinfo",
+       "1200 1100 0:29 /docker/abc /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"},
+      {"/proc/self/cgroup", "3:cpu:/docker/abc\n"},
+      {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "50000\n"},
+      {"/sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n"}},
+     CpuQuota{50000, 100000}},
+    // The mount shows the container's cgroup, /proc/self/cgroup a path from a
+    // view that is not below it: the mount point is the container's cgroup.
+    {"CgroupPathOutsideTheMountedRoot",
+     {{"/proc/self/mountinfo",
+       "1200 1100 0:26 /kubepods/pod1/ctr /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"},
+      {"/proc/self/cgroup", "0::/system.slice/containerd.service\n"},
+      {"/sys/fs/cgroup/cpu.max", "200000 100000\n"}},
+     CpuQuota{200000, 100000}},
+    {"CgroupDirectoryMissingFallsBackToTheMountPoint",
+     {{"/proc/self/mountinfo", kV2Mount},
+      {"/proc/self/cgroup", "0::/gone/elsewhere\n"},
+      {"/sys/fs/cgroup/cpu.max", "150000 100000\n"}},
+     CpuQuota{150000, 100000}},
+    {"NoProcMeansNoQuota", {}, kNoQuota},
+};
+
+class FindCpuQuotaTest : public testing::TestWithParam<QuotaCase> {};
+
+TEST_P(FindCpuQuotaTest, FindsTheTightestQuota) {
+  const QuotaCase& quota_case = GetParam();
+  std::optional<CpuQuota> quota = QuotaOrDie(FakeRoot(quota_case.entries));
+  if (!quota_case.expected.has_value()) {
+    EXPECT_FALSE(quota.has_value());
+    return;
+  }
   ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 50000);
-  EXPECT_EQ(quota->period_us, 100000);
+  EXPECT_EQ(quota->quota_us, quota_case.expected->quota_us);
+  EXPECT_EQ(quota->period_us, quota_case.expected->period_us);
 }
 
-TEST(FindCpuQuotaTest, V2WithoutQuota) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kV2Mount);
-  root.Write("/proc/self/cgroup", "0::/kubepods/pod1/ctr\n");
-  root.Write("/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "max 100000\n");
-  EXPECT_FALSE(QuotaOrDie(root).has_value());
-}
+INSTANTIATE_TEST_SUITE_P(CgroupLayouts, FindCpuQuotaTest, testing::ValuesIn(kQuotaCases),
+                         [](const testing::TestParamInfo<QuotaCase>& info) {
+                           return info.param.name;
+                         });
 
-TEST(FindCpuQuotaTest, AncestorQuotaBoundsNestedCgroup) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kV2Mount);
-  root.Write("/proc/self/cgroup", "0::/kubepods/pod1/ctr\n");
-  root.Write("/sys/fs/cgroup/kubepods/cpu.max", "400000 100000\n");
-  root.Write("/sys/fs/cgroup/kubepods/pod1/cpu.max", "25000 50000\n");
-  root.Write("/sys/fs/cgroup/kubepods/pod1/ctr/cpu.max", "max 100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 25000);
-  EXPECT_EQ(quota->period_us, 50000);
-}
-
-TEST(FindCpuQuotaTest, V1OnlyQuota) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo",
-             "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
-             "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n");
-  root.Write("/proc/self/cgroup",
-             "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "150000\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 150000);
-  EXPECT_EQ(WorkerThreadsFor(quota, 8).threads, 1);
-}
-
-TEST(FindCpuQuotaTest, HybridWithoutQuotaAnywhere) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kHybridMounts);
-  root.Write("/proc/self/cgroup", "4:memory:/process_api/c831\n1:cpu,cpuacct:/\n0::/\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
-  root.MakeDirectory("/sys/fs/cgroup/unified");
-  EXPECT_FALSE(QuotaOrDie(root).has_value());
-}
-
-TEST(FindCpuQuotaTest, HybridTakesTheTighterOfV1AndV2) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kHybridMounts);
-  root.Write("/proc/self/cgroup", "1:cpu,cpuacct:/app\n0::/app\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_quota_us", "300000\n");
-  root.Write("/sys/fs/cgroup/cpu,cpuacct/app/cpu.cfs_period_us", "100000\n");
-  root.Write("/sys/fs/cgroup/unified/app/cpu.max", "100000 100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 100000);
-}
-
-TEST(FindCpuQuotaTest, ContainerCgroupMountedAtTheMountPoint) {
-  // Docker without a cgroup namespace: /proc/self/cgroup shows the host's
-  // path, and the mount shows only the container's own cgroup.
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo",
-             "1200 1100 0:29 /docker/abc /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n");
-  root.Write("/proc/self/cgroup", "3:cpu:/docker/abc\n");
-  root.Write("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "50000\n");
-  root.Write("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 50000);
-}
-
-TEST(FindCpuQuotaTest, CgroupPathOutsideTheMountedRoot) {
-  // The mount shows the container's cgroup, /proc/self/cgroup a path from a
-  // view that is not below it: the mount point is the container's cgroup.
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo",
-             "1200 1100 0:26 /kubepods/pod1/ctr /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
-  root.Write("/proc/self/cgroup", "0::/system.slice/containerd.service\n");
-  root.Write("/sys/fs/cgroup/cpu.max", "200000 100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 200000);
-}
-
-TEST(FindCpuQuotaTest, CgroupDirectoryMissingFallsBackToTheMountPoint) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kV2Mount);
-  root.Write("/proc/self/cgroup", "0::/gone/elsewhere\n");
-  root.Write("/sys/fs/cgroup/cpu.max", "150000 100000\n");
-  std::optional<CpuQuota> quota = QuotaOrDie(root);
-  ASSERT_TRUE(quota.has_value());
-  EXPECT_EQ(quota->quota_us, 150000);
-}
-
-TEST(FindCpuQuotaTest, NoProcMeansNoQuota) {
-  FakeRoot root;
-  EXPECT_FALSE(QuotaOrDie(root).has_value());
-}
-
-TEST(FindCpuQuotaTest, MalformedQuotaFileIsAnErrorNamingIt) {
-  FakeRoot root;
-  root.Write("/proc/self/mountinfo", kV2Mount);
-  root.Write("/proc/self/cgroup", "0::/\n");
-  root.Write("/sys/fs/cgroup/cpu.max", "lots\n");
+TEST(FindCpuQuotaErrorTest, MalformedQuotaFileIsAnErrorNamingIt) {
+  const FakeRoot root({{"/proc/self/mountinfo", kV2Mount},
+                       {"/proc/self/cgroup", "0::/\n"},
+                       {"/sys/fs/cgroup/cpu.max", "lots\n"}});
   absl::StatusOr<std::optional<FoundCpuQuota>> found = FindCpuQuota(root.path());
   ASSERT_FALSE(found.ok());
   EXPECT_THAT(found.status().message(), HasSubstr("/sys/fs/cgroup/cpu.max"));
@@ -296,6 +304,12 @@ TEST(WorkerThreadsForTest, WithoutQuotaOnePerTwoCpus) {
   EXPECT_EQ(choice.reason, "2 CPUs, no quota: one thread per 2 CPUs");
   EXPECT_EQ(WorkerThreadsFor(std::nullopt, 16).threads, 8);
   EXPECT_EQ(WorkerThreadsFor(std::nullopt, 1).threads, 1);
+}
+
+TEST(WorkerThreadsForTest, OneForTheV1OnlyQuotaOnEightCpus) {
+  std::optional<CpuQuota> quota = QuotaOrDie(FakeRoot(kV1OnlyQuotaEntries));
+  ASSERT_TRUE(quota.has_value());
+  EXPECT_EQ(WorkerThreadsFor(quota, 8).threads, 1);
 }
 
 TEST(UsableCpusTest, AtLeastOneAndNoMoreThanTheMachine) {

@@ -44,7 +44,22 @@ class FairShareTest : public ::testing::Test {
     }
   }
 
-  FairShare::Waiter WaiterFor(grpc::Alarm& alarm, void* tag) { return {&alarm, &queue_, tag}; }
+  // A call waiting for a place: the alarm that wakes it on queue_, and the
+  // tag it is woken with (its address).
+  struct WaitingCall {
+    grpc::Alarm alarm;
+    int tag = 0;
+  };
+
+  FairShare::Waiter WaiterFor(WaitingCall& call) { return {&call.alarm, &queue_, &call.tag}; }
+
+  // Connection "a" takes the only place of `share`; `first`, then `second`,
+  // queue for it.
+  void HoldTheOnlyPlaceWithTwoWaiting(FairShare& share, WaitingCall& first, WaitingCall& second) {
+    ASSERT_TRUE(share.TryAcquire("a"));
+    EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(first)));
+    EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(second)));
+  }
 
   grpc::CompletionQueue queue_;
 };
@@ -62,25 +77,21 @@ TEST_F(FairShareTest, EachConnectionGetsItsOwnPlaces) {
 
 TEST_F(FairShareTest, ReleasedPlaceGoesToTheFirstWaiterOfThatConnection) {
   FairShare share(1);
-  grpc::Alarm first_alarm;
-  grpc::Alarm second_alarm;
-  int first = 1;
-  int second = 2;
-  ASSERT_TRUE(share.TryAcquire("a"));
-  EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(first_alarm, &first)));
-  EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(second_alarm, &second)));
+  WaitingCall first;
+  WaitingCall second;
+  ASSERT_NO_FATAL_FAILURE(HoldTheOnlyPlaceWithTwoWaiting(share, first, second));
   EXPECT_EQ(share.waiting(), 2);
   // Another connection is not held up, nor does it free a's places.
   EXPECT_TRUE(share.TryAcquire("b"));
   share.Release("b");
 
   share.Release("a");
-  EXPECT_EQ(NextTag(queue_), &first);
+  EXPECT_EQ(NextTag(queue_), &first.tag);
   EXPECT_EQ(share.held(), 1);  // Handed over, not given back.
   // A newcomer does not jump the queue.
   EXPECT_FALSE(share.TryAcquire("a"));
   share.Release("a");
-  EXPECT_EQ(NextTag(queue_), &second);
+  EXPECT_EQ(NextTag(queue_), &second.tag);
   share.Release("a");
   EXPECT_EQ(share.held(), 0);
   EXPECT_EQ(share.waiting(), 0);
@@ -88,18 +99,14 @@ TEST_F(FairShareTest, ReleasedPlaceGoesToTheFirstWaiterOfThatConnection) {
 
 TEST_F(FairShareTest, CancelledWaiterIsSkippedAndToldWhetherItGotAPlace) {
   FairShare share(1);
-  grpc::Alarm cancelled_alarm;
-  grpc::Alarm granted_alarm;
-  int cancelled = 1;
-  int granted = 2;
-  ASSERT_TRUE(share.TryAcquire("a"));
-  EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(cancelled_alarm, &cancelled)));
-  EXPECT_FALSE(share.AcquireOrWait("a", WaiterFor(granted_alarm, &granted)));
-  EXPECT_TRUE(share.Cancel("a", WaiterFor(cancelled_alarm, &cancelled)));
+  WaitingCall cancelled;
+  WaitingCall granted;
+  ASSERT_NO_FATAL_FAILURE(HoldTheOnlyPlaceWithTwoWaiting(share, cancelled, granted));
+  EXPECT_TRUE(share.Cancel("a", WaiterFor(cancelled)));
   share.Release("a");
-  EXPECT_EQ(NextTag(queue_), &granted);
+  EXPECT_EQ(NextTag(queue_), &granted.tag);
   // Already handed a place: Cancel says so, and the place is the caller's.
-  EXPECT_FALSE(share.Cancel("a", WaiterFor(granted_alarm, &granted)));
+  EXPECT_FALSE(share.Cancel("a", WaiterFor(granted)));
   share.Release("a");
   EXPECT_EQ(share.held(), 0);
 }

@@ -25,6 +25,19 @@ sockaddr_in LoopbackAddress(int port) {
   return address;
 }
 
+// A TCP socket on which `attach` (connect or bind) to 127.0.0.1:`port`
+// succeeded, or -1 (errno says why).
+int AttachedLoopbackSocket(int port, int (*attach)(int, const sockaddr*, socklen_t)) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const sockaddr_in address = LoopbackAddress(port);
+  if (attach(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 }  // namespace
 
 int MillisUntil(absl::Time deadline) {
@@ -33,28 +46,14 @@ int MillisUntil(absl::Time deadline) {
 }
 
 int ConnectLoopback(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = AttachedLoopbackSocket(port, connect);
   if (fd < 0) return -1;
-  const sockaddr_in address = LoopbackAddress(port);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
-    close(fd);
-    return -1;
-  }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   return fd;
 }
 
-int BindLoopback(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const sockaddr_in address = LoopbackAddress(port);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+int BindLoopback(int port) { return AttachedLoopbackSocket(port, bind); }
 
 int LocalPort(int fd) {
   sockaddr_in address{};

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -136,6 +137,11 @@ class TlsEchoServer : public grpc::CallbackGenericService {
   std::unique_ptr<grpc::Server> server_;
 };
 
+// One echo call of `message` through `channel`.
+CallResult Echo(const std::shared_ptr<grpc::Channel>& channel, const std::string& message) {
+  return UnaryCall(channel, "/tls.Echo/Unary", message);
+}
+
 class TlsUpstreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -144,8 +150,15 @@ class TlsUpstreamTest : public ::testing::Test {
     ASSERT_TRUE(certs_.MakeLeaf("client", "ca", "client.test"));
   }
 
-  Environment TlsEnvironment(const TlsEchoServer& upstream) {
-    return {{"GRPC_UPSTREAM_TARGET", upstream.target()},
+  // The upstream serves the "server" certificate; with `client_ca` non-empty,
+  // it requires client certificates signed by it.
+  void StartUpstream(const std::string& client_ca) {
+    upstream_ = std::make_unique<TlsEchoServer>(certs_, "server", client_ca);
+  }
+
+  // REQUIRES: StartUpstream.
+  Environment TlsEnvironment() {
+    return {{"GRPC_UPSTREAM_TARGET", upstream_->target()},
             {"GRPC_UPSTREAM_TLS", "true"},
             {"GRPC_UPSTREAM_CA_FILE", certs_.Path("ca.pem")},
             {"GRPC_UPSTREAM_SERVER_NAME", "upstream.test"},
@@ -154,119 +167,119 @@ class TlsUpstreamTest : public ::testing::Test {
             {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "1"}};
   }
 
+  // TlsEnvironment plus the client certificate "client" for mutual TLS.
+  Environment MutualTlsEnvironment() {
+    Environment env = TlsEnvironment();
+    env["GRPC_UPSTREAM_CERT_FILE"] = certs_.Path("client.pem");
+    env["GRPC_UPSTREAM_KEY_FILE"] = certs_.Path("client.key");
+    return env;
+  }
+
+  // Starts poolside with `env` and waits until it serves; a fatal failure
+  // otherwise, so call it inside ASSERT_NO_FATAL_FAILURE.
+  void StartPoolside(Environment env) {
+    poolside_ = std::make_unique<PoolsideProcess>(std::move(env));
+    ASSERT_TRUE(poolside_->Start().ok());
+    ASSERT_TRUE(poolside_->WaitUntilServing(kStartTimeout).ok());
+  }
+
+  // One echo call on a new connection to poolside.
+  CallResult EchoThroughPoolside(const std::string& message) {
+    return Echo(CreateTestChannel(poolside_->listen_target()), message);
+  }
+
   CertificateDirectory certs_;
+  // In this order so that poolside stops before its upstream, and both
+  // before the certificates are removed.
+  std::unique_ptr<TlsEchoServer> upstream_;
+  std::unique_ptr<PoolsideProcess> poolside_;
 };
 
 TEST_F(TlsUpstreamTest, ForwardsOverTlsVerifyingTheServerName) {
-  TlsEchoServer upstream(certs_, "server", "");
-  PoolsideProcess poolside(TlsEnvironment(upstream));
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+  StartUpstream(/*client_ca=*/"");
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(TlsEnvironment()));
 
-  const CallResult result =
-      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "over tls");
-  ASSERT_TRUE(result.status.ok()) << result << Tail(poolside.Stderr());
+  const CallResult result = EchoThroughPoolside("over tls");
+  ASSERT_TRUE(result.status.ok()) << result << Tail(poolside_->Stderr());
   EXPECT_EQ(result.responses, std::vector<std::string>{"over tls"});
 }
 
 // poolside resolves the name and connects to its address, yet checks the
 // certificate against the name, as one channel to the name would.
 TEST_F(TlsUpstreamTest, ResolvedNameIsStillTheNameTheCertificateIsCheckedAgainst) {
-  TlsEchoServer upstream(certs_, "server", "");
+  StartUpstream(/*client_ca=*/"");
   DnsResponder dns("upstream.test");
   ASSERT_TRUE(dns.Start().ok());
   dns.SetAddresses({"127.0.0.1"});
-  Environment env = TlsEnvironment(upstream);
+  Environment env = TlsEnvironment();
   env.erase("GRPC_UPSTREAM_SERVER_NAME");
   env["GRPC_UPSTREAM_TARGET"] =
-      absl::StrCat("dns://", dns.address(), "/upstream.test:", upstream.port());
-  PoolsideProcess poolside(env);
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+      absl::StrCat("dns://", dns.address(), "/upstream.test:", upstream_->port());
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
 
-  const CallResult result =
-      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "by name");
-  ASSERT_TRUE(result.status.ok()) << result << Tail(poolside.Stderr());
-  EXPECT_NE(poolside.Stderr().find("has 1 address: 127.0.0.1:"), std::string::npos)
-      << "not resolved by poolside: " << Tail(poolside.Stderr());
-  poolside.Terminate();
-  EXPECT_EQ(poolside.WaitForExit(absl::Seconds(30)), 0);
+  const CallResult result = EchoThroughPoolside("by name");
+  ASSERT_TRUE(result.status.ok()) << result << Tail(poolside_->Stderr());
+  EXPECT_NE(poolside_->Stderr().find("has 1 address: 127.0.0.1:"), std::string::npos)
+      << "not resolved by poolside: " << Tail(poolside_->Stderr());
+  poolside_->Terminate();
+  EXPECT_EQ(poolside_->WaitForExit(absl::Seconds(30)), 0);
 }
 
 TEST_F(TlsUpstreamTest, ForwardsWithMutualTls) {
-  TlsEchoServer upstream(certs_, "server", "ca");
-  Environment env = TlsEnvironment(upstream);
-  env["GRPC_UPSTREAM_CERT_FILE"] = certs_.Path("client.pem");
-  env["GRPC_UPSTREAM_KEY_FILE"] = certs_.Path("client.key");
-  PoolsideProcess poolside(env);
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+  StartUpstream(/*client_ca=*/"ca");
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(MutualTlsEnvironment()));
 
-  const CallResult result =
-      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "mtls");
-  EXPECT_TRUE(result.status.ok()) << result << Tail(poolside.Stderr());
+  const CallResult result = EchoThroughPoolside("mtls");
+  EXPECT_TRUE(result.status.ok()) << result << Tail(poolside_->Stderr());
 }
 
 TEST_F(TlsUpstreamTest, UpstreamRequiringAClientCertificateIsUnavailableWithoutOne) {
-  TlsEchoServer upstream(certs_, "server", "ca");
-  PoolsideProcess poolside(TlsEnvironment(upstream));
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+  StartUpstream(/*client_ca=*/"ca");
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(TlsEnvironment()));
 
-  const CallResult result =
-      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "x");
+  const CallResult result = EchoThroughPoolside("x");
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
 }
 
 TEST_F(TlsUpstreamTest, WrongCaFailsLoudlyAndMakesThePoolUnhealthy) {
   ASSERT_TRUE(certs_.MakeCa("other-ca"));
-  TlsEchoServer upstream(certs_, "server", "");
-  Environment env = TlsEnvironment(upstream);
+  StartUpstream(/*client_ca=*/"");
+  Environment env = TlsEnvironment();
   env["GRPC_UPSTREAM_CA_FILE"] = certs_.Path("other-ca.pem");
-  PoolsideProcess poolside(env);
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
-  auto channel = CreateTestChannel(poolside.listen_target());
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  auto channel = CreateTestChannel(poolside_->listen_target());
 
-  const CallResult result = UnaryCall(channel, "/tls.Echo/Unary", "x");
+  const CallResult result = Echo(channel, "x");
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
   const auto health = AdminHealthCheck(channel);
   ASSERT_TRUE(health.ok());
   EXPECT_EQ(health->status(), "unhealthy");
   // The health monitor names the cause once the channels turn unhealthy.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (poolside.Stderr().find("certificate verify failed") == std::string::npos &&
+  while (poolside_->Stderr().find("certificate verify failed") == std::string::npos &&
          absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(100));
   }
-  EXPECT_NE(poolside.Stderr().find("certificate verify failed"), std::string::npos)
-      << "the log must say why: " << Tail(poolside.Stderr());
+  EXPECT_NE(poolside_->Stderr().find("certificate verify failed"), std::string::npos)
+      << "the log must say why: " << Tail(poolside_->Stderr());
 }
 
 TEST_F(TlsUpstreamTest, WrongServerNameFails) {
-  TlsEchoServer upstream(certs_, "server", "");
-  Environment env = TlsEnvironment(upstream);
+  StartUpstream(/*client_ca=*/"");
+  Environment env = TlsEnvironment();
   env["GRPC_UPSTREAM_SERVER_NAME"] = "someone-else.test";
-  PoolsideProcess poolside(env);
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
 
-  const CallResult result =
-      UnaryCall(CreateTestChannel(poolside.listen_target()), "/tls.Echo/Unary", "x");
+  const CallResult result = EchoThroughPoolside("x");
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
 }
 
 TEST_F(TlsUpstreamTest, RotatedClientCertificateRollsConnectionsWithoutFailingCalls) {
   ASSERT_TRUE(certs_.MakeLeaf("client-2", "ca", "client.test"));
-  TlsEchoServer upstream(certs_, "server", "ca");
-  Environment env = TlsEnvironment(upstream);
-  env["GRPC_UPSTREAM_CERT_FILE"] = certs_.Path("client.pem");
-  env["GRPC_UPSTREAM_KEY_FILE"] = certs_.Path("client.key");
-  PoolsideProcess poolside(env);
-  ASSERT_TRUE(poolside.Start().ok());
-  ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
-  auto channel = CreateTestChannel(poolside.listen_target());
-  ASSERT_TRUE(UnaryCall(channel, "/tls.Echo/Unary", "before").status.ok());
+  StartUpstream(/*client_ca=*/"ca");
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(MutualTlsEnvironment()));
+  auto channel = CreateTestChannel(poolside_->listen_target());
+  ASSERT_TRUE(Echo(channel, "before").status.ok());
 
   ASSERT_TRUE(certs_.Rotate("client-2.key", "client.key"));
   ASSERT_TRUE(certs_.Rotate("client-2.pem", "client.pem"));
@@ -274,13 +287,13 @@ TEST_F(TlsUpstreamTest, RotatedClientCertificateRollsConnectionsWithoutFailingCa
   // Calls keep succeeding while both connections are replaced.
   int failed = 0;
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (upstream.DistinctPeers() < 4 && absl::Now() < deadline) {
-    if (!UnaryCall(channel, "/tls.Echo/Unary", "during").status.ok()) ++failed;
+  while (upstream_->DistinctPeers() < 4 && absl::Now() < deadline) {
+    if (!Echo(channel, "during").status.ok()) ++failed;
     absl::SleepFor(absl::Milliseconds(50));
   }
-  EXPECT_GE(upstream.DistinctPeers(), 4u) << Tail(poolside.Stderr());
+  EXPECT_GE(upstream_->DistinctPeers(), 4u) << Tail(poolside_->Stderr());
   EXPECT_EQ(failed, 0);
-  EXPECT_NE(poolside.Stderr().find("rolling 2 connections"), std::string::npos);
+  EXPECT_NE(poolside_->Stderr().find("rolling 2 connections"), std::string::npos);
 }
 
 }  // namespace
