@@ -226,7 +226,8 @@ void ScreenedListener::Relay::Cut(Connection& connection, HostileReason reason) 
   close(connection.grpc_fd);
   connection.grpc_fd = -1;
   if (between_frames) {
-    const std::string goaway = GoawayFrame(connection.screen.last_stream_id(), kEnhanceYourCalm);
+    const std::string goaway =
+        GoawayFrame(connection.screen.last_stream_id(), http2::kEnhanceYourCalm);
     (void)!send(connection.app_fd, goaway.data(), goaway.size(), MSG_NOSIGNAL);
   }
   shutdown(connection.app_fd, SHUT_WR);

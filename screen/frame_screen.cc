@@ -5,21 +5,14 @@
 namespace poolside {
 namespace {
 
-// RFC 9113: the client connection preface, then frames.
-constexpr size_t kPrefaceSize = 24;
-
-constexpr uint8_t kData = 0x0;
-constexpr uint8_t kHeaders = 0x1;
-constexpr uint8_t kRstStream = 0x3;
-constexpr uint8_t kSettings = 0x4;
-constexpr uint8_t kPing = 0x6;
-constexpr uint8_t kGoaway = 0x7;
-constexpr uint8_t kContinuation = 0x9;
-
-constexpr uint8_t kFlagAck = 0x1;
-constexpr uint8_t kFlagEndHeaders = 0x4;
-
-constexpr uint32_t kNoError = 0x0;
+using http2::kAck;
+using http2::kContinuation;
+using http2::kEndHeaders;
+using http2::kGoaway;
+using http2::kHeaders;
+using http2::kPing;
+using http2::kRstStream;
+using http2::kSettings;
 
 uint32_t Read32(const uint8_t* bytes) {
   return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
@@ -36,7 +29,7 @@ void Append32(std::string& out, uint32_t value) {
 }  // namespace
 
 FrameScreen::FrameScreen(const FrameScreenLimits& limits)
-    : limits_(limits), preface_left_(kPrefaceSize) {}
+    : limits_(limits), preface_left_(http2::kClientPreface.size()) {}
 
 HostileReason FrameScreen::Feed(const uint8_t* data, size_t size, absl::Time now) {
   const uint8_t* const begin = data;
@@ -106,7 +99,7 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       if (header_block_bytes_ > limits_.max_header_block_bytes) {
         return HostileReason::kHeaderBlockTooLarge;
       }
-      in_header_block_ = (flags & kFlagEndHeaders) == 0;
+      in_header_block_ = (flags & kEndHeaders) == 0;
       if (!in_header_block_) {
         block_closing_ = length > 0;
         block_open_ = block_closing_;
@@ -120,17 +113,17 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
       }
       break;
     case kPing:
-      if ((flags & kFlagAck) == 0 && ++pings_ > limits_.max_pings) {
+      if ((flags & kAck) == 0 && ++pings_ > limits_.max_pings) {
         return HostileReason::kPingFlood;
       }
       break;
     case kSettings:
-      if ((flags & kFlagAck) != 0) settings_acked_ = true;
-      if ((flags & kFlagAck) == 0 && ++settings_ > limits_.max_settings) {
+      if ((flags & kAck) != 0) settings_acked_ = true;
+      if ((flags & kAck) == 0 && ++settings_ > limits_.max_settings) {
         return HostileReason::kSettingsFlood;
       }
       break;
-    case kData:
+    case http2::kData:
     case kGoaway:
     default:
       break;
@@ -141,7 +134,7 @@ HostileReason FrameScreen::OnFrameHeader(absl::Time now) {
 HostileReason FrameScreen::OnRstStreamCode(uint32_t code) {
   // NO_ERROR is how a client ends a stream the server already answered; any
   // other code abandons a request.
-  if (code == kNoError || limits_.rapid_reset_min_streams <= 0) return HostileReason::kNone;
+  if (code == http2::kNoError || limits_.rapid_reset_min_streams <= 0) return HostileReason::kNone;
   ++resets_;
   if (opened_ >= limits_.rapid_reset_min_streams && 2 * resets_ > opened_) {
     return HostileReason::kRapidReset;

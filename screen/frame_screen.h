@@ -41,6 +41,7 @@
 
 #include "absl/time/time.h"
 #include "metrics/hostile_peer.h"
+#include "screen/http2_wire.h"
 
 namespace poolside {
 
@@ -183,9 +184,6 @@ class DownstreamFrames {
 
 // A GOAWAY frame (stream 0, no debug data) with `last_stream_id` and `code`.
 std::string GoawayFrame(uint32_t last_stream_id, uint32_t code);
-
-// HTTP/2 error code ENHANCE_YOUR_CALM (RFC 9113, section 7).
-inline constexpr uint32_t kEnhanceYourCalm = 0xb;
 
 }  // namespace poolside
 

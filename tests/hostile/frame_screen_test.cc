@@ -10,8 +10,6 @@
 namespace poolside {
 namespace {
 
-constexpr char kPrefaceText[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
   std::string frame;
   const uint32_t length = static_cast<uint32_t>(payload.size());
@@ -39,7 +37,7 @@ std::string Ping(bool ack = false) { return Frame(0x6, ack ? 0x1 : 0x0, 0, std::
 std::string SettingsAck() { return Frame(0x4, 0x1, 0, ""); }
 
 // The preface and the acknowledgement of poolside's SETTINGS, as any client sends.
-const std::string kPreface = std::string(kPrefaceText) + SettingsAck();
+const std::string kPreface = std::string(http2::kClientPreface) + SettingsAck();
 
 class FrameScreenTest : public ::testing::Test {
  protected:
@@ -153,14 +151,14 @@ TEST_F(FrameScreenTest, SettingsFloodIsCut) {
 }
 
 TEST_F(FrameScreenTest, StreamsBeyondTheLimitBeforeSettingsAckAreCut) {
-  std::string bytes = kPrefaceText;
+  std::string bytes(http2::kClientPreface);
   for (uint32_t stream = 1; stream < 2 * 1000; stream += 2) bytes += Headers(stream, 50);
   EXPECT_EQ(Feed(bytes), HostileReason::kNone);  // 1000 streams: the limit.
   EXPECT_EQ(Feed(Headers(2001, 50)), HostileReason::kSettingsNotAcked);
 }
 
 TEST_F(FrameScreenTest, StreamsAfterSettingsAckAreLeftToGrpc) {
-  std::string bytes = std::string(kPrefaceText) + Headers(1, 50) + SettingsAck();
+  std::string bytes = std::string(http2::kClientPreface) + Headers(1, 50) + SettingsAck();
   for (uint32_t stream = 3; stream < 6000; stream += 2) bytes += Headers(stream, 50);
   EXPECT_EQ(Feed(bytes), HostileReason::kNone);
 }
@@ -200,7 +198,7 @@ TEST(DownstreamFramesTest, KnowsFrameBoundaries) {
 }
 
 TEST(GoawayFrameTest, IsAWellFormedGoaway) {
-  const std::string frame = GoawayFrame(7, kEnhanceYourCalm);
+  const std::string frame = GoawayFrame(7, http2::kEnhanceYourCalm);
   EXPECT_EQ(frame, std::string("\0\0\x08\x07\0\0\0\0\0\0\0\0\x07\0\0\0\x0b", 17));
 }
 

@@ -12,36 +12,13 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "screen/http2_wire.h"
 
 namespace poolside::test::h2 {
 
-inline constexpr absl::string_view kClientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-enum FrameType : uint8_t {
-  kData = 0x0,
-  kHeaders = 0x1,
-  kRstStream = 0x3,
-  kSettings = 0x4,
-  kPing = 0x6,
-  kGoaway = 0x7,
-  kWindowUpdate = 0x8,
-  kContinuation = 0x9,
-};
-
-enum Flag : uint8_t {
-  kEndStream = 0x1,
-  kAck = 0x1,
-  kEndHeaders = 0x4,
-};
-
-enum ErrorCode : uint32_t {
-  kNoError = 0x0,
-  kProtocolError = 0x1,
-  kInternalError = 0x2,
-  kRefusedStream = 0x7,
-  kCancel = 0x8,
-  kEnhanceYourCalm = 0xb,
-};
+// The wire constants (kSettings, kEndHeaders, kCancel, kClientPreface, ...)
+// are poolside's own list, so that tests write what the screen reads.
+using namespace ::poolside::http2;  // NOLINT(google-build-using-namespace)
 
 struct Frame {
   uint8_t type = 0;
