@@ -4,12 +4,24 @@
 // client batch), and its reply and status go back in one WriteAndFinish: 4
 // grpc batches per call where poolside issues 13 to stay transparent.
 //
+// With --mode=pingpong (bench/compare's scenario 4) every call is taken as a
+// bidi stream doing strict ping-pong instead: read one message from the app,
+// write it upstream, read the upstream's reply, write that to the app, and
+// again; when the app half-closes, WritesDone upstream, Finish upstream, and
+// Finish to the app with the upstream's status. One operation is pending per
+// stream at a time, so each message costs 4 completion-queue round trips (app
+// read, upstream write, upstream read, app write) and nothing else. It is
+// only correct for strict ping-pong: a stream where either side sends two
+// messages in a row, or the upstream talks first, stalls.
+//
 // It is NOT a proxy anyone should run: no metadata is copied either way, no
-// trailers or status details come back, client and bidi streams break, there
-// is no pool, health, drain or limit. It answers one question: how much CPU
-// and latency a hop costs on this library before any of that.
+// trailers or status details come back, client streams break (and bidi streams
+// in the default mode), there is no pool, health, drain or limit. It answers
+// one question: how much CPU and latency a hop costs on this library before
+// any of that.
 //
 //   unary_hop --upstream=127.0.0.1:PORT [--port=0] [--threads=2]
+//             [--mode=unary|pingpong]
 //
 // Prints PORT=<n> once listening; serves until SIGTERM or SIGINT.
 #include <grpcpp/generic/async_generic_service.h>
@@ -28,8 +40,9 @@
 namespace {
 
 constexpr char kUsage[] =
-    "usage: unary_hop --upstream=HOST:PORT [--port=0] [--threads=2]\n"
-    "A minimal unary-only grpc++ forwarder (a benchmark yardstick, not a proxy).\n";
+    "usage: unary_hop --upstream=HOST:PORT [--port=0] [--threads=2] [--mode=unary|pingpong]\n"
+    "A minimal grpc++ forwarder of unary calls or ping-pong streams (a benchmark\n"
+    "yardstick, not a proxy).\n";
 
 // One forwarded call; owns itself and deletes itself after its last step.
 // Exactly one operation is pending at a time, so the tag needs no step bits.
@@ -91,13 +104,108 @@ class HopCall {
   Step step_ = Step::kAccepting;
 };
 
+// One forwarded bidi stream in strict ping-pong (--mode=pingpong); owns
+// itself and deletes itself after its last step. As in HopCall, exactly one
+// operation is pending at a time.
+class PingPongCall {
+ public:
+  PingPongCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
+               grpc::GenericStub* stub)
+      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {
+    service_->RequestCall(&app_context_, &app_stream_, queue_, queue_, this);
+  }
+
+  void Proceed(bool ok) {
+    switch (step_) {
+      case Step::kAccepting:
+        if (!ok) return delete this;  // Shutting down.
+        new PingPongCall(service_, queue_, stub_);
+        upstream_context_.set_deadline(app_context_.raw_deadline());
+        // Corked: StartCall performs no batch; the initial metadata goes out
+        // with the first Write (or WritesDone).
+        upstream_context_.set_initial_metadata_corked(true);
+        upstream_stream_ = stub_->PrepareCall(&upstream_context_, app_context_.method(), queue_);
+        upstream_stream_->StartCall(nullptr);
+        return ReadApp();
+      case Step::kReadingApp:
+        if (!ok) {  // The app half-closed (or went away).
+          step_ = Step::kClosingUpstream;
+          upstream_stream_->WritesDone(this);
+          return;
+        }
+        step_ = Step::kWritingUpstream;
+        upstream_stream_->Write(message_, this);
+        return;
+      case Step::kWritingUpstream:
+        if (!ok) return FinishUpstream();
+        step_ = Step::kReadingUpstream;
+        upstream_stream_->Read(&message_, this);
+        return;
+      case Step::kReadingUpstream:
+        if (!ok) return FinishUpstream();  // The upstream ended the stream.
+        step_ = Step::kWritingApp;
+        app_stream_.Write(message_, this);
+        return;
+      case Step::kWritingApp:
+        if (!ok) {  // The app is gone: so is the upstream stream.
+          upstream_context_.TryCancel();
+          return FinishUpstream();
+        }
+        return ReadApp();
+      case Step::kClosingUpstream:
+        return FinishUpstream();
+      case Step::kFinishingUpstream:
+        step_ = Step::kAnswering;
+        app_stream_.Finish(status_, this);
+        return;
+      case Step::kAnswering:
+        delete this;
+        return;
+    }
+  }
+
+ private:
+  enum class Step {
+    kAccepting,
+    kReadingApp,
+    kWritingUpstream,
+    kReadingUpstream,
+    kWritingApp,
+    kClosingUpstream,
+    kFinishingUpstream,
+    kAnswering
+  };
+
+  void ReadApp() {
+    step_ = Step::kReadingApp;
+    app_stream_.Read(&message_, this);
+  }
+
+  void FinishUpstream() {
+    step_ = Step::kFinishingUpstream;
+    upstream_stream_->Finish(&status_, this);
+  }
+
+  grpc::AsyncGenericService* const service_;
+  grpc::ServerCompletionQueue* const queue_;
+  grpc::GenericStub* const stub_;
+  grpc::GenericServerContext app_context_;
+  grpc::GenericServerAsyncReaderWriter app_stream_;
+  grpc::ClientContext upstream_context_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> upstream_stream_;
+  grpc::ByteBuffer message_;
+  grpc::Status status_;
+  Step step_ = Step::kAccepting;
+};
+
+template <typename Call>
 void Serve(grpc::ServerCompletionQueue* queue, grpc::AsyncGenericService* service,
            grpc::GenericStub* stub) {
   // Enough accepting calls that a burst never waits for the next RequestCall.
-  for (int i = 0; i < 64; ++i) new HopCall(service, queue, stub);
+  for (int i = 0; i < 64; ++i) new Call(service, queue, stub);
   void* tag = nullptr;
   bool ok = false;
-  while (queue->Next(&tag, &ok)) static_cast<HopCall*>(tag)->Proceed(ok);
+  while (queue->Next(&tag, &ok)) static_cast<Call*>(tag)->Proceed(ok);
 }
 
 std::string FlagValue(const std::string& arg, const std::string& name) {
@@ -118,6 +226,7 @@ int main(int argc, char** argv) {
   std::string upstream;
   int port = 0;
   int threads = 2;
+  std::string mode = "unary";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (!FlagValue(arg, "--upstream").empty()) {
@@ -126,12 +235,14 @@ int main(int argc, char** argv) {
       port = std::atoi(FlagValue(arg, "--port").c_str());
     } else if (!FlagValue(arg, "--threads").empty()) {
       threads = std::atoi(FlagValue(arg, "--threads").c_str());
+    } else if (!FlagValue(arg, "--mode").empty()) {
+      mode = FlagValue(arg, "--mode");
     } else {
       std::fputs(kUsage, stderr);
       return 2;
     }
   }
-  if (upstream.empty() || threads < 1 || port < 0) {
+  if (upstream.empty() || threads < 1 || port < 0 || (mode != "unary" && mode != "pingpong")) {
     std::fputs(kUsage, stderr);
     return 2;
   }
@@ -160,7 +271,10 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   std::vector<std::thread> workers;
-  for (auto& queue : queues) workers.emplace_back(Serve, queue.get(), &service, &stub);
+  for (auto& queue : queues) {
+    workers.emplace_back(mode == "unary" ? Serve<HopCall> : Serve<PingPongCall>, queue.get(),
+                         &service, &stub);
+  }
 
   int received = 0;
   sigwait(&stop_signals, &received);
