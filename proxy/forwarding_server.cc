@@ -1,6 +1,7 @@
 #include "proxy/forwarding_server.h"
 
 #include <arpa/inet.h>
+#include <grpc/support/time.h>
 #include <grpcpp/resource_quota.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
@@ -173,12 +174,28 @@ void ForwardingServer::StartQueue(grpc::ServerCompletionQueue& completion_queue,
 void ForwardingServer::ServeQueue(QueueContext& queue) {
   void* tag = nullptr;
   bool ok = false;
-  while (queue.queue->Next(&tag, &ok)) {
+  while (true) {
+    grpc::CompletionQueue::NextStatus status;
+    if (queue.gathering == nullptr) {
+      status = queue.queue->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                            : grpc::CompletionQueue::SHUTDOWN;
+    } else {
+      // Only what is ready now, network included: a gathering call waits for
+      // nothing that has not arrived (ProxyCall::StartGathered).
+      status = queue.queue->AsyncNext(&tag, &ok, gpr_inf_past(GPR_CLOCK_MONOTONIC));
+    }
+    if (status == grpc::CompletionQueue::SHUTDOWN) break;
+    if (status == grpc::CompletionQueue::TIMEOUT) {
+      ProxyCall::StartGathered(queue);
+      continue;
+    }
     if (QueueEvent::IsQueueEventTag(tag)) {
       QueueEvent::Dispatch(tag, ok);
     } else {
       ProxyCall::Dispatch(tag, ok);
     }
+    ++queue.events_handled;
+    if (queue.oldest_gathering != nullptr) ProxyCall::StartOverdueGathered(queue);
   }
 }
 

@@ -141,7 +141,9 @@ void ProxyCall::OnAccepted(bool ok) {
   upward_ = Upward::kReadingApp;
   app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
   wait_until_ = accepted_at_ + queue_.connection_timeout;
-  TryStartUpstream();
+  stage_ = Stage::kGatheringRequest;
+  gather_until_event_ = queue_.events_handled + kMaxEventsGathering;
+  MoveToList(Listed::kGathering);
 }
 
 void ProxyCall::OnAppDone() {
@@ -178,12 +180,17 @@ void ProxyCall::OnAppRead(bool ok) {
       queue_.recorder->RecordMessage(Direction::kUpstream, upward_message_.Length());
     }
     upward_ = Upward::kHoldingMessage;
-    return PumpUpward();
+  } else {
+    // Half-close, or the app's call failed (cancel, disconnect, deadline).
+    // The upstream must see the same: a clean end of the stream, or a cancel.
+    if (grpc_call_failed_before_recv_message(app_context_.c_call())) return CancelUpstream();
+    upward_ = Upward::kHoldingHalfClose;
   }
-  // Half-close, or the app's call failed (cancel, disconnect, deadline). The
-  // upstream must see the same: a clean end of the stream, or a cancel.
-  if (grpc_call_failed_before_recv_message(app_context_.c_call())) return CancelUpstream();
-  upward_ = Upward::kHoldingHalfClose;
+  if (stage_ == Stage::kGatheringRequest) {
+    // What the app sent with its headers is here: start with it.
+    MoveToList(Listed::kNone);
+    return TryStartUpstream();
+  }
   PumpUpward();
 }
 

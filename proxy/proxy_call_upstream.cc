@@ -115,20 +115,60 @@ void ProxyCall::TryStartUpstream() {
 }
 
 void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
-  stage_ = Stage::kStartingUpstream;
   lease_.emplace(std::move(lease));
+  // With the first message or the half-close in hand, the headers go with
+  // it: one batch and one write to the upstream instead of two. Corked,
+  // StartCall performs nothing and its tag never comes.
+  const bool corked = upward_ == Upward::kHoldingMessage || upward_ == Upward::kHoldingHalfClose;
+  upstream_context_.set_initial_metadata_corked(corked);
   upstream_stream_ =
       lease_->channel().stub().PrepareCall(&upstream_context_, app_context_.method(), queue_.queue);
-  upstream_stream_->StartCall(Tag(Op::kUpstreamStarted));
+  if (corked) {
+    upstream_stream_->StartCall(nullptr);
+    stage_ = Stage::kForwarding;
+  } else {
+    stage_ = Stage::kStartingUpstream;
+    upstream_stream_->StartCall(Tag(Op::kUpstreamStarted));
+  }
   upstream_stream_->ReadInitialMetadata(Tag(Op::kUpstreamHeaders));
   MoveToList(Listed::kAwaitingAnswer);
+  if (corked) PumpUpward();
+}
+
+void ProxyCall::StartGathered(QueueContext& queue) {
+  while (ProxyCall* call = queue.gathering) {
+    call->MoveToList(Listed::kNone);
+    call->TryStartUpstream();
+  }
+}
+
+void ProxyCall::StartOverdueGathered(QueueContext& queue) {
+  while (ProxyCall* call = queue.oldest_gathering) {
+    if (queue.events_handled < call->gather_until_event_) return;
+    call->MoveToList(Listed::kNone);
+    call->TryStartUpstream();
+  }
+}
+
+ProxyCall*& ProxyCall::ListHead(Listed list) {
+  switch (list) {
+    case Listed::kGathering:
+      return queue_.gathering;
+    case Listed::kAwaitingAnswer:
+      return queue_.awaiting_answer;
+    case Listed::kNone:
+    case Listed::kAnswered:
+      break;
+  }
+  return queue_.answered;
 }
 
 void ProxyCall::MoveToList(Listed list) {
   if (listed_ == list) return;
   if (listed_ != Listed::kNone) {
-    ProxyCall*& head =
-        listed_ == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+    // Newest first: the one before the oldest is the next oldest.
+    if (queue_.oldest_gathering == this) queue_.oldest_gathering = previous_listed_;
+    ProxyCall*& head = ListHead(listed_);
     if (previous_listed_ != nullptr) {
       previous_listed_->next_listed_ = next_listed_;
     } else {
@@ -140,7 +180,8 @@ void ProxyCall::MoveToList(Listed list) {
   }
   listed_ = list;
   if (list == Listed::kNone) return;
-  ProxyCall*& head = list == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
+  ProxyCall*& head = ListHead(list);
+  if (list == Listed::kGathering && head == nullptr) queue_.oldest_gathering = this;
   next_listed_ = head;
   if (next_listed_ != nullptr) next_listed_->previous_listed_ = this;
   head = this;

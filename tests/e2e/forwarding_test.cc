@@ -310,6 +310,24 @@ TEST_P(ForwardingTest, ClientCancelMidBidiReachesUpstream) {
       << ::testing::PrintToString(upstream_.Calls(kBidiMethod));
 }
 
+TEST_P(ForwardingTest, UpstreamCallStartsBeforeTheAppSendsAnything) {
+  // poolside starts an upstream call with the app's first message when that
+  // is already there; an app that waits for the upstream to speak first
+  // must not wait for poolside.
+  CallOptions options;
+  options.metadata = {{"x-echo-first", "upstream speaks first"}};
+  InteractiveCall call(channel_, kBidiMethod, options);
+  ASSERT_TRUE(upstream_.WaitForCalls(1, absl::Seconds(5), kBidiMethod))
+      << "the upstream never saw a call whose app has not written yet";
+  ASSERT_TRUE(call.Write("then the app"));
+  EXPECT_EQ(call.Read(), "then the app");
+  ASSERT_TRUE(call.WritesDone());
+  const CallResult result = call.Finish();
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(ValuesOf(result.initial_metadata, "x-echo-first"),
+              ElementsAre("upstream speaks first"));
+}
+
 TEST_P(ForwardingTest, ThousandConcurrentUnaryCallsAllSucceed) {
   constexpr int kCalls = 1000;
   std::vector<std::string> requests;
