@@ -176,17 +176,17 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
   bool ok = false;
   while (true) {
     grpc::CompletionQueue::NextStatus status;
-    if (queue.gathering == nullptr) {
+    if (queue.holding == nullptr) {
       status = queue.queue->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
                                             : grpc::CompletionQueue::SHUTDOWN;
     } else {
-      // Only what is ready now, network included: a gathering call waits for
-      // nothing that has not arrived (ProxyCall::StartGathered).
+      // Only what is ready now, network included: a held call waits for
+      // nothing that has not arrived (ProxyCall::ResumeHeld).
       status = queue.queue->AsyncNext(&tag, &ok, gpr_inf_past(GPR_CLOCK_MONOTONIC));
     }
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
     if (status == grpc::CompletionQueue::TIMEOUT) {
-      ProxyCall::StartGathered(queue);
+      ProxyCall::ResumeHeld(queue);
       continue;
     }
     if (QueueEvent::IsQueueEventTag(tag)) {
@@ -195,7 +195,7 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
       ProxyCall::Dispatch(tag, ok);
     }
     ++queue.events_handled;
-    if (queue.oldest_gathering != nullptr) ProxyCall::StartOverdueGathered(queue);
+    if (queue.oldest_holding != nullptr) ProxyCall::ResumeOverdue(queue);
   }
 }
 

@@ -48,6 +48,7 @@ ProxyCall::ProxyCall(QueueContext& queue) : queue_(queue), app_stream_(&app_cont
 
 ProxyCall::~ProxyCall() {
   MoveToList(Listed::kNone);
+  Release();
   LeavePending();
   if (counted_concurrent_) queue_.limits->concurrent.Release();
   if (share_held_) queue_.fair_share->Release(share_connection_);
@@ -142,8 +143,7 @@ void ProxyCall::OnAccepted(bool ok) {
   app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
   wait_until_ = accepted_at_ + queue_.connection_timeout;
   stage_ = Stage::kGatheringRequest;
-  gather_until_event_ = queue_.events_handled + kMaxEventsGathering;
-  MoveToList(Listed::kGathering);
+  Hold();
 }
 
 void ProxyCall::OnAppDone() {
@@ -188,7 +188,7 @@ void ProxyCall::OnAppRead(bool ok) {
   }
   if (stage_ == Stage::kGatheringRequest) {
     // What the app sent with its headers is here: start with it.
-    MoveToList(Listed::kNone);
+    Release();
     return TryStartUpstream();
   }
   PumpUpward();
@@ -234,11 +234,18 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
     upstream_context_.TryCancel();
     return FinishUpstream();
   }
-  // The headers go to the app at once; the first message is read meanwhile
-  // instead of after they are sent, and grpc sends the app's writes in
-  // order behind them.
-  app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
+  // The first message is read before the headers go: when it is already
+  // here, the app's write carries them (one batch and one write); when it is
+  // not, ResumeHeld sends them as they are.
+  app_headers_held_ = true;
+  Hold();
   ReadUpstream();
+}
+
+void ProxyCall::SendHeldHeaders() {
+  Release();
+  app_headers_held_ = false;
+  app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
 }
 
 void ProxyCall::OnAppHeaders(bool ok) {
@@ -259,7 +266,16 @@ void ProxyCall::ReadUpstream() {
 }
 
 void ProxyCall::OnUpstreamRead(bool ok) {
-  if (!ok) return FinishUpstream();
+  if (!ok) {
+    // Headers and then trailers, as the upstream sent them.
+    if (app_headers_held_) SendHeldHeaders();
+    return FinishUpstream();
+  }
+  if (app_headers_held_) {
+    // grpc sends them with this write.
+    Release();
+    app_headers_held_ = false;
+  }
   if (queue_.recorder != nullptr) {
     queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
   }

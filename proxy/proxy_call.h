@@ -100,11 +100,11 @@ struct QueueContext {
   ProxyCall* awaiting_answer = nullptr;
   ProxyCall* answered = nullptr;
   uint64_t cuts_seen = 0;
-  // Accepted calls whose upstream call waits for the events queued before it
-  // (ProxyCall::StartGathered), newest first, and the oldest of them; the
+  // Calls holding a step back until the events already queued are handled
+  // (ProxyCall::ResumeHeld), newest first, and the oldest of them; the
   // events this queue has handled. Confined to this queue's thread.
-  ProxyCall* gathering = nullptr;
-  ProxyCall* oldest_gathering = nullptr;
+  ProxyCall* holding = nullptr;
+  ProxyCall* oldest_holding = nullptr;
   uint64_t events_handled = 0;
 };
 
@@ -130,19 +130,21 @@ class alignas(16) ProxyCall {
   // cut. Runs on the queue's thread, every few hundred milliseconds.
   static void CheckUpstreamCalls(QueueContext& queue, absl::Time now);
 
-  // A call accepted with its first message (or half-close) already in
-  // grpc's buffers reads it before its upstream call starts, so that the
-  // upstream gets headers and message in one batch and one write. It waits
-  // only for what is already there: the queue's thread calls StartGathered
-  // when no event is ready, and StartOverdueGathered after each event, which
-  // starts the calls that have waited through kMaxEventsGathering of the
-  // queue's events (under load the queue never runs dry; a call whose app
-  // sends nothing first must not wait for other calls' work).
-  static void StartGathered(QueueContext& queue);
-  static void StartOverdueGathered(QueueContext& queue);
-  // The first message of a call arrives one lap of the queue after it was
-  // accepted, tens of events under load.
-  static constexpr uint64_t kMaxEventsGathering = 256;
+  // A call holds a step back while what that step could carry may already be
+  // in grpc's buffers: its upstream call's start until the app's first
+  // message or half-close is read (the upstream then gets headers and
+  // message in one batch and one write), and the app's response headers
+  // until the upstream's first message is read (the app's write carries
+  // them). It waits only for what is already there: the queue's thread calls
+  // ResumeHeld when no event is ready, and ResumeOverdue after each event,
+  // which resumes the calls that have held through kMaxEventsHeld of the
+  // queue's events (under load the queue never runs dry, and an app or
+  // upstream that sends nothing yet must not wait for other calls' work).
+  static void ResumeHeld(QueueContext& queue);
+  static void ResumeOverdue(QueueContext& queue);
+  // What a call holds for arrives one lap of the queue later: tens of events
+  // under load.
+  static constexpr uint64_t kMaxEventsHeld = 256;
 
   ProxyCall(const ProxyCall&) = delete;
   ProxyCall& operator=(const ProxyCall&) = delete;
@@ -170,7 +172,7 @@ class alignas(16) ProxyCall {
 
   enum class Stage {
     kAccepting,         // RequestCall issued; no app call yet.
-    kGatheringRequest,  // Accepted; reading what the app already sent (StartGathered).
+    kGatheringRequest,  // Accepted; reading what the app already sent (ResumeHeld).
     kAwaitingShare,     // The app connection holds its fair share: waiting for a place.
     kAwaitingChannel,   // No channel READY: watching one until one is.
     kStartingUpstream,  // StartCall issued on a leased channel.
@@ -202,9 +204,12 @@ class alignas(16) ProxyCall {
   void StartUpstream(ChannelPool::Lease lease);
   void OnUpstreamStarted(bool ok);
   // Which of the queue's lists of upstream calls this call is in.
-  enum class Listed { kNone, kGathering, kAwaitingAnswer, kAnswered };
+  enum class Listed { kNone, kAwaitingAnswer, kAnswered };
   void MoveToList(Listed list);
-  ProxyCall*& ListHead(Listed list);
+  // The queue's list of calls holding a step back (ResumeHeld).
+  void Hold();
+  void Release();
+  void Resume();
   void CheckConnection(absl::Time now);
   void EndIfCut();
   void EndUpstreamWith(grpc::Status status);
@@ -214,6 +219,7 @@ class alignas(16) ProxyCall {
   void OnUpstreamWrite(bool ok);
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
+  void SendHeldHeaders();
   void OnAppHeaders(bool ok);
   void OnAppWrite(bool ok);
   void ReadUpstream();
@@ -265,8 +271,15 @@ class alignas(16) ProxyCall {
   std::unique_ptr<grpc::Alarm> share_alarm_;
 
   Listed listed_ = Listed::kNone;
-  // Gathering: the queue's event count at which the call starts anyway.
-  uint64_t gather_until_event_ = 0;
+  // In the queue's holding list: its neighbours, and the queue's event count
+  // at which the call resumes anyway.
+  bool holding_ = false;
+  ProxyCall* newer_holding_ = nullptr;
+  ProxyCall* older_holding_ = nullptr;
+  uint64_t hold_until_event_ = 0;
+  // The upstream's response headers are copied to the app's call but not
+  // sent: the first message's write will carry them.
+  bool app_headers_held_ = false;
   ProxyCall* previous_listed_ = nullptr;
   ProxyCall* next_listed_ = nullptr;
   // When the leased connection was first seen down while the call waited.

@@ -135,40 +135,56 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
   if (corked) PumpUpward();
 }
 
-void ProxyCall::StartGathered(QueueContext& queue) {
-  while (ProxyCall* call = queue.gathering) {
-    call->MoveToList(Listed::kNone);
-    call->TryStartUpstream();
+void ProxyCall::ResumeHeld(QueueContext& queue) {
+  while (ProxyCall* call = queue.holding) call->Resume();
+}
+
+void ProxyCall::ResumeOverdue(QueueContext& queue) {
+  while (ProxyCall* call = queue.oldest_holding) {
+    if (queue.events_handled < call->hold_until_event_) return;
+    call->Resume();
   }
 }
 
-void ProxyCall::StartOverdueGathered(QueueContext& queue) {
-  while (ProxyCall* call = queue.oldest_gathering) {
-    if (queue.events_handled < call->gather_until_event_) return;
-    call->MoveToList(Listed::kNone);
-    call->TryStartUpstream();
+void ProxyCall::Hold() {
+  holding_ = true;
+  hold_until_event_ = queue_.events_handled + kMaxEventsHeld;
+  older_holding_ = queue_.holding;
+  if (older_holding_ != nullptr) {
+    older_holding_->newer_holding_ = this;
+  } else {
+    queue_.oldest_holding = this;
   }
+  queue_.holding = this;
 }
 
-ProxyCall*& ProxyCall::ListHead(Listed list) {
-  switch (list) {
-    case Listed::kGathering:
-      return queue_.gathering;
-    case Listed::kAwaitingAnswer:
-      return queue_.awaiting_answer;
-    case Listed::kNone:
-    case Listed::kAnswered:
-      break;
+void ProxyCall::Release() {
+  if (!holding_) return;
+  holding_ = false;
+  if (newer_holding_ != nullptr) {
+    newer_holding_->older_holding_ = older_holding_;
+  } else {
+    queue_.holding = older_holding_;
   }
-  return queue_.answered;
+  if (older_holding_ != nullptr) {
+    older_holding_->newer_holding_ = newer_holding_;
+  } else {
+    queue_.oldest_holding = newer_holding_;
+  }
+  newer_holding_ = older_holding_ = nullptr;
+}
+
+void ProxyCall::Resume() {
+  Release();
+  if (stage_ == Stage::kGatheringRequest) return TryStartUpstream();
+  if (app_headers_held_) SendHeldHeaders();
 }
 
 void ProxyCall::MoveToList(Listed list) {
   if (listed_ == list) return;
   if (listed_ != Listed::kNone) {
-    // Newest first: the one before the oldest is the next oldest.
-    if (queue_.oldest_gathering == this) queue_.oldest_gathering = previous_listed_;
-    ProxyCall*& head = ListHead(listed_);
+    ProxyCall*& head =
+        listed_ == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
     if (previous_listed_ != nullptr) {
       previous_listed_->next_listed_ = next_listed_;
     } else {
@@ -180,8 +196,7 @@ void ProxyCall::MoveToList(Listed list) {
   }
   listed_ = list;
   if (list == Listed::kNone) return;
-  ProxyCall*& head = ListHead(list);
-  if (list == Listed::kGathering && head == nullptr) queue_.oldest_gathering = this;
+  ProxyCall*& head = list == Listed::kAwaitingAnswer ? queue_.awaiting_answer : queue_.answered;
   next_listed_ = head;
   if (next_listed_ != nullptr) next_listed_->previous_listed_ = this;
   head = this;
