@@ -111,8 +111,9 @@ struct QueueContext {
 // One forwarded call. Where it is, is two small machines instead of a dozen
 // flags (chart in proxy/ARCHITECTURE.md): the call as a whole (Stage) and the
 // app -> upstream direction (Upward), which must remember what it holds while
-// the upstream call starts. The upstream -> app direction needs no state of
-// its own: it is a fixed chain in which every completion names the next step.
+// the upstream call starts. The upstream -> app direction is a fixed chain in
+// which every completion names the next step; it keeps only whether the
+// response headers are held for the first message (app_headers_held_).
 class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
