@@ -44,53 +44,58 @@ constexpr char kUsage[] =
     "A minimal grpc++ forwarder of unary calls or ping-pong streams (a benchmark\n"
     "yardstick, not a proxy).\n";
 
-// One forwarded call; owns itself and deletes itself after its last step.
-// Exactly one operation is pending at a time, so the tag needs no step bits.
-class HopCall {
+// What both kinds of hop share: the app's call, waited for on one queue,
+// and the stub its upstream call goes through.
+class AcceptedCall {
  public:
-  HopCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
-          grpc::GenericStub* stub)
-      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {
-    service_->RequestCall(&app_context_, &app_stream_, queue_, queue_, this);
-  }
+  AcceptedCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
+               grpc::GenericStub* stub)
+      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {}
+  virtual ~AcceptedCall() = default;
 
-  void Proceed(bool ok) {
-    switch (step_) {
-      case Step::kAccepting:
-        if (!ok) return delete this;  // Shutting down.
-        new HopCall(service_, queue_, stub_);
-        step_ = Step::kReadingRequest;
-        app_stream_.Read(&message_, this);
-        return;
-      case Step::kReadingRequest:
-        if (!ok) {
-          step_ = Step::kAnswering;
-          app_stream_.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "no request"), this);
-          return;
-        }
-        step_ = Step::kCallingUpstream;
-        upstream_context_.set_deadline(app_context_.raw_deadline());
-        upstream_call_ =
-            stub_->PrepareUnaryCall(&upstream_context_, app_context_.method(), message_, queue_);
-        upstream_call_->StartCall();
-        upstream_call_->Finish(&message_, &status_, this);
-        return;
-      case Step::kCallingUpstream:
-        step_ = Step::kAnswering;
-        if (status_.ok()) {
-          app_stream_.WriteAndFinish(message_, grpc::WriteOptions(), status_, this);
-        } else {
-          app_stream_.Finish(status_, this);
-        }
-        return;
-      case Step::kAnswering:
-        delete this;
-        return;
+  // Every tag is the call. Once accepted, another call waits for the next
+  // app call; the answer's completion deletes the call.
+  static void OnEvent(void* tag, bool ok) {
+    auto* call = static_cast<AcceptedCall*>(tag);
+    if (call->answered_ || (!call->accepted_ && !ok)) {  // Done, or shutting down.
+      delete call;
+    } else if (!call->accepted_) {
+      call->accepted_ = true;
+      call->AcceptAnother();
+      call->Proceed(ok);
+    } else {
+      call->Proceed(ok);
     }
   }
 
- private:
-  enum class Step { kAccepting, kReadingRequest, kCallingUpstream, kAnswering };
+  // A new `Call` waiting for the next app call; it owns itself from here on.
+  // Asked for once whole, since the tag may fire at once.
+  template <typename Call>
+  static void AcceptNext(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
+                         grpc::GenericStub* stub) {
+    auto* call = new Call(service, queue, stub);
+    service->RequestCall(&call->app_context_, &call->app_stream_, queue, queue, call->tag());
+  }
+
+ protected:
+  virtual void AcceptAnother() = 0;
+  // The call's next step: the first right after it was accepted.
+  virtual void Proceed(bool ok) = 0;
+  void* tag() { return this; }
+  // The last step: the app's call ends with `status`, after `reply` if any.
+  void Answer(const grpc::Status& status, const grpc::ByteBuffer* reply) {
+    answered_ = true;
+    if (reply != nullptr) {
+      app_stream_.WriteAndFinish(*reply, grpc::WriteOptions(), status, tag());
+    } else {
+      app_stream_.Finish(status, tag());
+    }
+  }
+
+  template <typename Call>
+  void AcceptNext() {
+    AcceptNext<Call>(service_, queue_, stub_);
+  }
 
   grpc::AsyncGenericService* const service_;
   grpc::ServerCompletionQueue* const queue_;
@@ -98,28 +103,59 @@ class HopCall {
   grpc::GenericServerContext app_context_;
   grpc::GenericServerAsyncReaderWriter app_stream_;
   grpc::ClientContext upstream_context_;
-  std::unique_ptr<grpc::GenericClientAsyncResponseReader> upstream_call_;
   grpc::ByteBuffer message_;
   grpc::Status status_;
-  Step step_ = Step::kAccepting;
+  bool accepted_ = false;
+  bool answered_ = false;
+};
+
+// One forwarded call; owns itself and deletes itself after its last step.
+// Exactly one operation is pending at a time, so the tag needs no step bits.
+class HopCall : public AcceptedCall {
+ public:
+  using AcceptedCall::AcceptedCall;
+
+  void AcceptAnother() override { AcceptNext<HopCall>(); }
+
+  void Proceed(bool ok) override {
+    switch (step_) {
+      case Step::kAccepted:
+        step_ = Step::kReadingRequest;
+        app_stream_.Read(&message_, tag());
+        return;
+      case Step::kReadingRequest:
+        if (!ok) return Answer(grpc::Status(grpc::StatusCode::INTERNAL, "no request"), nullptr);
+        step_ = Step::kCallingUpstream;
+        upstream_context_.set_deadline(app_context_.raw_deadline());
+        upstream_call_ =
+            stub_->PrepareUnaryCall(&upstream_context_, app_context_.method(), message_, queue_);
+        upstream_call_->StartCall();
+        upstream_call_->Finish(&message_, &status_, tag());
+        return;
+      case Step::kCallingUpstream:
+        return Answer(status_, status_.ok() ? &message_ : nullptr);
+    }
+  }
+
+ private:
+  enum class Step { kAccepted, kReadingRequest, kCallingUpstream };
+
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> upstream_call_;
+  Step step_ = Step::kAccepted;
 };
 
 // One forwarded bidi stream in strict ping-pong (--mode=pingpong); owns
 // itself and deletes itself after its last step. As in HopCall, exactly one
 // operation is pending at a time.
-class PingPongCall {
+class PingPongCall : public AcceptedCall {
  public:
-  PingPongCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
-               grpc::GenericStub* stub)
-      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {
-    service_->RequestCall(&app_context_, &app_stream_, queue_, queue_, this);
-  }
+  using AcceptedCall::AcceptedCall;
 
-  void Proceed(bool ok) {
+  void AcceptAnother() override { AcceptNext<PingPongCall>(); }
+
+  void Proceed(bool ok) override {
     switch (step_) {
-      case Step::kAccepting:
-        if (!ok) return delete this;  // Shutting down.
-        new PingPongCall(service_, queue_, stub_);
+      case Step::kAccepted:
         upstream_context_.set_deadline(app_context_.raw_deadline());
         // Corked: StartCall performs no batch; the initial metadata goes out
         // with the first Write (or WritesDone).
@@ -130,21 +166,21 @@ class PingPongCall {
       case Step::kReadingApp:
         if (!ok) {  // The app half-closed (or went away).
           step_ = Step::kClosingUpstream;
-          upstream_stream_->WritesDone(this);
+          upstream_stream_->WritesDone(tag());
           return;
         }
         step_ = Step::kWritingUpstream;
-        upstream_stream_->Write(message_, this);
+        upstream_stream_->Write(message_, tag());
         return;
       case Step::kWritingUpstream:
         if (!ok) return FinishUpstream();
         step_ = Step::kReadingUpstream;
-        upstream_stream_->Read(&message_, this);
+        upstream_stream_->Read(&message_, tag());
         return;
       case Step::kReadingUpstream:
         if (!ok) return FinishUpstream();  // The upstream ended the stream.
         step_ = Step::kWritingApp;
-        app_stream_.Write(message_, this);
+        app_stream_.Write(message_, tag());
         return;
       case Step::kWritingApp:
         if (!ok) {  // The app is gone: so is the upstream stream.
@@ -155,57 +191,43 @@ class PingPongCall {
       case Step::kClosingUpstream:
         return FinishUpstream();
       case Step::kFinishingUpstream:
-        step_ = Step::kAnswering;
-        app_stream_.Finish(status_, this);
-        return;
-      case Step::kAnswering:
-        delete this;
-        return;
+        return Answer(status_, nullptr);
     }
   }
 
  private:
   enum class Step {
-    kAccepting,
+    kAccepted,
     kReadingApp,
     kWritingUpstream,
     kReadingUpstream,
     kWritingApp,
     kClosingUpstream,
     kFinishingUpstream,
-    kAnswering
   };
 
   void ReadApp() {
     step_ = Step::kReadingApp;
-    app_stream_.Read(&message_, this);
+    app_stream_.Read(&message_, tag());
   }
 
   void FinishUpstream() {
     step_ = Step::kFinishingUpstream;
-    upstream_stream_->Finish(&status_, this);
+    upstream_stream_->Finish(&status_, tag());
   }
 
-  grpc::AsyncGenericService* const service_;
-  grpc::ServerCompletionQueue* const queue_;
-  grpc::GenericStub* const stub_;
-  grpc::GenericServerContext app_context_;
-  grpc::GenericServerAsyncReaderWriter app_stream_;
-  grpc::ClientContext upstream_context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> upstream_stream_;
-  grpc::ByteBuffer message_;
-  grpc::Status status_;
-  Step step_ = Step::kAccepting;
+  Step step_ = Step::kAccepted;
 };
 
 template <typename Call>
 void Serve(grpc::ServerCompletionQueue* queue, grpc::AsyncGenericService* service,
            grpc::GenericStub* stub) {
   // Enough accepting calls that a burst never waits for the next RequestCall.
-  for (int i = 0; i < 64; ++i) new Call(service, queue, stub);
+  for (int i = 0; i < 64; ++i) AcceptedCall::AcceptNext<Call>(service, queue, stub);
   void* tag = nullptr;
   bool ok = false;
-  while (queue->Next(&tag, &ok)) static_cast<Call*>(tag)->Proceed(ok);
+  while (queue->Next(&tag, &ok)) AcceptedCall::OnEvent(tag, ok);
 }
 
 std::string FlagValue(const std::string& arg, const std::string& name) {
