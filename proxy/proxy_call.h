@@ -73,7 +73,7 @@ struct CallLimits {
 class ProxyCall;
 
 // What every call on one completion queue shares. Constant after
-// construction, except for live_calls and awaiting_answer.
+// construction, except for live_calls and the lists and counts below it.
 struct QueueContext {
   grpc::AsyncGenericService* service = nullptr;
   grpc::ServerCompletionQueue* queue = nullptr;
