@@ -93,7 +93,7 @@ void ProxyCall::Handle(Op op, bool ok) {
     case Op::kUpstreamWrite:
       return OnUpstreamWrite(ok);
     case Op::kUpstreamWritesDone:
-      if (upward_ == Upward::kClosingUpstream) upward_ = Upward::kClosed;
+      if (upward_ == Upward::kClosing) upward_ = Upward::kClosed;
       return;
     case Op::kUpstreamFinish:
       return OnUpstreamFinish();
@@ -121,7 +121,7 @@ void ProxyCall::OnAccepted(bool ok) {
   if (queue_.local != nullptr && queue_.local->Serves(app_context_.method())) {
     stage_ = Stage::kAnsweringLocally;
     local_ = std::make_unique<LocalAnswer>();
-    app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+    app_stream_.Read(&app_read_message_, Tag(Op::kAppRead));
     return;
   }
   if (queue_.recorder != nullptr) {
@@ -138,9 +138,8 @@ void ProxyCall::OnAccepted(bool ok) {
   // just seen READY); CheckUpstreamCalls bounds that wait.
   upstream_context_.set_wait_for_ready(queue_.wait_for_ready);
   // The first message is read while a channel is picked; it waits in
-  // kHoldingMessage if it arrives before the upstream call has started.
-  upward_ = Upward::kReadingApp;
-  app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+  // upward_held_ if it arrives before the upstream call has started.
+  ReadApp();
   wait_until_ = accepted_at_ + queue_.connection_timeout;
   stage_ = Stage::kGatheringRequest;
   Hold();
@@ -173,21 +172,29 @@ void ProxyCall::OnUpstreamStarted(bool ok) {
   PumpUpward();
 }
 
+void ProxyCall::ReadApp() {
+  app_read_in_flight_ = true;
+  app_stream_.Read(&app_read_message_, Tag(Op::kAppRead));
+}
+
 void ProxyCall::OnAppRead(bool ok) {
-  if (upward_ == Upward::kStopped) return;  // Nothing more goes up.
+  app_read_in_flight_ = false;
+  if (upward_ != Upward::kOpen) return;  // Nothing more goes up.
   if (ok) {
     if (queue_.recorder != nullptr) {
-      queue_.recorder->RecordMessage(Direction::kUpstream, upward_message_.Length());
+      queue_.recorder->RecordMessage(Direction::kUpstream, app_read_message_.Length());
     }
-    upward_ = Upward::kHoldingMessage;
+    upward_held_[upward_held_messages_++].Swap(&app_read_message_);
   } else {
     // Half-close, or the app's call failed (cancel, disconnect, deadline).
     // The upstream must see the same: a clean end of the stream, or a cancel.
     if (grpc_call_failed_before_recv_message(app_context_.c_call())) return CancelUpstream();
-    upward_ = Upward::kHoldingHalfClose;
+    half_close_held_ = true;
   }
   if (stage_ == Stage::kGatheringRequest) {
-    // What the app sent with its headers is here: start with it.
+    // Read on while what the app sent with its headers is here: when the
+    // half-close follows the message, both go upstream in one write.
+    if (!half_close_held_ && upward_held_messages_ < kMaxHeldMessages) return ReadApp();
     Release();
     return TryStartUpstream();
   }
@@ -195,32 +202,50 @@ void ProxyCall::OnAppRead(bool ok) {
 }
 
 void ProxyCall::PumpUpward() {
-  // Writes may be issued only once the StartCall tag is back, and never
+  // Writes may be issued only once the upstream call has started, and never
   // after the app's call has been finished.
-  if (stage_ != Stage::kForwarding) return;
-  if (upward_ == Upward::kHoldingMessage) {
-    upward_ = Upward::kWritingUpstream;
-    upstream_stream_->Write(upward_message_, Tag(Op::kUpstreamWrite));
+  if (stage_ != Stage::kForwarding || upward_ != Upward::kOpen) return;
+  if (!upstream_write_in_flight_ && upward_held_messages_ > 0) {
+    upstream_write_in_flight_ = true;
+    if (half_close_held_ && upward_held_messages_ == 1) {
+      upward_ = Upward::kClosing;
+      upstream_stream_->Write(upward_held_[0], grpc::WriteOptions().set_last_message(),
+                              Tag(Op::kUpstreamWrite));
+    } else {
+      upstream_stream_->Write(upward_held_[0], Tag(Op::kUpstreamWrite));
+    }
     // Write took its own reference to the slices, and the transport frees
     // them as they are sent; ours would keep the whole message until the next
     // one replaces it, which for a unary call is never (4 MiB requests, 8 in
     // flight: 32 MiB held for nothing).
-    upward_message_.Clear();
-  } else if (upward_ == Upward::kHoldingHalfClose) {
-    upward_ = Upward::kClosingUpstream;
+    upward_held_[0].Clear();
+    upward_held_[0].Swap(&upward_held_[1]);
+    --upward_held_messages_;
+  } else if (!upstream_write_in_flight_ && half_close_held_) {
+    upward_ = Upward::kClosing;
     upstream_stream_->WritesDone(Tag(Op::kUpstreamWritesDone));
+    return;
+  }
+  // The next message is read once the upstream has taken the last one: one
+  // message per direction, so a slow upstream slows the app.
+  if (upward_ == Upward::kOpen && !app_read_in_flight_ && !half_close_held_ &&
+      !upstream_write_in_flight_ && upward_held_messages_ == 0) {
+    ReadApp();
   }
 }
 
 void ProxyCall::OnUpstreamWrite(bool ok) {
-  if (upward_ != Upward::kWritingUpstream) return;  // Stopped meanwhile.
+  upstream_write_in_flight_ = false;
   if (!ok) {
     // The upstream call has ended; its status arrives through Finish.
     upward_ = Upward::kStopped;
     return;
   }
-  upward_ = Upward::kReadingApp;
-  app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+  if (upward_ == Upward::kClosing) {
+    upward_ = Upward::kClosed;  // That was the last message, with the half-close.
+    return;
+  }
+  PumpUpward();
 }
 
 void ProxyCall::OnUpstreamHeaders(bool ok) {
@@ -290,7 +315,7 @@ void ProxyCall::FinishUpstream() {
 
 void ProxyCall::OnUpstreamFinish() {
   MoveToList(Listed::kNone);
-  if (upward_ != Upward::kClosingUpstream) upward_ = Upward::kStopped;
+  if (upward_ != Upward::kClosing) upward_ = Upward::kStopped;
   // A cancelled app call says nothing about the upstream connection, nor does
   // one the pool cut (its slot may hold another channel by now).
   if (!cancelled_ && !lease_->channel().cut()) {
@@ -330,7 +355,7 @@ void ProxyCall::OnLocalRequestRead(bool ok) {
   if (ok && !local_->request_read) {
     // A unary request: expect the half-close next.
     local_->request_read = true;
-    app_stream_.Read(&upward_message_, Tag(Op::kAppRead));
+    app_stream_.Read(&app_read_message_, Tag(Op::kAppRead));
     return;
   }
   if (!ok && grpc_call_failed_before_recv_message(app_context_.c_call())) {
@@ -344,7 +369,7 @@ void ProxyCall::OnLocalRequestRead(bool ok) {
   // The reply may come on another thread; the alarm brings it back to this
   // call's queue, so every other step stays on the queue's thread.
   void* const reply_tag = Tag(Op::kLocalReply);
-  queue_.local->Answer(app_context_.method(), upward_message_,
+  queue_.local->Answer(app_context_.method(), app_read_message_,
                        [this, reply_tag](grpc::Status status, grpc::ByteBuffer response) {
                          local_->status = std::move(status);
                          downward_message_ = std::move(response);

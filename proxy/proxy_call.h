@@ -2,7 +2,8 @@
 // "app side") joined to a call on a pooled upstream channel (the "upstream
 // side"). Messages are pumped one at a time in each direction, so a slow
 // reader on either end slows the writer on the other and memory stays at one
-// message per direction.
+// message per direction (two app messages while the call gathers its
+// request: see ResumeHeld).
 //
 // Ownership and threading: a ProxyCall owns itself. It is created waiting for
 // a call on one completion queue, every operation of both sides completes on
@@ -181,15 +182,18 @@ class alignas(16) ProxyCall {
     kAnsweringLocally,  // A LocalService method: read, answer, finish.
     kFinished,          // app Finish issued; only completions remain.
   };
+  // The app -> upstream direction as a whole; while kOpen, what it holds
+  // and has in flight is in upward_held_ and the two *_in_flight_ bits.
   enum class Upward {
-    kReadingApp,        // app Read in flight.
-    kHoldingMessage,    // A message read, waiting for the upstream call to start.
-    kHoldingHalfClose,  // The app half-closed, waiting for the upstream call to start.
-    kWritingUpstream,   // upstream Write in flight.
-    kClosingUpstream,   // upstream WritesDone in flight.
-    kClosed,            // Half-close forwarded: nothing more goes up.
-    kStopped,           // Cancelled, failed, or the upstream call ended.
+    kOpen,     // Messages (and the half-close) still to come or to be written.
+    kClosing,  // The half-close is on its way upstream (WritesDone or a last Write).
+    kClosed,   // Half-close forwarded: nothing more goes up.
+    kStopped,  // Cancelled, failed, or the upstream call ended.
   };
+  // A call holds at most this many app messages that the upstream has not
+  // been sent: one, except that a call gathering its request may read one
+  // more to learn whether the half-close follows (a unary call's does).
+  static constexpr int kMaxHeldMessages = 2;
 
   explicit ProxyCall(QueueContext& queue);
   ~ProxyCall();
@@ -215,6 +219,7 @@ class alignas(16) ProxyCall {
   void EndIfCut();
   void EndUpstreamWith(grpc::Status status);
   // Upward direction: app -> upstream.
+  void ReadApp();
   void OnAppRead(bool ok);
   void PumpUpward();
   void OnUpstreamWrite(bool ok);
@@ -244,14 +249,20 @@ class alignas(16) ProxyCall {
 
   QueueContext& queue_;
   Stage stage_ = Stage::kAccepting;
-  Upward upward_ = Upward::kReadingApp;
+  Upward upward_ = Upward::kOpen;
   // The app cancelled, went away or passed its deadline.
   bool cancelled_ = false;
 
   // App side.
   grpc::GenericServerContext app_context_;
   grpc::GenericServerAsyncReaderWriter app_stream_;
-  grpc::ByteBuffer upward_message_;
+  // Every app Read lands here, then moves (a pointer swap) to upward_held_.
+  grpc::ByteBuffer app_read_message_;
+  grpc::ByteBuffer upward_held_[kMaxHeldMessages];
+  int upward_held_messages_ = 0;
+  bool half_close_held_ = false;
+  bool app_read_in_flight_ = false;
+  bool upstream_write_in_flight_ = false;
 
   // Upstream side.
   grpc::ClientContext upstream_context_;

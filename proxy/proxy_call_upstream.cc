@@ -119,7 +119,7 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
   // With the first message or the half-close in hand, the headers go with
   // it: one batch and one write to the upstream instead of two. Corked,
   // StartCall performs nothing and its tag never comes.
-  const bool corked = upward_ == Upward::kHoldingMessage || upward_ == Upward::kHoldingHalfClose;
+  const bool corked = upward_held_messages_ > 0 || half_close_held_;
   upstream_context_.set_initial_metadata_corked(corked);
   upstream_stream_ =
       lease_->channel().stub().PrepareCall(&upstream_context_, app_context_.method(), queue_.queue);
