@@ -280,33 +280,66 @@ void ProxyCall::OnAppHeaders(bool ok) {
 }
 
 void ProxyCall::OnAppWrite(bool ok) {
+  app_write_in_flight_ = false;
   // Not ok: the app is gone. Stop the upstream call, then drain it to its
   // status.
   if (!ok) upstream_context_.TryCancel();
-  ReadUpstream();
+  if (app_status_after_write_) return SendAppStatus(*app_status_after_write_);
+  if (downward_message_held_) {
+    // It came while the write was in flight.
+    if (!LooksAhead()) return WriteHeldDownward();
+    if (!holding_) Hold();
+  }
+  // A held message written on Resume left its read ahead in flight, which
+  // may have met the end of the upstream's messages already.
+  if (!upstream_read_in_flight_ && !upstream_messages_ended_) ReadUpstream();
 }
 
 void ProxyCall::ReadUpstream() {
+  upstream_read_in_flight_ = true;
   upstream_stream_->Read(&downward_message_, Tag(Op::kUpstreamRead));
 }
 
+bool ProxyCall::LooksAhead() const {
+  // While the app may still send, the upstream's next message may wait on
+  // the app's next one (ping-pong): holding would only add latency.
+  return upward_ == Upward::kClosing || upward_ == Upward::kClosed;
+}
+
 void ProxyCall::OnUpstreamRead(bool ok) {
+  upstream_read_in_flight_ = false;
   if (!ok) {
-    // Headers and then trailers, as the upstream sent them.
-    if (app_headers_held_) SendHeldHeaders();
+    upstream_messages_ended_ = true;
+    // Headers and then trailers, as the upstream sent them; a held message
+    // carries the headers with it.
+    if (app_headers_held_ && !downward_message_held_) SendHeldHeaders();
     return FinishUpstream();
-  }
-  if (app_headers_held_) {
-    // grpc sends them with this write.
-    Release();
-    app_headers_held_ = false;
   }
   if (queue_.recorder != nullptr) {
     queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
   }
-  app_stream_.Write(downward_message_, Tag(Op::kAppWrite));
+  // The held message was not the last one: it goes now.
+  if (downward_message_held_ && !app_write_in_flight_) WriteHeldDownward();
+  downward_held_.Swap(&downward_message_);
+  downward_message_held_ = true;
+  // One write in flight; this message waits for it.
+  if (app_write_in_flight_) return;
+  if (!LooksAhead()) return WriteHeldDownward();
+  // It may be the last: read on, so that when the upstream's status is
+  // already here one batch carries message and status (SendAppStatus).
+  if (!holding_) Hold();
+  ReadUpstream();
+}
+
+void ProxyCall::WriteHeldDownward() {
+  Release();
+  // grpc sends held headers with this write.
+  app_headers_held_ = false;
+  app_write_in_flight_ = true;
+  downward_message_held_ = false;
+  app_stream_.Write(downward_held_, Tag(Op::kAppWrite));
   // As in PumpUpward: the write holds what it still needs.
-  downward_message_.Clear();
+  downward_held_.Clear();
 }
 
 void ProxyCall::FinishUpstream() {
@@ -347,7 +380,24 @@ void ProxyCall::FinishApp(const grpc::Status& status) {
   if (stage_ == Stage::kFinished) return;
   stage_ = Stage::kFinished;
   RecordOutcome(status.error_code());
-  app_stream_.Finish(status, Tag(Op::kAppFinish));
+  // Write and Finish may not overlap in grpc++ when they share a batch.
+  if (app_write_in_flight_) {
+    app_status_after_write_ = status;
+    return;
+  }
+  SendAppStatus(status);
+}
+
+void ProxyCall::SendAppStatus(const grpc::Status& status) {
+  app_status_after_write_.reset();
+  Release();
+  // Finish sends the headers too if they are still held.
+  app_headers_held_ = false;
+  if (!downward_message_held_) return app_stream_.Finish(status, Tag(Op::kAppFinish));
+  // The last message, the held headers if any, and the status: one batch.
+  downward_message_held_ = false;
+  app_stream_.WriteAndFinish(downward_held_, grpc::WriteOptions(), status, Tag(Op::kAppFinish));
+  downward_held_.Clear();
 }
 
 void ProxyCall::OnLocalRequestRead(bool ok) {

@@ -230,10 +230,16 @@ class alignas(16) ProxyCall {
   void OnAppWrite(bool ok);
   void ReadUpstream();
   void OnUpstreamRead(bool ok);
+  // True once the app has half-closed: a message from the upstream is then
+  // held while the next read shows whether the upstream's status follows.
+  bool LooksAhead() const;
+  void WriteHeldDownward();
   void FinishUpstream();
   void OnUpstreamFinish();
   // The end, for every path.
   void FinishApp(const grpc::Status& status);
+  // With the held message, if any, in the same batch.
+  void SendAppStatus(const grpc::Status& status);
   void RecordOutcome(grpc::StatusCode code);
   // Locally answered methods.
   void OnLocalRequestRead(bool ok);
@@ -268,7 +274,16 @@ class alignas(16) ProxyCall {
   grpc::ClientContext upstream_context_;
   std::optional<ChannelPool::Lease> lease_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> upstream_stream_;
+  // Every upstream Read lands here, then moves (a pointer swap) to
+  // downward_held_ until it is written to the app.
   grpc::ByteBuffer downward_message_;
+  grpc::ByteBuffer downward_held_;
+  bool downward_message_held_ = false;
+  bool app_write_in_flight_ = false;
+  bool upstream_read_in_flight_ = false;
+  bool upstream_messages_ended_ = false;
+  // The app's status, waiting for the app write in flight.
+  std::optional<grpc::Status> app_status_after_write_;
   grpc::Status upstream_status_;
   // Set when an upstream response cannot be relayed; replaces its status.
   std::optional<grpc::Status> relay_error_;

@@ -177,6 +177,7 @@ void ProxyCall::Release() {
 void ProxyCall::Resume() {
   Release();
   if (stage_ == Stage::kGatheringRequest) return TryStartUpstream();
+  if (downward_message_held_ && !app_write_in_flight_) return WriteHeldDownward();
   if (app_headers_held_) SendHeldHeaders();
 }
 
