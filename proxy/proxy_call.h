@@ -2,8 +2,9 @@
 // "app side") joined to a call on a pooled upstream channel (the "upstream
 // side"). Messages are pumped one at a time in each direction, so a slow
 // reader on either end slows the writer on the other and memory stays at one
-// message per direction (two app messages while the call gathers its
-// request: see ResumeHeld).
+// message per direction, or two while a call looks ahead for what ends it
+// (the app's half-close while it gathers its request; the upstream's status
+// once the app has half-closed: see ResumeHeld).
 //
 // Ownership and threading: a ProxyCall owns itself. It is created waiting for
 // a call on one completion queue, every operation of both sides completes on
