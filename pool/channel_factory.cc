@@ -58,6 +58,9 @@ class UpstreamChannelFactory : public ChannelFactory {
     // grpc backs off up to 120 s between reconnects; a sidecar should find a
     // restarted upstream within seconds.
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+    // channelz counts every call and message on each channel and socket for
+    // an introspection service poolside does not serve.
+    args.SetInt(GRPC_ARG_ENABLE_CHANNELZ, 0);
     args.SetInt(kSlotArg, slot);
     // Each replacement gets a fresh connection too, not the one it replaces.
     args.SetInt("poolside.channel_generation", generation_++);

@@ -129,6 +129,8 @@ void ForwardingServer::ConfigureAppSide(grpc::ServerBuilder& builder) {
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // As on the upstream channels (channel_factory.cc): no channelz counting.
+  builder.AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
   builder.RegisterAsyncGenericService(&generic_service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) completion_queues_.push_back(builder.AddCompletionQueue());
