@@ -1,5 +1,8 @@
 #include "tests/support/h2_frames.h"
 
+#include <array>
+
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -64,6 +67,101 @@ const char* FrameTypeName(uint8_t type) {
     default:
       return "FRAME";
   }
+}
+
+// RFC 7541 Appendix A; index 1 is the first entry.
+constexpr std::array<std::pair<absl::string_view, absl::string_view>, 61> kStaticTable = {{
+    {":authority", ""},
+    {":method", "GET"},
+    {":method", "POST"},
+    {":path", "/"},
+    {":path", "/index.html"},
+    {":scheme", "http"},
+    {":scheme", "https"},
+    {":status", "200"},
+    {":status", "204"},
+    {":status", "206"},
+    {":status", "304"},
+    {":status", "400"},
+    {":status", "404"},
+    {":status", "500"},
+    {"accept-charset", ""},
+    {"accept-encoding", "gzip, deflate"},
+    {"accept-language", ""},
+    {"accept-ranges", ""},
+    {"accept", ""},
+    {"access-control-allow-origin", ""},
+    {"age", ""},
+    {"allow", ""},
+    {"authorization", ""},
+    {"cache-control", ""},
+    {"content-disposition", ""},
+    {"content-encoding", ""},
+    {"content-language", ""},
+    {"content-length", ""},
+    {"content-location", ""},
+    {"content-range", ""},
+    {"content-type", ""},
+    {"cookie", ""},
+    {"date", ""},
+    {"etag", ""},
+    {"expect", ""},
+    {"expires", ""},
+    {"from", ""},
+    {"host", ""},
+    {"if-match", ""},
+    {"if-modified-since", ""},
+    {"if-none-match", ""},
+    {"if-range", ""},
+    {"if-unmodified-since", ""},
+    {"last-modified", ""},
+    {"link", ""},
+    {"location", ""},
+    {"max-forwards", ""},
+    {"proxy-authenticate", ""},
+    {"proxy-authorization", ""},
+    {"range", ""},
+    {"referer", ""},
+    {"refresh", ""},
+    {"retry-after", ""},
+    {"server", ""},
+    {"set-cookie", ""},
+    {"strict-transport-security", ""},
+    {"transfer-encoding", ""},
+    {"user-agent", ""},
+    {"vary", ""},
+    {"via", ""},
+    {"www-authenticate", ""},
+}};
+
+// Reads an HPACK integer with a `prefix_bits`-bit prefix from the front of
+// `in` (RFC 7541 section 5.1).
+absl::StatusOr<uint64_t> TakeHpackInteger(absl::string_view& in, int prefix_bits) {
+  if (in.empty()) return absl::InvalidArgumentError("HPACK: integer past the end");
+  const uint64_t limit = (uint64_t{1} << prefix_bits) - 1;
+  uint64_t value = static_cast<uint8_t>(in[0]) & limit;
+  in.remove_prefix(1);
+  if (value < limit) return value;
+  for (int shift = 0; shift <= 56; shift += 7) {
+    if (in.empty()) return absl::InvalidArgumentError("HPACK: integer past the end");
+    const uint8_t byte = static_cast<uint8_t>(in[0]);
+    in.remove_prefix(1);
+    value += uint64_t{byte & 0x7fu} << shift;
+    if ((byte & 0x80) == 0) return value;
+  }
+  return absl::InvalidArgumentError("HPACK: integer too long");
+}
+
+absl::StatusOr<std::string> TakeHpackString(absl::string_view& in) {
+  if (in.empty()) return absl::InvalidArgumentError("HPACK: string past the end");
+  const bool huffman = (static_cast<uint8_t>(in[0]) & 0x80) != 0;
+  absl::StatusOr<uint64_t> length = TakeHpackInteger(in, 7);
+  if (!length.ok()) return length.status();
+  if (*length > in.size()) return absl::InvalidArgumentError("HPACK: string past the end");
+  if (huffman) return absl::UnimplementedError("HPACK: Huffman-coded string");
+  std::string text(in.substr(0, *length));
+  in.remove_prefix(*length);
+  return text;
 }
 
 }  // namespace
@@ -169,6 +267,75 @@ std::string Describe(const std::vector<Frame>& frames) {
     parts.push_back(part + ")");
   }
   return parts.empty() ? "no frames" : absl::StrJoin(parts, " ");
+}
+
+absl::StatusOr<HeaderList> HpackDecoder::Decode(absl::string_view block) {
+  HeaderList headers;
+  while (!block.empty()) {
+    const uint8_t first = static_cast<uint8_t>(block[0]);
+    if ((first & 0x80) != 0) {  // Indexed field.
+      absl::StatusOr<uint64_t> index = TakeHpackInteger(block, 7);
+      if (!index.ok()) return index.status();
+      absl::StatusOr<std::pair<std::string, std::string>> entry = Entry(*index);
+      if (!entry.ok()) return entry.status();
+      headers.push_back(*std::move(entry));
+      continue;
+    }
+    if ((first & 0xe0) == 0x20) {  // Dynamic table size update.
+      absl::StatusOr<uint64_t> size = TakeHpackInteger(block, 5);
+      if (!size.ok()) return size.status();
+      max_size_ = *size;
+      Evict();
+      continue;
+    }
+    // A literal: with incremental indexing (6-bit name index), or without
+    // indexing / never indexed (4-bit).
+    const bool indexed = (first & 0xc0) == 0x40;
+    absl::StatusOr<uint64_t> name_index = TakeHpackInteger(block, indexed ? 6 : 4);
+    if (!name_index.ok()) return name_index.status();
+    std::pair<std::string, std::string> field;
+    if (*name_index == 0) {
+      absl::StatusOr<std::string> name = TakeHpackString(block);
+      if (!name.ok()) return name.status();
+      field.first = *std::move(name);
+    } else {
+      absl::StatusOr<std::pair<std::string, std::string>> entry = Entry(*name_index);
+      if (!entry.ok()) return entry.status();
+      field.first = std::move(entry->first);
+    }
+    absl::StatusOr<std::string> value = TakeHpackString(block);
+    if (!value.ok()) return value.status();
+    field.second = *std::move(value);
+    if (indexed) Insert(field);
+    headers.push_back(std::move(field));
+  }
+  return headers;
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> HpackDecoder::Entry(uint64_t index) const {
+  if (index >= 1 && index <= kStaticTable.size()) {
+    const auto& [name, value] = kStaticTable[index - 1];
+    return std::make_pair(std::string(name), std::string(value));
+  }
+  const uint64_t dynamic_index = index - kStaticTable.size() - 1;
+  if (index == 0 || dynamic_index >= dynamic_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("HPACK: no entry ", index));
+  }
+  return dynamic_[dynamic_index];
+}
+
+void HpackDecoder::Insert(std::pair<std::string, std::string> entry) {
+  // RFC 7541 section 4.1: each entry counts 32 bytes beyond its strings.
+  size_ += entry.first.size() + entry.second.size() + 32;
+  dynamic_.push_front(std::move(entry));
+  Evict();
+}
+
+void HpackDecoder::Evict() {
+  while (size_ > max_size_ && !dynamic_.empty()) {
+    size_ -= dynamic_.back().first.size() + dynamic_.back().second.size() + 32;
+    dynamic_.pop_back();
+  }
 }
 
 }  // namespace poolside::test::h2

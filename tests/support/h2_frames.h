@@ -1,16 +1,20 @@
 // HTTP/2 frames (RFC 9113) built and parsed by hand, for raw clients and
 // upstreams that speak HTTP/2 wrongly on purpose. HPACK is only what the
-// tests need: literal headers, no Huffman coding. Stateless; thread-safe.
+// tests need: literal headers out, and in, a decoder for what grpc sends (no
+// Huffman coding). The functions are stateless and thread-safe; HpackDecoder
+// is not.
 #ifndef POOLSIDE_TESTS_SUPPORT_H2_FRAMES_H_
 #define POOLSIDE_TESTS_SUPPORT_H2_FRAMES_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "screen/http2_wire.h"
 
@@ -53,6 +57,27 @@ std::vector<Frame> ParseFrames(std::string bytes);
 uint32_t ErrorCodeOf(const Frame& frame);
 // "RST_STREAM(stream 1, 0x8)" and the like, for failure messages.
 std::string Describe(const std::vector<Frame>& frames);
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// The HPACK decoder (RFC 7541) of one direction of one connection: its
+// dynamic table lives from block to block, so every header block the peer
+// sends must pass through Decode, in order. Huffman-coded strings are refused
+// (grpc 1.51 codes only binary "-bin" values). Confined to one thread.
+class HpackDecoder {
+ public:
+  absl::StatusOr<HeaderList> Decode(absl::string_view block);
+
+ private:
+  absl::StatusOr<std::pair<std::string, std::string>> Entry(uint64_t index) const;
+  void Insert(std::pair<std::string, std::string> entry);
+  void Evict();
+
+  // Newest first, as HPACK indexes them.
+  std::deque<std::pair<std::string, std::string>> dynamic_;
+  size_t size_ = 0;
+  size_t max_size_ = 4096;
+};
 
 }  // namespace poolside::test::h2
 
