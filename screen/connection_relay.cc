@@ -100,13 +100,13 @@ void ScreenedListener::Relay::Run() {
 void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
   Connection& connection = *end.connection;
   if (connection.removed) return;
-  if (connection.phase == Phase::kPassingOn) {
-    // The app is gone (reset): nothing more can reach it.
-    if (end.app && (events & (EPOLLHUP | EPOLLERR)) != 0) return Remove(connection);
-    return PassOn(connection, now);
-  }
-  if (connection.phase == Phase::kLingering) {
-    // grpc's end is closed: an event for it is left from this batch.
+  if (connection.phase != Phase::kRelaying) {
+    if (connection.phase == Phase::kPassingOn) {
+      // The app is gone (reset): nothing more can reach it.
+      if (end.app && (events & (EPOLLHUP | EPOLLERR)) != 0) return Remove(connection);
+      return PassOn(connection, now);
+    }
+    // Lingering. grpc's end is closed: an event for it is left from this batch.
     if (!end.app) return;
     // Discard what the app still sends; its end means we may close.
     if (Fill(connection.app_fd, connection.up) != ReadResult::kClosed) return;
