@@ -73,7 +73,7 @@ void ScreenedListener::Relay::Run() {
       if (cookie == &wake_fd_) {
         uint64_t commands = 0;
         (void)!read(wake_fd_, &commands, sizeof(commands));
-        if (commands >= kShutdown) return;
+        if (commands >= kShutdown) return PassOnWhatIsLeft();
         if (commands & kStopAccepting) accepting_ = false;
       } else if (cookie == &listen_fd_) {
         Accept();
@@ -176,9 +176,9 @@ bool ScreenedListener::Relay::Drop(Connection& connection) {
 }
 
 bool ScreenedListener::Relay::StartPassingOn(Connection& connection, absl::Time now) {
-  // A write to grpc failed: its end is closed (an AF_UNIX stream socket
-  // fails with EPIPE only then), and what it wrote before is still queued
-  // for us to read, its EOF after it. What the app sent cannot go anywhere.
+  // A write to grpc failed (EPIPE): its end is closed or shut down, and
+  // what it wrote before is still queued for us to read, its EOF after it.
+  // What the app sent cannot go anywhere.
   connection.up.begin = connection.up.end = 0;
   connection.up_out.clear();
   connection.up_out_begin = 0;
@@ -216,6 +216,24 @@ void ScreenedListener::Relay::PassOn(Connection& connection, absl::Time now) {
       case ReadResult::kClosed:
         return Linger(connection, now);
     }
+  }
+}
+
+void ScreenedListener::Relay::PassOnWhatIsLeft() {
+  // grpc's server has normally shut down by now (ForwardingServer::Shutdown),
+  // so its ends are closed, what each wrote last queued in front of its EOF,
+  // which this thread may not have read yet. Nothing here waits.
+  for (auto& [key, connection] : connections_) {
+    if (connection->removed) continue;
+    if (connection->phase != Phase::kLingering) {
+      Buffer& down = connection->down;
+      while (Flush(connection->app_fd, down) && down.empty() &&
+             Fill(connection->grpc_fd, down) == ReadResult::kData) {
+      }
+    }
+    // The destructor closes the socket; a reset, if the app's bytes are
+    // unread, then follows the FIN instead of replacing it.
+    shutdown(connection->app_fd, SHUT_WR);
   }
 }
 

@@ -171,6 +171,9 @@ class ScreenedListener::Relay {
   bool FinishDownFrame(Connection& connection);
   void Remove(Connection& connection);
   void CloseBoth(Connection& connection);
+  // On shutdown: passes on what grpc wrote as far as each app's socket takes
+  // it now, and sends every app a FIN.
+  void PassOnWhatIsLeft();
   // Removes the connections whose `close_by` has passed.
   void ExpireClosing(absl::Time now);
 
