@@ -1,6 +1,7 @@
 // The relay thread's loop and the per-connection relay: bytes app -> screen
-// -> grpc and grpc -> app, withholding unfinished header blocks, and cutting
-// off a connection that broke a rule (GOAWAY, count, log, linger, close).
+// -> grpc and grpc -> app, withholding unfinished header blocks, passing on
+// grpc's last bytes once its end closes, and cutting off a connection that
+// broke a rule (GOAWAY, count, log, linger, close).
 // The loop stays in this file with what it calls for every event.
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -22,8 +23,12 @@ namespace {
 using screen_relay::Buffer;
 using screen_relay::kRelayBufferBytes;
 
-// How long a cut-off connection may take to read its GOAWAY before it is closed.
+// How long an app may take to read the last bytes sent to it (a cut-off
+// connection's GOAWAY, grpc's last trailers) and close, once it has its FIN.
 constexpr absl::Duration kLinger = absl::Seconds(1);
+// How long an app may take to read what grpc wrote before its end closed:
+// an app that stops reading cannot hold a connection longer.
+constexpr absl::Duration kPassOnLimit = absl::Seconds(10);
 // At most one log line per reason this often; every cut is counted.
 constexpr absl::Duration kLogInterval = absl::Seconds(10);
 
@@ -61,14 +66,14 @@ void ScreenedListener::Relay::Run() {
   last_logged_.fill(absl::InfinitePast());
   while (true) {
     const int ready = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
-                                 lingering_.empty() && listen_watched_ ? 1000 : 50);
+                                 closing_.empty() && listen_watched_ ? 1000 : 50);
     const absl::Time now = absl::Now();
     for (int i = 0; i < ready; ++i) {
       void* cookie = events[i].data.ptr;
       if (cookie == &wake_fd_) {
         uint64_t commands = 0;
         (void)!read(wake_fd_, &commands, sizeof(commands));
-        if (commands >= kShutdown) return;
+        if (commands >= kShutdown) return PassOnWhatIsLeft();
         if (commands & kStopAccepting) accepting_ = false;
       } else if (cookie == &listen_fd_) {
         Accept();
@@ -88,16 +93,23 @@ void ScreenedListener::Relay::Run() {
       Watch(listen_fd_, EPOLLIN, &listen_fd_);
       listen_watched_ = true;
     }
-    ExpireLingering(now);
+    ExpireClosing(now);
   }
 }
 
 void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
   Connection& connection = *end.connection;
   if (connection.removed) return;
-  if (connection.lingering) {
+  if (connection.phase != Phase::kRelaying) {
+    if (connection.phase == Phase::kPassingOn) {
+      // The app is gone (reset): nothing more can reach it.
+      if (end.app && (events & (EPOLLHUP | EPOLLERR)) != 0) return Remove(connection);
+      return PassOn(connection, now);
+    }
+    // Lingering. grpc's end is closed: an event for it is left from this batch.
+    if (!end.app) return;
     // Discard what the app still sends; its end means we may close.
-    if (end.app && Fill(connection.app_fd, connection.up) != ReadResult::kClosed) return;
+    if (Fill(connection.app_fd, connection.up) != ReadResult::kClosed) return;
     return Remove(connection);
   }
   // Only the direction the event is about moves: trying the other one as
@@ -107,12 +119,12 @@ void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
   // moves both ways, so that what is left is read out and passed on.
   bool alive = true;
   if ((events & (EPOLLHUP | EPOLLERR)) != 0) {
-    alive = PumpUp(connection, now) && PumpDown(connection);
+    alive = PumpUp(connection, now) && PumpDown(connection, now);
   } else if (end.app) {
     if ((events & EPOLLIN) != 0) alive = PumpUp(connection, now);
-    if (alive && (events & EPOLLOUT) != 0) alive = PumpDown(connection);
+    if (alive && (events & EPOLLOUT) != 0) alive = PumpDown(connection, now);
   } else {
-    if ((events & EPOLLIN) != 0) alive = PumpDown(connection);
+    if ((events & EPOLLIN) != 0) alive = PumpDown(connection, now);
     if (alive && (events & EPOLLOUT) != 0) alive = PumpUp(connection, now);
   }
   if (alive) UpdateInterest(connection);
@@ -120,7 +132,7 @@ void ScreenedListener::Relay::Serve(End& end, uint32_t events, absl::Time now) {
 
 bool ScreenedListener::Relay::PumpUp(Connection& connection, absl::Time now) {
   // app -> screen -> grpc.
-  if (!FlushUp(connection)) return Drop(connection);
+  if (!FlushUp(connection)) return StartPassingOn(connection, now);
   if (!connection.up.empty() || !connection.up_out.empty()) return true;
   const uint64_t chunk_start = connection.screen.fed_bytes();
   const ReadResult read = Fill(connection.app_fd, connection.up);
@@ -135,18 +147,21 @@ bool ScreenedListener::Relay::PumpUp(Connection& connection, absl::Time now) {
   }
   const std::optional<uint64_t> block = connection.screen.unfinished_block_begin();
   if (block || !connection.held.empty()) Withhold(connection, chunk_start, block);
-  return FlushUp(connection) || Drop(connection);
+  return FlushUp(connection) || StartPassingOn(connection, now);
 }
 
-bool ScreenedListener::Relay::PumpDown(Connection& connection) {
+bool ScreenedListener::Relay::PumpDown(Connection& connection, absl::Time now) {
   // grpc -> app.
   if (!Flush(connection.app_fd, connection.down)) return Drop(connection);
   if (!connection.down.empty()) return true;
   const ReadResult read = Fill(connection.grpc_fd, connection.down);
   if (read == ReadResult::kAgain) return true;
-  // grpc closed the connection (GOAWAY sent, or shut down): pass it on once
-  // its last bytes are out; they are, as `down` is empty.
-  if (read == ReadResult::kClosed) return Drop(connection);
+  // grpc closed the connection (GOAWAY sent, or shut down): pass it on, as
+  // its last bytes are out (`down` is empty).
+  if (read == ReadResult::kClosed) {
+    Linger(connection, now);
+    return false;
+  }
   connection.down_frames.Feed(connection.down.data.get(), connection.down.end);
   return Flush(connection.app_fd, connection.down) || Drop(connection);
 }
@@ -158,6 +173,68 @@ bool ScreenedListener::Relay::FlushUp(Connection& connection) {
 bool ScreenedListener::Relay::Drop(Connection& connection) {
   Remove(connection);
   return false;
+}
+
+bool ScreenedListener::Relay::StartPassingOn(Connection& connection, absl::Time now) {
+  // A write to grpc failed (EPIPE): its end is closed or shut down, and
+  // what it wrote before is still queued for us to read, its EOF after it.
+  // What the app sent cannot go anywhere.
+  connection.up.begin = connection.up.end = 0;
+  connection.up_out.clear();
+  connection.up_out_begin = 0;
+  connection.held.clear();
+  StartClosing(connection, Phase::kPassingOn, now + kPassOnLimit);
+  PassOn(connection, now);
+  return false;
+}
+
+void ScreenedListener::Relay::PassOn(Connection& connection, absl::Time now) {
+  Buffer& down = connection.down;
+  while (true) {
+    if (!Flush(connection.app_fd, down)) return Remove(connection);
+    if (!down.empty()) {
+      // Until the app takes `down`: its writability is all that matters.
+      if (connection.grpc_watched) {
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.grpc_fd, nullptr);
+        connection.grpc_watched = false;
+      }
+      return Rewatch(connection.app_fd, connection.app_events, EPOLLOUT, &connection.app_end);
+    }
+    switch (Fill(connection.grpc_fd, down)) {
+      case ReadResult::kData:
+        connection.down_frames.Feed(down.data.get(), down.end);
+        break;
+      case ReadResult::kAgain:
+        // grpc stopped reading but may still write: wait for it.
+        Rewatch(connection.app_fd, connection.app_events, 0, &connection.app_end);
+        if (!connection.grpc_watched) {
+          connection.grpc_events = EPOLLIN;
+          Watch(connection.grpc_fd, EPOLLIN, &connection.grpc_end);
+          connection.grpc_watched = true;
+        }
+        return Rewatch(connection.grpc_fd, connection.grpc_events, EPOLLIN, &connection.grpc_end);
+      case ReadResult::kClosed:
+        return Linger(connection, now);
+    }
+  }
+}
+
+void ScreenedListener::Relay::PassOnWhatIsLeft() {
+  // grpc's server has normally shut down by now (ForwardingServer::Shutdown),
+  // so its ends are closed, what each wrote last queued in front of its EOF,
+  // which this thread may not have read yet. Nothing here waits.
+  for (auto& [key, connection] : connections_) {
+    if (connection->removed) continue;
+    if (connection->phase != Phase::kLingering) {
+      Buffer& down = connection->down;
+      while (Flush(connection->app_fd, down) && down.empty() &&
+             Fill(connection->grpc_fd, down) == ReadResult::kData) {
+      }
+    }
+    // The destructor closes the socket; a reset, if the app's bytes are
+    // unread, then follows the FIN instead of replacing it.
+    shutdown(connection->app_fd, SHUT_WR);
+  }
 }
 
 void ScreenedListener::Relay::Withhold(Connection& connection, uint64_t chunk_start,
@@ -230,12 +307,26 @@ void ScreenedListener::Relay::Cut(Connection& connection, HostileReason reason) 
         GoawayFrame(connection.screen.last_stream_id(), http2::kEnhanceYourCalm);
     (void)!send(connection.app_fd, goaway.data(), goaway.size(), MSG_NOSIGNAL);
   }
+  Linger(connection, now);
+}
+
+void ScreenedListener::Relay::Linger(Connection& connection, absl::Time now) {
+  // Closing a descriptor also takes it out of the epoll set.
+  if (connection.grpc_fd >= 0) close(connection.grpc_fd);
+  connection.grpc_fd = -1;
+  // The app reads a FIN after the rest; a close with its bytes unread would
+  // send a reset instead, and drop what is not sent yet.
   shutdown(connection.app_fd, SHUT_WR);
-  connection.lingering = true;
-  connection.linger_until = now + kLinger;
+  StartClosing(connection, Phase::kLingering, now + kLinger);
   connection.up.begin = connection.up.end = 0;
   Rewatch(connection.app_fd, connection.app_events, EPOLLIN, &connection.app_end);
-  lingering_.push_back(&connection);
+}
+
+void ScreenedListener::Relay::StartClosing(Connection& connection, Phase phase,
+                                           absl::Time close_by) {
+  if (connection.phase == Phase::kRelaying) closing_.push_back(&connection);
+  connection.phase = phase;
+  connection.close_by = close_by;
 }
 
 bool ScreenedListener::Relay::FinishDownFrame(Connection& connection) {
@@ -257,11 +348,11 @@ bool ScreenedListener::Relay::FinishDownFrame(Connection& connection) {
   }
 }
 
-void ScreenedListener::Relay::ExpireLingering(absl::Time now) {
-  for (size_t i = 0; i < lingering_.size();) {
-    Connection* connection = lingering_[i];
-    if (now >= connection->linger_until) {
-      Remove(*connection);  // Also drops it from lingering_.
+void ScreenedListener::Relay::ExpireClosing(absl::Time now) {
+  for (size_t i = 0; i < closing_.size();) {
+    Connection* connection = closing_[i];
+    if (now >= connection->close_by) {
+      Remove(*connection);  // Also drops it from closing_.
     } else {
       ++i;
     }
@@ -280,11 +371,11 @@ void ScreenedListener::Relay::Remove(Connection& connection) {
   if (connection.removed) return;
   // Closing a descriptor also takes it out of the epoll set.
   CloseBoth(connection);
-  if (connection.lingering) {
-    for (size_t i = 0; i < lingering_.size(); ++i) {
-      if (lingering_[i] == &connection) {
-        lingering_[i] = lingering_.back();
-        lingering_.pop_back();
+  if (connection.phase != Phase::kRelaying) {
+    for (size_t i = 0; i < closing_.size(); ++i) {
+      if (closing_[i] == &connection) {
+        closing_[i] = closing_.back();
+        closing_.pop_back();
         break;
       }
     }

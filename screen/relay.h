@@ -77,6 +77,21 @@ class ScreenedListener::Relay {
     bool app;
   };
 
+  // A connection relays both ways until one side ends. The app's end closes
+  // it at once: the app is gone. grpc's end, or a rule broken (Cut), closes
+  // it out so that the app reads everything sent to it before the socket
+  // closes: a TCP socket closed with bytes unread sends a reset instead of a
+  // FIN, and drops what it had not sent yet.
+  enum class Phase {
+    kRelaying,
+    // grpc's end is gone: passing on what grpc wrote before it closed (grpc
+    // sends a call's trailers, then closes), dropping what the app sends.
+    kPassingOn,
+    // FIN sent, grpc's end closed: reading and discarding what the app still
+    // sends, until it closes, so that it reads all the rest first.
+    kLingering,
+  };
+
   struct Connection {
     int app_fd = -1;
     int grpc_fd = -1;
@@ -95,10 +110,12 @@ class ScreenedListener::Relay {
     End grpc_end{this, false};
     uint32_t app_events = 0;
     uint32_t grpc_events = 0;
-    // Cut off: only reading and discarding what the app still sends, until
-    // `linger_until`, so that it reads the GOAWAY before the socket resets.
-    bool lingering = false;
-    absl::Time linger_until;
+    // grpc_fd is in the epoll set. Passing on, it leaves it while the app has
+    // `down` to take: epoll reports a hang-up whatever the mask.
+    bool grpc_watched = true;
+    Phase phase = Phase::kRelaying;
+    // Out of kRelaying: closed by then, whatever is left.
+    absl::Time close_by;
     // Closed; freed once the current batch of events has been handled, as a
     // later event of the batch may still name it.
     bool removed = false;
@@ -125,9 +142,9 @@ class ScreenedListener::Relay {
   void Serve(End& end, uint32_t events, absl::Time now);
   // Move bytes one way (app -> grpc through the screen, grpc -> app): write
   // out what is held, then read once more if that emptied the buffer. False
-  // when the connection has ended or been cut off.
+  // when the connection no longer relays: ended, cut off, or grpc's end gone.
   bool PumpUp(Connection& connection, absl::Time now);
-  bool PumpDown(Connection& connection);
+  bool PumpDown(Connection& connection, absl::Time now);
   void UpdateInterest(Connection& connection);
   // Moves the chunk just read from `up` to `up_out`, keeping back (in `held`)
   // the bytes of a header block that has not ended; `block` is where it begins.
@@ -138,14 +155,27 @@ class ScreenedListener::Relay {
   bool FlushUp(Connection& connection);
   // Removes the connection; false, for a pump to return.
   bool Drop(Connection& connection);
+  // grpc's end is gone: drops what the app sent and passes on what grpc
+  // wrote before it closed. False, for a pump to return.
+  bool StartPassingOn(Connection& connection, absl::Time now);
+  // Passes on what it can of grpc's last bytes; lingers once all are out.
+  void PassOn(Connection& connection, absl::Time now);
   void Cut(Connection& connection, HostileReason reason);
+  // Closes grpc's end, sends the app a FIN and lingers (kLingering).
+  void Linger(Connection& connection, absl::Time now);
+  // Leaves kRelaying for `phase`; closed at `close_by` at the latest.
+  void StartClosing(Connection& connection, Phase phase, absl::Time close_by);
   // Relays the rest of the frame grpc's output stands in, as far as grpc has
   // written it and the app takes it. True when the app's side is then between
   // frames with nothing pending: a GOAWAY may go next.
   bool FinishDownFrame(Connection& connection);
   void Remove(Connection& connection);
   void CloseBoth(Connection& connection);
-  void ExpireLingering(absl::Time now);
+  // On shutdown: passes on what grpc wrote as far as each app's socket takes
+  // it now, and sends every app a FIN.
+  void PassOnWhatIsLeft();
+  // Removes the connections whose `close_by` has passed.
+  void ExpireClosing(absl::Time now);
 
   ScreenedListener& owner_;
   int listen_fd_;
@@ -156,7 +186,8 @@ class ScreenedListener::Relay {
   absl::Time accept_paused_until_ = absl::InfinitePast();
   bool listen_watched_ = true;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
-  std::vector<Connection*> lingering_;
+  // The connections out of kRelaying.
+  std::vector<Connection*> closing_;
   std::vector<Connection*> removed_;
   std::array<absl::Time, kHostileReasonCount> last_logged_{};
   std::array<int64_t, kHostileReasonCount> unlogged_{};

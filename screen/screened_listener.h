@@ -67,7 +67,9 @@ class ScreenedListener {
   // sends them its GOAWAY while it drains).
   void StopAccepting();
 
-  // Closes every connection and stops the relay thread.
+  // Passes on what grpc has written to each connection, as far as the app's
+  // socket takes it without waiting; then closes every connection (a FIN
+  // first) and stops the relay thread.
   void Shutdown();
 
   // App connections being relayed. Thread-safe.
