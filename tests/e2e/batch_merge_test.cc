@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -77,6 +78,19 @@ class FrameReader {
   // `skip_preface`: the bytes begin with the client preface (a server reads).
   explicit FrameReader(bool skip_preface) : preface_left_(skip_preface) {}
 
+  // One recv() on `fd`, and the frames its bytes complete; an error once the
+  // peer has closed.
+  absl::StatusOr<std::vector<ReceivedFrame>> Receive(int fd) {
+    char bytes[65536];
+    ssize_t n = -1;
+    do {
+      n = recv(fd, bytes, sizeof(bytes), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return absl::UnavailableError("the peer closed the connection");
+    return Add(absl::string_view(bytes, static_cast<size_t>(n)));
+  }
+
+ private:
   // The frames completed by the bytes of one more recv().
   absl::StatusOr<std::vector<ReceivedFrame>> Add(absl::string_view bytes) {
     ++recvs_;
@@ -102,7 +116,6 @@ class FrameReader {
     return received;
   }
 
- private:
   bool preface_left_;
   std::string buffer_;
   int recvs_ = 0;
@@ -173,6 +186,39 @@ absl::Status AddHeaderFrame(const ReceivedFrame& received, h2::HpackDecoder& dec
   trace.header_block.clear();
   if (!headers.ok()) return headers.status();
   trace.header_lists.push_back(*std::move(headers));
+  return absl::OkStatus();
+}
+
+// Takes one frame as a peer must: acknowledges SETTINGS and PING (into
+// `out`) and adds HEADERS, CONTINUATION and DATA to their stream's trace.
+absl::Status TakeFrame(const ReceivedFrame& received, h2::HpackDecoder& decoder,
+                       absl::FunctionRef<StreamTrace&(uint32_t stream)> trace_of,
+                       std::string& out) {
+  const h2::Frame& frame = received.frame;
+  switch (frame.type) {
+    case h2::kSettings:
+      if ((frame.flags & h2::kAck) == 0) out += h2::Settings(/*ack=*/true);
+      return absl::OkStatus();
+    case h2::kPing:
+      if ((frame.flags & h2::kAck) == 0) {
+        out += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
+      }
+      return absl::OkStatus();
+    case h2::kHeaders:
+    case h2::kContinuation:
+    case h2::kData:
+      break;
+    default:
+      return absl::OkStatus();
+  }
+  StreamTrace& trace = trace_of(frame.stream);
+  if (frame.type == h2::kData) {
+    trace.Note(received);
+    trace.data += frame.payload;
+  } else if (absl::Status added = AddHeaderFrame(received, decoder, trace); !added.ok()) {
+    return added;
+  }
+  if ((frame.flags & h2::kEndStream) != 0) trace.ended = true;
   return absl::OkStatus();
 }
 
@@ -259,47 +305,17 @@ class MergeProbeUpstream {
   // One recv() on a readable connection, and the answers it calls for; false
   // once the connection is done.
   bool Serve(Connection& connection) {
-    char buffer[65536];
-    const ssize_t n = recv(connection.fd, buffer, sizeof(buffer), 0);
-    if (n < 0 && errno == EINTR) return true;
-    if (n <= 0) return false;
-    absl::StatusOr<std::vector<ReceivedFrame>> frames =
-        connection.reader.Add(absl::string_view(buffer, static_cast<size_t>(n)));
+    absl::StatusOr<std::vector<ReceivedFrame>> frames = connection.reader.Receive(connection.fd);
+    if (absl::IsUnavailable(frames.status())) return false;
     if (!frames.ok()) return Fail(frames.status());
     std::string out;
     for (const ReceivedFrame& received : *frames) {
       const h2::Frame& frame = received.frame;
-      switch (frame.type) {
-        case h2::kSettings:
-          if ((frame.flags & h2::kAck) == 0) out += h2::Settings(/*ack=*/true);
-          break;
-        case h2::kPing:
-          if ((frame.flags & h2::kAck) == 0) {
-            out += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
-          }
-          break;
-        case h2::kHeaders:
-        case h2::kContinuation: {
-          StreamTrace& trace = connection.streams[frame.stream];
-          if (absl::Status added = AddHeaderFrame(received, connection.decoder, trace);
-              !added.ok()) {
-            return Fail(added);
-          }
-          if ((frame.flags & h2::kEndStream) != 0) trace.ended = true;
-          break;
-        }
-        case h2::kData: {
-          StreamTrace& trace = connection.streams[frame.stream];
-          trace.Note(received);
-          trace.data += frame.payload;
-          if ((frame.flags & h2::kEndStream) != 0) trace.ended = true;
-          break;
-        }
-        case h2::kGoaway:
-          return false;
-        default:
-          break;
-      }
+      if (frame.type == h2::kGoaway) return false;
+      absl::Status taken = TakeFrame(
+          received, connection.decoder,
+          [&](uint32_t id) -> StreamTrace& { return connection.streams[id]; }, out);
+      if (!taken.ok()) return Fail(taken);
       const auto stream = connection.streams.find(frame.stream);
       if (stream != connection.streams.end() && stream->second.ended &&
           stream->second.header_block.empty()) {
@@ -392,12 +408,7 @@ class RawApp {
         return absl::DeadlineExceededError(
             absl::StrCat("no answer on stream ", stream, "; saw ", seen));
       }
-      char buffer[65536];
-      const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return absl::UnavailableError("poolside closed the connection");
-      absl::StatusOr<std::vector<ReceivedFrame>> frames =
-          reader_.Add(absl::string_view(buffer, static_cast<size_t>(n)));
+      absl::StatusOr<std::vector<ReceivedFrame>> frames = reader_.Receive(fd_);
       if (!frames.ok()) return frames.status();
       std::vector<h2::Frame> completed;
       for (const ReceivedFrame& received : *frames) completed.push_back(received.frame);
@@ -405,41 +416,15 @@ class RawApp {
       std::string out;
       for (const ReceivedFrame& received : *frames) {
         const h2::Frame& frame = received.frame;
-        switch (frame.type) {
-          case h2::kSettings:
-            if ((frame.flags & h2::kAck) == 0) out += h2::Settings(/*ack=*/true);
-            break;
-          case h2::kPing:
-            if ((frame.flags & h2::kAck) == 0) {
-              out += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
-            }
-            break;
-          case h2::kHeaders:
-          case h2::kContinuation: {
-            // Every block goes through the decoder, this stream's or not.
-            StreamTrace other;
-            StreamTrace& target = frame.stream == stream ? trace : other;
-            if (absl::Status added = AddHeaderFrame(received, decoder_, target); !added.ok()) {
-              return added;
-            }
-            if ((frame.flags & h2::kEndStream) != 0 && frame.stream == stream) trace.ended = true;
-            break;
-          }
-          case h2::kData:
-            if (frame.stream == stream) {
-              trace.Note(received);
-              trace.data += frame.payload;
-            }
-            break;
-          case h2::kRstStream:
-          case h2::kGoaway:
-            if (frame.type == h2::kGoaway || frame.stream == stream) {
-              return absl::AbortedError(absl::StrCat("poolside ended the call: ", seen));
-            }
-            break;
-          default:
-            break;
+        if (frame.type == h2::kGoaway || (frame.type == h2::kRstStream && frame.stream == stream)) {
+          return absl::AbortedError(absl::StrCat("poolside ended the call: ", seen));
         }
+        // Every header block goes through the decoder, this stream's or not.
+        StreamTrace other;
+        absl::Status taken = TakeFrame(
+            received, decoder_,
+            [&](uint32_t id) -> StreamTrace& { return id == stream ? trace : other; }, out);
+        if (!taken.ok()) return taken;
       }
       if (!out.empty()) {
         if (absl::Status sent = Send(out); !sent.ok()) return sent;
