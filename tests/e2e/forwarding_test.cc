@@ -328,6 +328,26 @@ TEST_P(ForwardingTest, UpstreamCallStartsBeforeTheAppSendsAnything) {
               ElementsAre("upstream speaks first"));
 }
 
+TEST_P(ForwardingTest, StreamedMessageReachesTheAppWhileTheUpstreamWaitsToSendMore) {
+  // Once the app has half-closed, poolside holds each upstream message until
+  // its next read shows whether the status follows (one batch for both); a
+  // message whose successor is not there yet must go on at once.
+  CallOptions options;
+  options.metadata = {{"x-response-count", "2"}, {"x-response-interval-ms", "60000"}};
+  options.wait = absl::Seconds(20);
+  InteractiveCall call(channel_, kServerStreamMethod, options);
+  ASSERT_TRUE(call.Write("first of two"));
+  ASSERT_TRUE(call.WritesDone());
+  EXPECT_EQ(call.Read(), "first of two")
+      << "the first message waited for the second, which the upstream sends a minute later";
+  EXPECT_FALSE(call.timed_out());
+  const std::vector<ObservedCall> calls = upstream_.Calls(kServerStreamMethod);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_FALSE(calls[0].done) << "the upstream was meant to be still waiting to send more";
+  call.Cancel();
+  EXPECT_EQ(call.Finish().status.error_code(), grpc::StatusCode::CANCELLED);
+}
+
 TEST_P(ForwardingTest, ThousandConcurrentUnaryCallsAllSucceed) {
   constexpr int kCalls = 1000;
   std::vector<std::string> requests;

@@ -242,7 +242,19 @@ class TestUpstream::Reactor final : public grpc::ServerGenericBidiReactor {
       return;
     }
     if (!to_write_.empty()) {
-      WriteNext();
+      const int64_t interval_ms = IntHeader(metadata_, "x-response-interval-ms", 0);
+      if (interval_ms <= 0) return WriteNext();
+      sleeping_.store(true);
+      alarm_.Set(
+          std::chrono::system_clock::now() + std::chrono::milliseconds(interval_ms),
+          [this](bool alarm_ok) {
+            sleeping_.store(false);
+            if (!alarm_ok || cancelled_.load()) {
+              FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+              return;
+            }
+            WriteNext();
+          });
     } else if (shape_ == Shape::kBidi) {
       StartRead(&request_);
     } else {

@@ -26,6 +26,8 @@
 //   x-sleep-ms              wait this long before answering anything (headers
 //                           included); a cancel ends the wait early.
 //   x-response-count        ServerStream: how many copies to send.
+//   x-response-interval-ms  ServerStream: wait this long between two copies;
+//                           a cancel ends the wait early.
 //   x-trailers-only: 1      finish with the status at once: no initial
 //                           metadata, no messages (a "trailers-only" answer).
 //
