@@ -268,9 +268,15 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
 }
 
 void ProxyCall::SendHeldHeaders() {
-  Release();
-  app_headers_held_ = false;
+  StopHoldingDownward();
   app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
+}
+
+void ProxyCall::StopHoldingDownward() {
+  Release();
+  // Whatever goes to the app now carries them: grpc++ sends the initial
+  // metadata with the first SendInitialMetadata, Write or Finish.
+  app_headers_held_ = false;
 }
 
 void ProxyCall::OnAppHeaders(bool ok) {
@@ -288,7 +294,7 @@ void ProxyCall::OnAppWrite(bool ok) {
   if (downward_message_held_) {
     // It came while the write was in flight.
     if (!LooksAhead()) return WriteHeldDownward();
-    if (!holding_) Hold();
+    Hold();
   }
   // A held message written on Resume left its read ahead in flight, which
   // may have met the end of the upstream's messages already.
@@ -327,14 +333,12 @@ void ProxyCall::OnUpstreamRead(bool ok) {
   if (!LooksAhead()) return WriteHeldDownward();
   // It may be the last: read on, so that when the upstream's status is
   // already here one batch carries message and status (SendAppStatus).
-  if (!holding_) Hold();
+  Hold();
   ReadUpstream();
 }
 
 void ProxyCall::WriteHeldDownward() {
-  Release();
-  // grpc sends held headers with this write.
-  app_headers_held_ = false;
+  StopHoldingDownward();
   app_write_in_flight_ = true;
   downward_message_held_ = false;
   app_stream_.Write(downward_held_, Tag(Op::kAppWrite));
@@ -390,9 +394,7 @@ void ProxyCall::FinishApp(const grpc::Status& status) {
 
 void ProxyCall::SendAppStatus(const grpc::Status& status) {
   app_status_after_write_.reset();
-  Release();
-  // Finish sends the headers too if they are still held.
-  app_headers_held_ = false;
+  StopHoldingDownward();
   if (!downward_message_held_) return app_stream_.Finish(status, Tag(Op::kAppFinish));
   // The last message, the held headers if any, and the status: one batch.
   downward_message_held_ = false;

@@ -113,9 +113,10 @@ struct QueueContext {
 // One forwarded call. Where it is, is two small machines instead of a dozen
 // flags (chart in proxy/ARCHITECTURE.md): the call as a whole (Stage) and the
 // app -> upstream direction (Upward), which must remember what it holds while
-// the upstream call starts. The upstream -> app direction is a fixed chain in
-// which every completion names the next step; it keeps only whether the
-// response headers are held for the first message (app_headers_held_).
+// the upstream call starts. The upstream -> app direction keeps what it holds
+// back (the response headers for the first message, and once the app has
+// half-closed a message until the next read shows whether the status
+// follows) and which of its operations are in flight.
 class alignas(16) ProxyCall {
  public:
   // Waits for the next app call on `queue`. When one arrives, the ProxyCall
@@ -135,10 +136,12 @@ class alignas(16) ProxyCall {
 
   // A call holds a step back while what that step could carry may already be
   // in grpc's buffers: its upstream call's start until the app's first
-  // message or half-close is read (the upstream then gets headers and
-  // message in one batch and one write), and the app's response headers
+  // message and half-close are read (the upstream then gets headers, message
+  // and half-close in one batch and one write), the app's response headers
   // until the upstream's first message is read (the app's write carries
-  // them). It waits only for what is already there: the queue's thread calls
+  // them), and, once the app has half-closed, each upstream message until the
+  // next read shows whether the status follows (WriteAndFinish carries both).
+  // It waits only for what is already there: the queue's thread calls
   // ResumeHeld when no event is ready, and ResumeOverdue after each event,
   // which resumes the calls that have held through kMaxEventsHeld of the
   // queue's events (under load the queue never runs dry, and an app or
@@ -212,7 +215,8 @@ class alignas(16) ProxyCall {
   // Which of the queue's lists of upstream calls this call is in.
   enum class Listed { kNone, kAwaitingAnswer, kAnswered };
   void MoveToList(Listed list);
-  // The queue's list of calls holding a step back (ResumeHeld).
+  // The queue's list of calls holding a step back (ResumeHeld). Hold on a
+  // call already holding keeps its place and its bound.
   void Hold();
   void Release();
   void Resume();
@@ -227,6 +231,9 @@ class alignas(16) ProxyCall {
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
   void SendHeldHeaders();
+  // Leaves the holding list; the held response headers, if any, go with
+  // whatever is sent to the app next.
+  void StopHoldingDownward();
   void OnAppHeaders(bool ok);
   void OnAppWrite(bool ok);
   void ReadUpstream();

@@ -147,6 +147,7 @@ void ProxyCall::ResumeOverdue(QueueContext& queue) {
 }
 
 void ProxyCall::Hold() {
+  if (holding_) return;  // Resumes by the first hold's bound.
   holding_ = true;
   hold_until_event_ = queue_.events_handled + kMaxEventsHeld;
   older_holding_ = queue_.holding;
