@@ -195,21 +195,9 @@ absl::Status TakeFrame(const ReceivedFrame& received, h2::HpackDecoder& decoder,
                        absl::FunctionRef<StreamTrace&(uint32_t stream)> trace_of,
                        std::string& out) {
   const h2::Frame& frame = received.frame;
-  switch (frame.type) {
-    case h2::kSettings:
-      if ((frame.flags & h2::kAck) == 0) out += h2::Settings(/*ack=*/true);
-      return absl::OkStatus();
-    case h2::kPing:
-      if ((frame.flags & h2::kAck) == 0) {
-        out += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
-      }
-      return absl::OkStatus();
-    case h2::kHeaders:
-    case h2::kContinuation:
-    case h2::kData:
-      break;
-    default:
-      return absl::OkStatus();
+  out += h2::AckFor(frame);
+  if (frame.type != h2::kHeaders && frame.type != h2::kContinuation && frame.type != h2::kData) {
+    return absl::OkStatus();
   }
   StreamTrace& trace = trace_of(frame.stream);
   if (frame.type == h2::kData) {

@@ -93,11 +93,7 @@ RawClientOutcome ReadUntilClosedFlooding(int fd, absl::Time flood_from, absl::Ti
     } else {
       input.append(buffer, static_cast<size_t>(got));
       for (h2::Frame& frame : h2::TakeFrames(input)) {
-        if (frame.type == h2::kSettings && (frame.flags & h2::kAck) == 0) {
-          output += h2::Settings(/*ack=*/true);
-        } else if (frame.type == h2::kPing && (frame.flags & h2::kAck) == 0) {
-          output += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
-        }
+        output += h2::AckFor(frame);
         outcome.frames.push_back(std::move(frame));
       }
     }

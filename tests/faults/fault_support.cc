@@ -90,12 +90,8 @@ void RawUpstream::Serve(int fd) {
     for (const h2::Frame& frame : h2::TakeFrames(input)) {
       switch (frame.type) {
         case h2::kSettings:
-          if ((frame.flags & h2::kAck) == 0) output += h2::Settings(/*ack=*/true);
-          break;
         case h2::kPing:
-          if ((frame.flags & h2::kAck) == 0) {
-            output += h2::SerializeFrame(h2::kPing, h2::kAck, 0, frame.payload);
-          }
+          output += h2::AckFor(frame);
           break;
         case h2::kHeaders:
           if (behavior_ == Behavior::kMessageThenReset) {

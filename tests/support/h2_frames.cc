@@ -182,6 +182,13 @@ std::string SerializeFrame(uint8_t type, uint8_t flags, uint32_t stream,
 
 std::string Settings(bool ack) { return SerializeFrame(kSettings, ack ? kAck : 0, 0, ""); }
 
+std::string AckFor(const Frame& frame) {
+  if ((frame.flags & kAck) != 0) return "";
+  if (frame.type == kSettings) return Settings(/*ack=*/true);
+  if (frame.type == kPing) return SerializeFrame(kPing, kAck, 0, frame.payload);
+  return "";
+}
+
 std::string RstStream(uint32_t stream, uint32_t error_code) {
   std::string payload;
   AppendUint32(payload, error_code);

@@ -34,6 +34,9 @@ struct Frame {
 std::string SerializeFrame(uint8_t type, uint8_t flags, uint32_t stream, absl::string_view payload);
 // An empty SETTINGS frame, or its ACK.
 std::string Settings(bool ack = false);
+// The ACK every peer owes for a SETTINGS or PING frame; empty for any other
+// frame, ACKs included.
+std::string AckFor(const Frame& frame);
 std::string RstStream(uint32_t stream, uint32_t error_code);
 // HPACK "literal header field without indexing, new name", no Huffman coding.
 std::string LiteralHeader(absl::string_view name, absl::string_view value);
