@@ -1,5 +1,6 @@
 #include "admin/admin_http_server.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -244,7 +245,10 @@ class AdminHttpServer::Impl {
       return listening;
     }
     for (int i = 0; i < std::max(1, options.threads); ++i) {
-      threads_.emplace_back([io = &*io_] { RunLoop(*io); });
+      threads_.emplace_back([io = &*io_] {
+        pthread_setname_np(pthread_self(), "ps-admin-http");
+        RunLoop(*io);
+      });
     }
     return absl::OkStatus();
   }

@@ -1,5 +1,6 @@
 #include "pool/address_tracker.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -31,7 +32,10 @@ std::vector<BackendAddress> AddressTracker::ResolveInitial() {
 }
 
 void AddressTracker::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ps-dns");
+    Loop();
+  });
 }
 
 void AddressTracker::Shutdown() {

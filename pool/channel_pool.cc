@@ -1,6 +1,7 @@
 #include "pool/channel_pool.h"
 
 #include <grpcpp/alarm.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -161,7 +162,10 @@ void ChannelPool::Start(const std::vector<BackendAddress>& backends) {
                    : "");
   if (options_.watch_on_caller_queues) return;
   WatchOn({&watch_queue_});
-  watcher_ = std::thread([this] { WatchLoop(); });
+  watcher_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ps-pool-watch");
+    WatchLoop();
+  });
 }
 
 void ChannelPool::WatchOn(const std::vector<grpc::CompletionQueue*>& queues) {

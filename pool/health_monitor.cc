@@ -4,6 +4,7 @@
 #include <grpcpp/completion_queue.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -72,7 +73,10 @@ HealthMonitor::~HealthMonitor() { Shutdown(); }
 void HealthMonitor::Start() {
   credential_fingerprint_ = FingerprintFiles(options_.credential_files);
   SyncSlots();
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ps-health");
+    Loop();
+  });
 }
 
 void HealthMonitor::Shutdown() {

@@ -1,5 +1,6 @@
 #include "pool/pool_sizer.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -12,7 +13,10 @@ PoolSizer::PoolSizer(ChannelPool& pool, PoolSizerOptions options)
 PoolSizer::~PoolSizer() { Shutdown(); }
 
 void PoolSizer::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ps-sizer");
+    Loop();
+  });
 }
 
 void PoolSizer::Shutdown() {

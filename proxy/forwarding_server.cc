@@ -4,6 +4,7 @@
 #include <grpc/support/time.h>
 #include <grpcpp/resource_quota.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -92,7 +93,10 @@ absl::Status ForwardingServer::Start(LocalService* local) {
     pool_.WatchOn(queues);
   }
   for (auto& queue : call_queues_) {
-    threads_.emplace_back([this, queue = queue.get()] { ServeQueue(*queue); });
+    threads_.emplace_back([this, queue = queue.get()] {
+      pthread_setname_np(pthread_self(), "ps-forward");
+      ServeQueue(*queue);
+    });
   }
   spdlog::info("proxy: listening on {} with {} forwarding threads{}", options_.listen_addr,
                completion_queues_.size(), listener_ != nullptr ? ", frame screen on" : "");

@@ -5,6 +5,7 @@
 #include <grpcpp/server_posix.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -186,7 +187,10 @@ void ScreenedListener::Start(grpc::Server* server) {
   // The relay owns the listening socket from here on.
   relay_ = std::make_unique<Relay>(*this, listen_fd_, server);
   listen_fd_ = -1;
-  thread_ = std::thread([relay = relay_.get()] { relay->Run(); });
+  thread_ = std::thread([relay = relay_.get()] {
+    pthread_setname_np(pthread_self(), "ps-screen");
+    relay->Run();
+  });
 }
 
 void ScreenedListener::StopAccepting() {
