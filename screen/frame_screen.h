@@ -28,8 +28,9 @@
 // DownstreamFrames tracks frame boundaries in the other direction, so that a
 // GOAWAY can be slipped in between grpc's frames.
 //
-// Threading: not thread-safe; each relayed connection owns one of each,
-// confined to the relay thread.
+// Threading: not thread-safe. Each app connection's ScreenedSocket owns one
+// of each: the FrameScreen is fed by grpc's reads of the socket, the
+// DownstreamFrames by its writes (each one thread at a time).
 #ifndef POOLSIDE_SCREEN_FRAME_SCREEN_H_
 #define POOLSIDE_SCREEN_FRAME_SCREEN_H_
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -143,9 +144,10 @@ class FairShareE2eTest : public E2eTest {
   // them: the upstream holds each open until the client half-closes.
   void Hoard() {
     hoarder_channel_ = CreateTestChannel(poolside_->listen_target());
-    CallOptions options;
-    options.wait = absl::Seconds(20);
     for (int i = 0; i < kHoardedCalls; ++i) {
+      CallOptions options;
+      options.wait = absl::Seconds(20);
+      options.metadata = {{"x-hoarded-call", absl::StrCat(i)}};
       hoarded_.push_back(std::make_unique<InteractiveCall>(hoarder_channel_, kBidiMethod, options));
     }
   }
@@ -179,18 +181,18 @@ TEST_F(FairShareE2eTest, HoardingConnectionGetsItsShareAndOthersKeepBeingServed)
   // wait in poolside.
   EXPECT_EQ(upstream_->Calls(kBidiMethod).size(), 20u);
 
-  // One of its calls ending hands its place to the next of its waiting calls.
-  // Which of the hoarded calls reached the upstream is the queues' choice, so
-  // they are cancelled one at a time until one that held a place has ended.
-  bool handed_over = false;
-  for (auto& call : hoarded_) {
-    call->Cancel();
-    if (upstream_->WaitForCalls(21, absl::Milliseconds(300), kBidiMethod)) {
-      handed_over = true;
-      break;
-    }
-  }
-  EXPECT_TRUE(handed_over);
+  // One of its calls that holds a place ending hands that place to the next
+  // of its waiting calls. Which calls hold one is the queues' choice: the
+  // upstream names one.
+  const std::vector<ObservedCall> placed = upstream_->Calls(kBidiMethod);
+  const auto index = placed.front().client_metadata.find("x-hoarded-call");
+  ASSERT_NE(index, placed.front().client_metadata.end());
+  int cancelled = -1;
+  ASSERT_TRUE(absl::SimpleAtoi(index->second, &cancelled));
+  ASSERT_LT(cancelled, kHoardedCalls);
+  hoarded_[cancelled]->Cancel();
+  EXPECT_TRUE(upstream_->WaitForCalls(21, absl::Seconds(10), kBidiMethod))
+      << "no waiting call took the place of hoarded call " << cancelled;
   EXPECT_EQ(upstream_->Calls(kBidiMethod).size(), 21u);
 }
 
