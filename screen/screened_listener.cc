@@ -118,6 +118,7 @@ class ScreenedListener::Loop {
     event.data.fd = fd;
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event);
   }
+  bool accept_paused() const { return listen_fd_ >= 0 && !listen_watched_; }
   void Accept();
   void StartLingering(int fd, absl::Time now);
   // Reads and discards what the app sent; closes the socket at its end.
@@ -142,8 +143,10 @@ class ScreenedListener::Loop {
 void ScreenedListener::Loop::Run() {
   std::array<epoll_event, 64> events;
   while (true) {
+    // Asleep until something happens, but for lingering sockets' and a
+    // paused accept's deadlines.
     const int ready = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
-                                 lingering_.empty() && listen_watched_ ? 1000 : 50);
+                                 lingering_.empty() && !accept_paused() ? -1 : 50);
     const absl::Time now = absl::Now();
     for (int i = 0; i < ready; ++i) {
       const int fd = events[i].data.fd;
@@ -164,7 +167,7 @@ void ScreenedListener::Loop::Run() {
       listen_fd_ = -1;
       listen_watched_ = false;
     }
-    if (listen_fd_ >= 0 && !listen_watched_ && now >= accept_paused_until_) {
+    if (accept_paused() && now >= accept_paused_until_) {
       Watch(listen_fd_);
       listen_watched_ = true;
     }
