@@ -1,6 +1,6 @@
 // The frame screen against arbitrary bytes from an app. Properties: it never
 // crashes or reads out of bounds, and its verdict does not depend on how the
-// byte stream is split into reads (the relay reads whatever the socket has).
+// byte stream is split into reads (grpc reads whatever the socket has).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

@@ -256,7 +256,7 @@ void ForwardingServer::Shutdown(absl::Duration grace) {
   for (auto& completion_queue : completion_queues_) completion_queue->Shutdown();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
-  // grpc has sent its GOAWAYs through the relay by now.
+  // grpc has sent its GOAWAYs and closed the app connections it could by now.
   if (listener_ != nullptr) listener_->Shutdown();
   server_.reset();
   spdlog::info("proxy: stopped");

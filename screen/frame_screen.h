@@ -58,8 +58,9 @@ struct FrameScreenLimits {
 
 // Where a reader stands in a stream of HTTP/2 frames: the 9-byte header of
 // the next frame as its bytes arrive (a read may split it anywhere), then
-// what is left of that frame's payload. Both directions of the relay read
-// frames this way.
+// what is left of that frame's payload. Both directions of an app
+// connection are read this way: the app's bytes as grpc reads them, grpc's
+// as it writes them.
 class FrameCursor {
  public:
   static constexpr size_t kHeaderSize = 9;
@@ -113,7 +114,7 @@ class FrameScreen {
   // Reads the next `size` bytes the app sent. Returns kNone while the
   // connection keeps to the rules, else the rule it broke; once broken, the
   // connection is to be closed and Feed not called again. `now` is any
-  // monotonic clock (the relay's coarse one).
+  // monotonic clock.
   HostileReason Feed(const uint8_t* data, size_t size, absl::Time now);
 
   // The highest stream the app opened: the last-stream-id of a GOAWAY.
@@ -124,8 +125,8 @@ class FrameScreen {
   // Where (in fed bytes) the header block still unfinished after the last
   // Feed begins, or nullopt if every header block fed so far has ended.
   // grpc 1.51 hands a call its headers parsed so far when the connection
-  // closes mid-block, so the relay withholds an unfinished block from grpc
-  // until it ends: cutting a connection then never leaves grpc a partial one.
+  // closes mid-block, so ScreenedSocket withholds an unfinished block from
+  // grpc until it ends: cutting a connection then never leaves grpc a partial one.
   std::optional<uint64_t> unfinished_block_begin() const {
     return block_open_ ? std::optional<uint64_t>(block_begin_) : std::nullopt;
   }

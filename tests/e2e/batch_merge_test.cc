@@ -13,7 +13,8 @@
 // machine: 20 of 20 calls merged on each side with the merges on; with the
 // upstream call uncorked, 0-4 of 20 requests; with the response headers and
 // message written as they come, 0-15 of 20 answers (most runs under 10; the
-// relay thread between grpc and the app sometimes joins two writes).
+// relay thread the frame screen then had between grpc and the app sometimes
+// joined two writes).
 //
 // Every wait is bounded; the upstream's thread is joined by its destructor.
 #include <poll.h>

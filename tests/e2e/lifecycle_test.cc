@@ -144,11 +144,12 @@ TEST_F(LifecycleTest, SigtermLetsTheCallInFlightFinishThenExitsZero) {
   EXPECT_EQ(poolside_->WaitForExit(absl::Seconds(10)), 0);
 }
 
-// Draining, grpc's server writes the last call's trailers and then closes its
-// end of the frame screen's socketpair. A client that keeps sending frames
-// meanwhile must still read those trailers, and then a FIN, not a reset: the
-// relay once dropped the connection when a write to grpc's closed end failed,
-// with the trailers still unread in front of grpc's EOF.
+// Draining, grpc's server writes the last call's trailers and then closes the
+// connection. A client that keeps sending frames meanwhile must still read
+// those trailers, and then a FIN, not a reset: the frame screen's relay once
+// dropped the connection when a write to grpc's closed end failed, and a
+// socket closed with the client's bytes unread sends a reset (the screen
+// lingers on it instead, screen/ARCHITECTURE.md).
 TEST_F(LifecycleTest, SigtermStillPassesTheLastTrailersToAClientThatKeepsSending) {
   ASSERT_NO_FATAL_FAILURE(StartPoolside(
       {{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_SHUTDOWN_GRACE_SECS", "10"}}));
