@@ -126,6 +126,7 @@ ScreenedSocket::ScreenedSocket(std::shared_ptr<ScreenedConnections> connections,
       screen_(connections_->limits()) {}
 
 ssize_t ScreenedSocket::Receive(int fd, msghdr* message, int flags, RecvmsgFunction recvmsg) {
+  std::lock_guard<std::mutex> lock(read_mutex_);
   if (cut_off_) {
     errno = ECONNRESET;
     return -1;

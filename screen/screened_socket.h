@@ -76,6 +76,8 @@ class ScreenedSocket {
   using SendmsgFunction = ssize_t (*)(int, const msghdr*, int);
 
   ScreenedSocket(std::shared_ptr<ScreenedConnections> connections, std::string peer);
+  // grpc's close: its last read or write may have run on another thread.
+  ~ScreenedSocket() { std::scoped_lock last_use(read_mutex_, write_mutex_); }
   ScreenedSocket(const ScreenedSocket&) = delete;
   ScreenedSocket& operator=(const ScreenedSocket&) = delete;
 
@@ -84,10 +86,9 @@ class ScreenedSocket {
   // so far when a connection closes mid-block). A broken rule cuts the
   // connection off: a GOAWAY (ENHANCE_YOUR_CALM) and a FIN to the app, and
   // ECONNRESET for grpc, which then cancels the connection's calls and
-  // closes the socket. grpc reads a socket from one thread at a time.
+  // closes the socket.
   ssize_t Receive(int fd, msghdr* message, int flags, RecvmsgFunction recvmsg);
-  // grpc's write; EPIPE once the connection is cut off. grpc writes a socket
-  // from one thread at a time, but the cut comes from the reading one.
+  // grpc's write; EPIPE once the connection is cut off.
   ssize_t Send(int fd, const msghdr* message, int flags, SendmsgFunction sendmsg);
 
   ScreenedConnections& connections() { return *connections_; }
@@ -98,26 +99,33 @@ class ScreenedSocket {
  private:
   // Reads on while bytes wait in `ready_` or `held_`: hands grpc what is
   // ready, else reads into `scratch_` and screens it.
-  ssize_t ReceiveWithheld(int fd, msghdr* message, int flags, RecvmsgFunction recvmsg);
+  ssize_t ReceiveWithheld(int fd, msghdr* message, int flags, RecvmsgFunction recvmsg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
   // Moves a chunk just screened to `ready_`, keeping the bytes of a header
   // block that has not ended (from `block` on) in `held_`.
   void Withhold(const char* chunk, size_t size, uint64_t chunk_start,
-                std::optional<uint64_t> block);
-  ssize_t Cut(int fd, HostileReason reason);
+                std::optional<uint64_t> block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
+  ssize_t Cut(int fd, HostileReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
 
   const std::shared_ptr<ScreenedConnections> connections_;
   const std::string peer_;
   std::atomic<int> watched_by_{-1};
 
-  // The reading side (one grpc thread at a time).
-  FrameScreen screen_;
-  bool cut_off_ = false;
+  // grpc reads a socket from one thread at a time, and writes it from one
+  // thread at a time, but it hands both from thread to thread inside
+  // libgrpc, where ThreadSanitizer does not see it; and the cut comes from
+  // the reading side. Each side's lock is uncontended but for a cut, and
+  // held only around one system call; a cut takes the write lock inside
+  // the read lock.
+  std::mutex read_mutex_;
+  FrameScreen screen_ ABSL_GUARDED_BY(read_mutex_);
+  bool cut_off_ ABSL_GUARDED_BY(read_mutex_) = false;
   // Screened bytes grpc has not taken yet, and an unfinished header block;
   // together within the header-block limit plus one read.
-  std::string ready_;
-  size_t ready_begin_ = 0;
-  std::string held_;
-  std::unique_ptr<char[]> scratch_;
+  std::string ready_ ABSL_GUARDED_BY(read_mutex_);
+  size_t ready_begin_ ABSL_GUARDED_BY(read_mutex_) = 0;
+  std::string held_ ABSL_GUARDED_BY(read_mutex_);
+  std::unique_ptr<char[]> scratch_ ABSL_GUARDED_BY(read_mutex_);
 
   std::mutex write_mutex_;
   DownstreamFrames written_ ABSL_GUARDED_BY(write_mutex_);
