@@ -103,8 +103,8 @@ class ScreenedSocket {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
   // Moves a chunk just screened to `ready_`, keeping the bytes of a header
   // block that has not ended (from `block` on) in `held_`.
-  void Withhold(const char* chunk, size_t size, uint64_t chunk_start,
-                std::optional<uint64_t> block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
+  void Withhold(const char* chunk, size_t size, uint64_t chunk_start, std::optional<uint64_t> block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
   ssize_t Cut(int fd, HostileReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mutex_);
 
   const std::shared_ptr<ScreenedConnections> connections_;
