@@ -91,7 +91,7 @@ class ScreenedSocket {
   // grpc's write; EPIPE once the connection is cut off.
   ssize_t Send(int fd, const msghdr* message, int flags, SendmsgFunction sendmsg);
 
-  ScreenedConnections& connections() { return *connections_; }
+  const std::shared_ptr<ScreenedConnections>& shared_connections() const { return connections_; }
   // The epoll set grpc's poller added the socket to (-1: none yet).
   void WatchedBy(int epoll_fd) { watched_by_.store(epoll_fd, std::memory_order_relaxed); }
   int watched_by() const { return watched_by_.load(std::memory_order_relaxed); }

@@ -134,12 +134,17 @@ int close(int fd) {
   if (socket == nullptr) return poolside::Next(poolside::g_next_close, "close")(fd);
   // grpc is done with the socket. Its poller watches a descriptor until the
   // socket's last close, so it lets go of it here; then the listener's
-  // thread lingers on it and closes it.
-  if (const int watcher = socket->watched_by(); watcher >= 0) {
+  // thread lingers on it and closes it. The socket is destroyed first: that
+  // orders grpc's last read and write of it (maybe on other threads) before
+  // everything the listener's thread does with the descriptor.
+  const std::shared_ptr<poolside::ScreenedConnections> connections = socket->shared_connections();
+  const int watcher = socket->watched_by();
+  socket.reset();
+  if (watcher >= 0) {
     epoll_event unused{};
     poolside::Next(poolside::g_next_epoll_ctl, "epoll_ctl")(watcher, EPOLL_CTL_DEL, fd, &unused);
   }
-  socket->connections().Closed(fd);
+  connections->Closed(fd);
   return 0;
 }
 
