@@ -132,7 +132,7 @@ TEST_F(ScreenedSocketTest, GrpcReadsExactlyWhatTheAppSentHoweverTheReadsSplitIt)
                                /*end_stream=*/false, /*max_frame=*/1 + id % 40);
     blocks.emplace_back(begin, stream.size());
     stream += h2::SerializeFrame(h2::kData, h2::kEndStream, id,
-                                 h2::GrpcMessage(std::string(id * 7, 'x')));
+                                 h2::GrpcMessage(std::string(size_t{id} * 7, 'x')));
   }
   std::mt19937 random(7);
   std::string read;
