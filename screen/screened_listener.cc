@@ -198,11 +198,11 @@ void ScreenedListener::Loop::Accept() {
       connections_->CountRefused(HostileReason::kTooManyConnections);
       continue;
     }
-    const int one = 1;
     if (address.ss_family == AF_UNIX) {
       setsockopt(app_fd, SOL_SOCKET, SO_SNDBUF, &kUnixSendBufferBytes,
                  sizeof(kUnixSendBufferBytes));
     } else {
+      const int one = 1;
       setsockopt(app_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     if (!RegisterScreenedSocket(

@@ -35,6 +35,25 @@ void AppendFromBuffers(const msghdr& message, size_t offset, size_t count, std::
   }
 }
 
+// Calls `visit(data, size)` on each buffer's share of the first `filled`
+// bytes of the message's buffers, until it returns false.
+template <typename Visit>
+void ForEachFilled(const msghdr& message, size_t filled, Visit visit) {
+  for (size_t i = 0; i < message.msg_iovlen && filled > 0; ++i) {
+    const size_t size = std::min(filled, message.msg_iov[i].iov_len);
+    if (!visit(static_cast<const uint8_t*>(message.msg_iov[i].iov_base), size)) return;
+    filled -= size;
+  }
+}
+
+// How many of a chunk's `size` bytes, fed from `chunk_start` on, come before
+// the unfinished header block that begins at `block` (all if none).
+size_t BytesBeforeBlock(size_t size, uint64_t chunk_start, std::optional<uint64_t> block) {
+  if (!block) return size;
+  return static_cast<size_t>(
+      std::min<uint64_t>(size, *block > chunk_start ? *block - chunk_start : 0));
+}
+
 // Copies as much of [data, data + size) as the message's buffers hold.
 size_t CopyToBuffers(const char* data, size_t size, msghdr& message) {
   size_t copied = 0;
@@ -139,21 +158,18 @@ ssize_t ScreenedSocket::Receive(int fd, msghdr* message, int flags, RecvmsgFunct
   const ssize_t got = recvmsg(fd, message, flags);
   if (got <= 0) return got;
   const absl::Time now = absl::Now();
-  size_t left = static_cast<size_t>(got);
-  for (size_t i = 0; i < message->msg_iovlen && left > 0; ++i) {
-    const size_t size = std::min(left, message->msg_iov[i].iov_len);
-    const HostileReason broken =
-        screen_.Feed(static_cast<const uint8_t*>(message->msg_iov[i].iov_base), size, now);
-    if (broken != HostileReason::kNone) return Cut(fd, broken);
-    left -= size;
-  }
+  HostileReason broken = HostileReason::kNone;
+  ForEachFilled(*message, static_cast<size_t>(got), [&](const uint8_t* data, size_t size) {
+    broken = screen_.Feed(data, size, now);
+    return broken == HostileReason::kNone;
+  });
+  if (broken != HostileReason::kNone) return Cut(fd, broken);
   const std::optional<uint64_t> block = screen_.unfinished_block_begin();
   if (!block) return got;
   // A header block began and has not ended: grpc gets the bytes before it.
-  const uint64_t chunk_start = screen_.fed_bytes() - static_cast<uint64_t>(got);
-  const size_t sendable = static_cast<size_t>(std::min<uint64_t>(
-      static_cast<uint64_t>(got), *block > chunk_start ? *block - chunk_start : 0));
-  AppendFromBuffers(*message, sendable, static_cast<size_t>(got) - sendable, held_);
+  const size_t size = static_cast<size_t>(got);
+  const size_t sendable = BytesBeforeBlock(size, screen_.fed_bytes() - size, block);
+  AppendFromBuffers(*message, sendable, size - sendable, held_);
   if (sendable > 0) return static_cast<ssize_t>(sendable);
   return ReceiveWithheld(fd, message, flags, recvmsg);
 }
@@ -195,9 +211,7 @@ ssize_t ScreenedSocket::ReceiveWithheld(int fd, msghdr* message, int flags,
 void ScreenedSocket::Withhold(const char* chunk, size_t size, uint64_t chunk_start,
                               std::optional<uint64_t> block) {
   // The chunk's bytes before the unfinished block may go; the rest waits.
-  const size_t sendable = !block ? size
-                                 : static_cast<size_t>(std::min<uint64_t>(
-                                       size, *block > chunk_start ? *block - chunk_start : 0));
+  const size_t sendable = BytesBeforeBlock(size, chunk_start, block);
   if (sendable > 0 || !block) {
     // Whatever was held belongs before these bytes: its block has ended.
     ready_.append(held_);
@@ -214,11 +228,11 @@ ssize_t ScreenedSocket::Send(int fd, const msghdr* message, int flags, SendmsgFu
     return -1;
   }
   const ssize_t sent = sendmsg(fd, message, flags);
-  size_t left = sent > 0 ? static_cast<size_t>(sent) : 0;
-  for (size_t i = 0; i < message->msg_iovlen && left > 0; ++i) {
-    const size_t size = std::min(left, message->msg_iov[i].iov_len);
-    written_.Feed(static_cast<const uint8_t*>(message->msg_iov[i].iov_base), size);
-    left -= size;
+  if (sent > 0) {
+    ForEachFilled(*message, static_cast<size_t>(sent), [&](const uint8_t* data, size_t size) {
+      written_.Feed(data, size);
+      return true;
+    });
   }
   return sent;
 }

@@ -82,8 +82,10 @@ bool RegisterScreenedSocket(int fd, std::unique_ptr<ScreenedSocket> socket) {
   });
   Slot* slot = SlotOf(fd);
   if (slot == nullptr) return false;
-  // The slot owns the socket until close() takes it back.
-  slot->store(socket.release(), std::memory_order_release);
+  // The slot owns the socket until close() takes it back. `fd` was free, so
+  // anything still in the slot is left from a close that bypassed the hook.
+  std::unique_ptr<ScreenedSocket> stale(
+      slot->exchange(socket.release(), std::memory_order_acq_rel));
   return true;
 }
 
