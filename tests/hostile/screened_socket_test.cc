@@ -8,6 +8,7 @@
 #include "screen/screened_socket.h"
 
 #include <gtest/gtest.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -194,6 +195,11 @@ TEST_F(ScreenedSocketTest, ASocketGrpcClosesLingersUntilTheAppCloses) {
   EXPECT_EQ(GrpcReads(), kPreface);
   const int wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   connections_->StartLingering(wake);
+  // grpc's poller watches the socket, as grpc's epoll1 does.
+  const int poller = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event watch{};
+  watch.events = EPOLLIN | EPOLLET;
+  ASSERT_EQ(epoll_ctl(poller, EPOLL_CTL_ADD, grpc_fd_, &watch), 0);
   ASSERT_GT(GrpcSends(h2::Settings()), 0);
   // grpc ends the connection while the app still sends.
   AppSends(h2::SerializeFrame(h2::kPing, 0, 0, std::string(8, 'p')));
@@ -201,6 +207,10 @@ TEST_F(ScreenedSocketTest, ASocketGrpcClosesLingersUntilTheAppCloses) {
   ASSERT_EQ(close(grpc_fd_), 0);
   const int closed_fd = grpc_fd_;
   grpc_fd_ = -1;
+  // The poller no longer watches the socket that lingers.
+  EXPECT_EQ(epoll_ctl(poller, EPOLL_CTL_DEL, closed_fd, &watch), -1);
+  EXPECT_EQ(errno, ENOENT);
+  close(poller);
   uint64_t woken = 0;
   EXPECT_EQ(read(wake, &woken, sizeof(woken)), static_cast<ssize_t>(sizeof(woken)));
   EXPECT_EQ(connections_->TakeClosed(), std::vector<int>{closed_fd});
@@ -211,6 +221,13 @@ TEST_F(ScreenedSocketTest, ASocketGrpcClosesLingersUntilTheAppCloses) {
   EXPECT_TRUE(app_ended_);
   char leftover[64];
   EXPECT_EQ(recv(closed_fd, leftover, sizeof(leftover), 0), 17);
+  // grpc's SHUT_RDWR left the read side open: the lingering sees the app's
+  // end only when the app closes, not as soon as the queue is empty.
+  EXPECT_EQ(recv(closed_fd, leftover, sizeof(leftover), 0), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  close(app_fd_);
+  app_fd_ = -1;
+  EXPECT_EQ(recv(closed_fd, leftover, sizeof(leftover), 0), 0);
   connections_->StopLingering();
   connections_->CloseNow(closed_fd);
   EXPECT_EQ(connections_->open(), 0);
