@@ -50,6 +50,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/internal/sysinfo.h"
 #include "bench/load_flags.h"
 #include "bench/load_report.h"
 #include "bench/proc_stats.h"
@@ -221,6 +222,11 @@ void Worker::OnEvent(int /*event*/, bool /*ok*/) {
 }
 
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, int64_t distinct) {
+  // As poolside does at start (proxy/grpc_runtime.h): absl's lazy reading of
+  // the CPU frequency, if it first happens inside grpc 1.51's connect, fails
+  // that connect with a stale ENOENT.
+  static const double kCpuFrequency = absl::base_internal::NominalCPUFrequency();
+  static_cast<void>(kCpuFrequency);
   grpc::ChannelArguments args;
   // A local subchannel pool and a distinct argument: otherwise grpc would
   // share one TCP connection between channels with identical arguments.

@@ -2,6 +2,8 @@
 
 #include <grpc/grpc.h>
 
+#include "absl/base/internal/sysinfo.h"
+
 // grpc 1.51 exports its executor's switch from libgrpc.so but ships no public
 // header for it; this declares the one static member poolside calls (the
 // mangled name is all the linker matches).
@@ -19,6 +21,9 @@ void StartGrpcRuntime() {
   // whenever the last grpc object of the moment went away.
   grpc_init();
   grpc_core::Executor::SetThreadingDefault(false);
+  // absl's only entry point to its once-per-process frequency reading is
+  // internal; see the header for why it must not happen inside a connect.
+  absl::base_internal::NominalCPUFrequency();
 }
 
 }  // namespace poolside

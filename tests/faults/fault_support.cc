@@ -125,4 +125,6 @@ void RawUpstream::Serve(int fd) {
 std::string FaultClientBinary() { return POOLSIDE_FAULT_CLIENT_BINARY; }
 std::string GoawayUpstreamScript() { return POOLSIDE_GOAWAY_UPSTREAM_SCRIPT; }
 
+std::string FirstMutexWaitShim() { return POOLSIDE_FIRST_MUTEX_WAIT_SHIM; }
+
 }  // namespace poolside::test

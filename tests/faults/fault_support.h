@@ -75,6 +75,9 @@ class RawUpstream {
 std::string FaultClientBinary();
 // goaway_upstream.py: refuses its first call with GOAWAY, then goes away.
 std::string GoawayUpstreamScript();
+// first_mutex_wait_shim.so, for LD_PRELOAD: absl's first CPU frequency
+// reading happens inside each TCP connect grpc starts.
+std::string FirstMutexWaitShim();
 
 }  // namespace poolside::test
 

@@ -622,5 +622,30 @@ TEST_F(UpstreamFaultTest, WithTransparentRetryOffARefusedCallFailsAtOnce) {
   EXPECT_EQ(metrics->calls_ended_connection_lost(), 0u);
 }
 
+// grpc 1.51 reads errno after taking mutexes while its connect() is still in
+// progress, and absl's first queued mutex waiter in a process reads the CPU
+// frequency from a file most VMs lack, leaving errno at ENOENT. Where the two
+// met, an upstream connect failed as "No such file or directory" and its
+// channel backed off for a second; poolside now takes the reading at start.
+// The shim makes the reading land inside every connect grpc starts.
+TEST_F(UpstreamFaultTest, UpstreamConnectsSurviveAbslsFirstMutexWaitLandingInsideThem) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  // The shim is loaded ahead of AddressSanitizer's runtime.
+  const char* asan_options = std::getenv("ASAN_OPTIONS");
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(
+      {{"GRPC_UPSTREAM_TARGET", upstream.target()},
+       {"GRPC_CONNECTION_POOL_SIZE", "2"},
+       {"LD_PRELOAD", FirstMutexWaitShim()},
+       {"ASAN_OPTIONS", absl::StrCat(asan_options != nullptr ? asan_options : "",
+                                     asan_options != nullptr ? ":" : "",
+                                     "verify_asan_link_order=0")}}));
+  const auto channel = PoolsideChannel();
+  ASSERT_EQ(AwaitActiveConnections(channel, 2, absl::Seconds(10)), 2);
+  EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "first").status.ok());
+  // A channel whose first connect failed logs its recovery from this state.
+  EXPECT_FALSE(absl::StrContains(poolside_->Stderr(), "TRANSIENT_FAILURE"));
+}
+
 }  // namespace
 }  // namespace poolside::test

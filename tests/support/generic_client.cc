@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/base/internal/sysinfo.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 
@@ -167,6 +168,11 @@ std::ostream& operator<<(std::ostream& os, const CallResult& result) {
 }
 
 std::shared_ptr<grpc::Channel> CreateTestChannel(const std::string& target) {
+  // As poolside does at start (proxy/grpc_runtime.h): absl's lazy reading of
+  // the CPU frequency, if it first happens inside grpc 1.51's connect, fails
+  // that connect with a stale ENOENT.
+  static const double kCpuFrequency = absl::base_internal::NominalCPUFrequency();
+  static_cast<void>(kCpuFrequency);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
