@@ -633,13 +633,13 @@ TEST_F(UpstreamFaultTest, UpstreamConnectsSurviveAbslsFirstMutexWaitLandingInsid
   ASSERT_TRUE(upstream.Start().ok());
   // The shim is loaded ahead of AddressSanitizer's runtime.
   const char* asan_options = std::getenv("ASAN_OPTIONS");
-  ASSERT_NO_FATAL_FAILURE(StartPoolside(
-      {{"GRPC_UPSTREAM_TARGET", upstream.target()},
-       {"GRPC_CONNECTION_POOL_SIZE", "2"},
-       {"LD_PRELOAD", FirstMutexWaitShim()},
-       {"ASAN_OPTIONS", absl::StrCat(asan_options != nullptr ? asan_options : "",
-                                     asan_options != nullptr ? ":" : "",
-                                     "verify_asan_link_order=0")}}));
+  ASSERT_NO_FATAL_FAILURE(
+      StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream.target()},
+                     {"GRPC_CONNECTION_POOL_SIZE", "2"},
+                     {"LD_PRELOAD", FirstMutexWaitShim()},
+                     {"ASAN_OPTIONS", absl::StrCat(asan_options != nullptr ? asan_options : "",
+                                                   asan_options != nullptr ? ":" : "",
+                                                   "verify_asan_link_order=0")}}));
   const auto channel = PoolsideChannel();
   ASSERT_EQ(AwaitActiveConnections(channel, 2, absl::Seconds(10)), 2);
   EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "first").status.ok());
