@@ -37,6 +37,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/internal/sysinfo.h"
+
 namespace {
 
 constexpr char kUsage[] =
@@ -269,6 +271,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // As poolside does at start (proxy/grpc_runtime.h): absl's lazy reading of
+  // the CPU frequency, if it first happens inside grpc 1.51's connect, fails
+  // that connect with a stale ENOENT.
+  absl::base_internal::NominalCPUFrequency();
   grpc::ChannelArguments channel_args;
   // Like poolside's upstream channels: no retry machinery in the way.
   channel_args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
