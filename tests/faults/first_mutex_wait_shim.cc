@@ -1,4 +1,5 @@
-// LD_PRELOAD'ed into poolside by UpstreamFaultTest.FirstUpstreamConnect...:
+// LD_PRELOAD'ed into poolside by
+// UpstreamFaultTest.UpstreamConnectsSurviveAbslsFirstMutexWaitLandingInsideThem:
 // makes absl's once-per-process CPU frequency reading happen inside grpc
 // 1.51's TCP connect, between connect() returning EINPROGRESS and grpc
 // reading errno, as it does when the process's first absl::Mutex wait lands
