@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "absl/base/internal/sysinfo.h"
+#include "absl/synchronization/mutex.h"
 
 namespace {
 
@@ -271,6 +272,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // As poolside does (proxy/main.cc): absl's debug-only deadlock graph would
+  // cost the yardstick instructions a proxy need not pay.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // As poolside does at start (proxy/grpc_runtime.h): absl's lazy reading of
   // the CPU frequency, if it first happens inside grpc 1.51's connect, fails
   // that connect with a stale ENOENT.
