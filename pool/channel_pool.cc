@@ -153,6 +153,11 @@ void ChannelPool::Start(const std::vector<BackendAddress>& backends) {
     watch->slot = &slots_[i];
     watch->watched = std::atomic_load(&slots_[i].channel);
     watch->last_state = slots_[i].state.load();
+    // The watcher counts moves into TRANSIENT_FAILURE; a connect that failed
+    // before it began watching made that move unseen.
+    if (watch->last_state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      slots_[i].errors.fetch_add(1, std::memory_order_relaxed);
+    }
     watches_.push_back(std::move(watch));
   }
   spdlog::info("pool: {} channels to {} over {} backend address{}{}", size(), options_.target,
