@@ -14,6 +14,10 @@
 // only correct for strict ping-pong: a stream where either side sends two
 // messages in a row, or the upstream talks first, stalls.
 //
+// With --channels=N the hop opens N distinct upstream connections and puts
+// each call on the next one in turn, as a pool that spreads streams does; one
+// connection (the default) is the cheapest.
+//
 // It is NOT a proxy anyone should run: no metadata is copied either way, no
 // trailers or status details come back, client streams break (and bidi streams
 // in the default mode), there is no pool, health, drain or limit. It answers
@@ -21,7 +25,7 @@
 // any of that.
 //
 //   unary_hop --upstream=127.0.0.1:PORT [--port=0] [--threads=2]
-//             [--mode=unary|pingpong]
+//             [--mode=unary|pingpong] [--channels=1]
 //
 // Prints PORT=<n> once listening; serves until SIGTERM or SIGINT.
 #include <grpcpp/generic/async_generic_service.h>
@@ -30,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -44,16 +49,35 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: unary_hop --upstream=HOST:PORT [--port=0] [--threads=2] [--mode=unary|pingpong]\n"
+    "                 [--channels=1]\n"
     "A minimal grpc++ forwarder of unary calls or ping-pong streams (a benchmark\n"
     "yardstick, not a proxy).\n";
+
+// The upstream connections; each call takes the next one in turn.
+class StubRing {
+ public:
+  explicit StubRing(std::vector<std::unique_ptr<grpc::GenericStub>> stubs)
+      : stubs_(std::move(stubs)) {}
+  grpc::GenericStub* Next() {
+    return stubs_[next_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()].get();
+  }
+
+ private:
+  const std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
+  std::atomic<size_t> next_{0};
+};
 
 // What both kinds of hop share: the app's call, waited for on one queue,
 // and the stub its upstream call goes through.
 class AcceptedCall {
  public:
   AcceptedCall(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
-               grpc::GenericStub* stub)
-      : service_(service), queue_(queue), stub_(stub), app_stream_(&app_context_) {}
+               StubRing* stubs)
+      : service_(service),
+        queue_(queue),
+        stubs_(stubs),
+        stub_(stubs->Next()),
+        app_stream_(&app_context_) {}
   virtual ~AcceptedCall() = default;
 
   // Every tag is the call. Once accepted, another call waits for the next
@@ -75,8 +99,8 @@ class AcceptedCall {
   // Asked for once whole, since the tag may fire at once.
   template <typename Call>
   static void AcceptNext(grpc::AsyncGenericService* service, grpc::ServerCompletionQueue* queue,
-                         grpc::GenericStub* stub) {
-    auto* call = new Call(service, queue, stub);
+                         StubRing* stubs) {
+    auto* call = new Call(service, queue, stubs);
     service->RequestCall(&call->app_context_, &call->app_stream_, queue, queue, call->tag());
   }
 
@@ -97,11 +121,12 @@ class AcceptedCall {
 
   template <typename Call>
   void AcceptNext() {
-    AcceptNext<Call>(service_, queue_, stub_);
+    AcceptNext<Call>(service_, queue_, stubs_);
   }
 
   grpc::AsyncGenericService* const service_;
   grpc::ServerCompletionQueue* const queue_;
+  StubRing* const stubs_;
   grpc::GenericStub* const stub_;
   grpc::GenericServerContext app_context_;
   grpc::GenericServerAsyncReaderWriter app_stream_;
@@ -225,9 +250,9 @@ class PingPongCall : public AcceptedCall {
 
 template <typename Call>
 void Serve(grpc::ServerCompletionQueue* queue, grpc::AsyncGenericService* service,
-           grpc::GenericStub* stub) {
+           StubRing* stubs) {
   // Enough accepting calls that a burst never waits for the next RequestCall.
-  for (int i = 0; i < 64; ++i) AcceptedCall::AcceptNext<Call>(service, queue, stub);
+  for (int i = 0; i < 64; ++i) AcceptedCall::AcceptNext<Call>(service, queue, stubs);
   void* tag = nullptr;
   bool ok = false;
   while (queue->Next(&tag, &ok)) AcceptedCall::OnEvent(tag, ok);
@@ -251,6 +276,7 @@ int main(int argc, char** argv) {
   std::string upstream;
   int port = 0;
   int threads = 2;
+  int channels = 1;
   std::string mode = "unary";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -260,6 +286,8 @@ int main(int argc, char** argv) {
       port = std::atoi(FlagValue(arg, "--port").c_str());
     } else if (!FlagValue(arg, "--threads").empty()) {
       threads = std::atoi(FlagValue(arg, "--threads").c_str());
+    } else if (!FlagValue(arg, "--channels").empty()) {
+      channels = std::atoi(FlagValue(arg, "--channels").c_str());
     } else if (!FlagValue(arg, "--mode").empty()) {
       mode = FlagValue(arg, "--mode");
     } else {
@@ -267,7 +295,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (upstream.empty() || threads < 1 || port < 0 || (mode != "unary" && mode != "pingpong")) {
+  if (upstream.empty() || threads < 1 || channels < 1 || port < 0 || (mode != "unary" && mode != "pingpong")) {
     std::fputs(kUsage, stderr);
     return 2;
   }
@@ -282,8 +310,14 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments channel_args;
   // Like poolside's upstream channels: no retry machinery in the way.
   channel_args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  grpc::GenericStub stub(
-      grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), channel_args));
+  // One connection per channel, as poolside's pool does (channel_factory.cc).
+  channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (int i = 0; i < channels; ++i) {
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), channel_args)));
+  }
+  StubRing stub_ring(std::move(stubs));
 
   grpc::AsyncGenericService service;
   grpc::ServerBuilder builder;
@@ -305,7 +339,7 @@ int main(int argc, char** argv) {
   std::vector<std::thread> workers;
   for (auto& queue : queues) {
     workers.emplace_back(mode == "unary" ? Serve<HopCall> : Serve<PingPongCall>, queue.get(),
-                         &service, &stub);
+                         &service, &stub_ring);
   }
 
   int received = 0;

@@ -182,17 +182,23 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
   bool ok = false;
   while (true) {
     grpc::CompletionQueue::NextStatus status;
-    if (queue.holding == nullptr) {
-      status = queue.queue->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
-                                            : grpc::CompletionQueue::SHUTDOWN;
-    } else {
+    if (queue.holding != nullptr) {
       // Only what is ready now, network included: a held call waits for
       // nothing that has not arrived (ProxyCall::ResumeHeld).
       status = queue.queue->AsyncNext(&tag, &ok, gpr_inf_past(GPR_CLOCK_MONOTONIC));
+    } else if (queue.oldest_read_holding != nullptr) {
+      status = queue.queue->AsyncNext(
+          &tag, &ok, absl::ToChronoTime(ProxyCall::ReadHoldDeadline(queue)));
+    } else {
+      status = queue.queue->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                            : grpc::CompletionQueue::SHUTDOWN;
     }
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
     if (status == grpc::CompletionQueue::TIMEOUT) {
       ProxyCall::ResumeHeld(queue);
+      if (queue.oldest_read_holding != nullptr) {
+        ProxyCall::ResumeExpiredReadHolds(queue, absl::Now());
+      }
       continue;
     }
     if (QueueEvent::IsQueueEventTag(tag)) {
@@ -202,6 +208,7 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
     }
     ++queue.events_handled;
     if (queue.oldest_holding != nullptr) ProxyCall::ResumeOverdue(queue);
+    if (queue.oldest_read_holding != nullptr) ProxyCall::ResumeExpiredReadHolds(queue, absl::Now());
   }
 }
 

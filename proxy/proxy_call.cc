@@ -49,6 +49,7 @@ ProxyCall::ProxyCall(QueueContext& queue) : queue_(queue), app_stream_(&app_cont
 ProxyCall::~ProxyCall() {
   MoveToList(Listed::kNone);
   Release();
+  ReleaseReadHold();
   LeavePending();
   if (counted_concurrent_) queue_.limits->concurrent.Release();
   if (share_held_) queue_.fair_share->Release(share_connection_);
@@ -161,7 +162,13 @@ void ProxyCall::CancelUpstream() {
   upward_ = Upward::kStopped;
   // Harmless before the upstream call exists: a waiting call then stops
   // waiting, and one never started never starts.
+  CancelUpstreamCall();
+}
+
+void ProxyCall::CancelUpstreamCall() {
+  upstream_cancelled_ = true;
   upstream_context_.TryCancel();
+  PostHeldUpstreamRead();
 }
 
 void ProxyCall::OnUpstreamStarted(bool ok) {
@@ -177,6 +184,31 @@ void ProxyCall::ReadApp() {
   app_stream_.Read(&app_read_message_, Tag(Op::kAppRead));
 }
 
+bool ProxyCall::HoldsReadsFor(bool app_side) const {
+  // Only while both sides may still send: a side that has stopped sends
+  // nothing the held read could wait for.
+  if (stage_ != Stage::kForwarding || upward_ != Upward::kOpen || upstream_messages_ended_ ||
+      upstream_cancelled_) {
+    return false;
+  }
+  // The app's next message waits on the upstream's answer only once the
+  // upstream has answered one.
+  return app_side ? !app_streams_ && upstream_answered_ : !upstream_streams_;
+}
+
+void ProxyCall::ReadAppSoon() {
+  if (!HoldsReadsFor(/*app_side=*/true)) return ReadApp();
+  app_read_held_ = true;
+  HoldRead();
+}
+
+void ProxyCall::PostHeldAppRead() {
+  if (!app_read_held_) return;
+  app_read_held_ = false;
+  if (!upstream_read_held_) ReleaseReadHold();
+  if (stage_ == Stage::kForwarding && upward_ == Upward::kOpen && !app_read_in_flight_) ReadApp();
+}
+
 void ProxyCall::OnAppRead(bool ok) {
   app_read_in_flight_ = false;
   if (upward_ != Upward::kOpen) return;  // Nothing more goes up.
@@ -184,6 +216,8 @@ void ProxyCall::OnAppRead(bool ok) {
     if (queue_.recorder != nullptr) {
       queue_.recorder->RecordMessage(Direction::kUpstream, app_read_message_.Length());
     }
+    if (last_speaker_ == Speaker::kApp) app_streams_ = true;
+    last_speaker_ = Speaker::kApp;
     upward_held_[upward_held_messages_++].Swap(&app_read_message_);
   } else {
     // Half-close, or the app's call failed (cancel, disconnect, deadline).
@@ -214,6 +248,8 @@ void ProxyCall::PumpUpward() {
     } else {
       upstream_stream_->Write(upward_held_[0], Tag(Op::kUpstreamWrite));
     }
+    // The write carries the window update a held read would have sent alone.
+    PostHeldUpstreamRead();
     // Write took its own reference to the slices, and the transport frees
     // them as they are sent; ours would keep the whole message until the next
     // one replaces it, which for a unary call is never (4 MiB requests, 8 in
@@ -224,13 +260,14 @@ void ProxyCall::PumpUpward() {
   } else if (!upstream_write_in_flight_ && half_close_held_) {
     upward_ = Upward::kClosing;
     upstream_stream_->WritesDone(Tag(Op::kUpstreamWritesDone));
+    PostHeldUpstreamRead();
     return;
   }
   // The next message is read once the upstream has taken the last one: one
   // message per direction, so a slow upstream slows the app.
   if (upward_ == Upward::kOpen && !app_read_in_flight_ && !half_close_held_ &&
       !upstream_write_in_flight_ && upward_held_messages_ == 0) {
-    ReadApp();
+    ReadAppSoon();
   }
 }
 
@@ -239,6 +276,7 @@ void ProxyCall::OnUpstreamWrite(bool ok) {
   if (!ok) {
     // The upstream call has ended; its status arrives through Finish.
     upward_ = Upward::kStopped;
+    PostHeldUpstreamRead();
     return;
   }
   if (upward_ == Upward::kClosing) {
@@ -256,7 +294,7 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
       CopyInitialResponseMetadata(upstream_context_.GetServerInitialMetadata(), app_context_);
   if (!copied.ok()) {
     relay_error_ = ToGrpcStatus(copied);
-    upstream_context_.TryCancel();
+    CancelUpstreamCall();
     return FinishUpstream();
   }
   // The first message is read before the headers go: when it is already
@@ -270,6 +308,7 @@ void ProxyCall::OnUpstreamHeaders(bool ok) {
 void ProxyCall::SendHeldHeaders() {
   StopHoldingDownward();
   app_stream_.SendInitialMetadata(Tag(Op::kAppHeaders));
+  PostHeldAppRead();
 }
 
 void ProxyCall::StopHoldingDownward() {
@@ -282,14 +321,14 @@ void ProxyCall::StopHoldingDownward() {
 void ProxyCall::OnAppHeaders(bool ok) {
   // Not ok: the app is gone. Stop the upstream call; the pending read then
   // drains it to its status.
-  if (!ok) upstream_context_.TryCancel();
+  if (!ok) CancelUpstreamCall();
 }
 
 void ProxyCall::OnAppWrite(bool ok) {
   app_write_in_flight_ = false;
   // Not ok: the app is gone. Stop the upstream call, then drain it to its
   // status.
-  if (!ok) upstream_context_.TryCancel();
+  if (!ok) CancelUpstreamCall();
   if (app_status_after_write_) return SendAppStatus(*app_status_after_write_);
   if (downward_message_held_) {
     // It came while the write was in flight.
@@ -298,12 +337,25 @@ void ProxyCall::OnAppWrite(bool ok) {
   }
   // A held message written on Resume left its read ahead in flight, which
   // may have met the end of the upstream's messages already.
-  if (!upstream_read_in_flight_ && !upstream_messages_ended_) ReadUpstream();
+  if (!upstream_read_in_flight_ && !upstream_messages_ended_) ReadUpstreamSoon();
 }
 
 void ProxyCall::ReadUpstream() {
   upstream_read_in_flight_ = true;
   upstream_stream_->Read(&downward_message_, Tag(Op::kUpstreamRead));
+}
+
+void ProxyCall::ReadUpstreamSoon() {
+  if (!HoldsReadsFor(/*app_side=*/false)) return ReadUpstream();
+  upstream_read_held_ = true;
+  HoldRead();
+}
+
+void ProxyCall::PostHeldUpstreamRead() {
+  if (!upstream_read_held_) return;
+  upstream_read_held_ = false;
+  if (!app_read_held_) ReleaseReadHold();
+  if (!upstream_read_in_flight_ && !upstream_messages_ended_) ReadUpstream();
 }
 
 bool ProxyCall::LooksAhead() const {
@@ -324,6 +376,12 @@ void ProxyCall::OnUpstreamRead(bool ok) {
   if (queue_.recorder != nullptr) {
     queue_.recorder->RecordMessage(Direction::kDownstream, downward_message_.Length());
   }
+  if (last_speaker_ == Speaker::kApp) {
+    upstream_answered_ = true;
+  } else {
+    upstream_streams_ = true;
+  }
+  last_speaker_ = Speaker::kUpstream;
   // The held message was not the last one: it goes now.
   if (downward_message_held_ && !app_write_in_flight_) WriteHeldDownward();
   downward_held_.Swap(&downward_message_);
@@ -344,6 +402,7 @@ void ProxyCall::WriteHeldDownward() {
   app_stream_.Write(downward_held_, Tag(Op::kAppWrite));
   // As in PumpUpward: the write holds what it still needs.
   downward_held_.Clear();
+  PostHeldAppRead();
 }
 
 void ProxyCall::FinishUpstream() {

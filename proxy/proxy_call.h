@@ -108,6 +108,11 @@ struct QueueContext {
   ProxyCall* holding = nullptr;
   ProxyCall* oldest_holding = nullptr;
   uint64_t events_handled = 0;
+  // Calls holding a read back until that side's next write
+  // (ProxyCall::ResumeExpiredReadHolds), oldest first. Confined to this
+  // queue's thread.
+  ProxyCall* oldest_read_holding = nullptr;
+  ProxyCall* newest_read_holding = nullptr;
 };
 
 // One forwarded call. Where it is, is two small machines instead of a dozen
@@ -141,6 +146,8 @@ class alignas(16) ProxyCall {
   // until the upstream's first message is read (the app's write carries
   // them), and, once the app has half-closed, each upstream message until the
   // next read shows whether the status follows (WriteAndFinish carries both).
+  // While both sides may still send, a side's next read also waits for that
+  // side's next write (HoldRead), unless that side has shown it streams.
   // It waits only for what is already there: the queue's thread calls
   // ResumeHeld when no event is ready, and ResumeOverdue after each event,
   // which resumes the calls that have held through kMaxEventsHeld of the
@@ -151,6 +158,19 @@ class alignas(16) ProxyCall {
   // What a call holds for arrives one lap of the queue later: tens of events
   // under load.
   static constexpr uint64_t kMaxEventsHeld = 256;
+
+  // A held read (HoldsReadsFor) waits for its side's next write, which in
+  // ping-pong comes one round trip of the other side later, across idle
+  // moments of the queue; so it is bounded by time instead: the queue's
+  // thread calls this after each event and when the oldest hold's time is up
+  // (ReadHoldDeadline).
+  static void ResumeExpiredReadHolds(QueueContext& queue, absl::Time now);
+  // REQUIRES: queue.oldest_read_holding != nullptr.
+  static absl::Time ReadHoldDeadline(const QueueContext& queue);
+  // Long enough for a loaded app's round trip; the most an upstream message
+  // that breaks a ping-pong (or an app message that does) waits, once per
+  // call.
+  static constexpr absl::Duration kMaxReadHold = absl::Milliseconds(1);
 
   ProxyCall(const ProxyCall&) = delete;
   ProxyCall& operator=(const ProxyCall&) = delete;
@@ -220,14 +240,31 @@ class alignas(16) ProxyCall {
   void Hold();
   void Release();
   void Resume();
+  // The queue's list of calls holding a read (ResumeExpiredReadHolds).
+  void HoldRead();
+  void ReleaseReadHold();
+  void ResumeReads();
   void CheckConnection(absl::Time now);
   void EndIfCut();
   void EndUpstreamWith(grpc::Status status);
   // Upward direction: app -> upstream.
   void ReadApp();
+  // The next app read, or holds it until the app's next write (HoldRead).
+  void ReadAppSoon();
+  void PostHeldAppRead();
   void OnAppRead(bool ok);
   void PumpUpward();
   void OnUpstreamWrite(bool ok);
+  // Which side's read to hold (ReadAppSoon, ReadUpstreamSoon): a read posted
+  // after a message has used some of the stream's window makes grpc 1.51
+  // send a WINDOW_UPDATE at once, alone in its own write, unless the
+  // transport writes on that stream anyway. In ping-pong the side's next
+  // write is the answer to what the other side just sent, so the update
+  // rides with it. Held only while the call has been ping-pong: the upstream
+  // has answered every app message so far, and the app has sent each one
+  // after the upstream's answer; a side that sends twice in a row (or the
+  // upstream first) streams, and its reads are never held again.
+  bool HoldsReadsFor(bool app_side) const;
   // Downward direction: upstream -> app.
   void OnUpstreamHeaders(bool ok);
   void SendHeldHeaders();
@@ -236,7 +273,14 @@ class alignas(16) ProxyCall {
   void StopHoldingDownward();
   void OnAppHeaders(bool ok);
   void OnAppWrite(bool ok);
+  // The upstream call is being cancelled: its pending operations fail, and a
+  // held read must be pending to carry it to its status.
+  void CancelUpstreamCall();
   void ReadUpstream();
+  // The next upstream read, or holds it until the next upstream write
+  // (HoldRead).
+  void ReadUpstreamSoon();
+  void PostHeldUpstreamRead();
   void OnUpstreamRead(bool ok);
   // True once the app has half-closed: a message from the upstream is then
   // held while the next read shows whether the upstream's status follows.
@@ -276,6 +320,7 @@ class alignas(16) ProxyCall {
   int upward_held_messages_ = 0;
   bool half_close_held_ = false;
   bool app_read_in_flight_ = false;
+  bool app_read_held_ = false;
   bool upstream_write_in_flight_ = false;
 
   // Upstream side.
@@ -289,7 +334,18 @@ class alignas(16) ProxyCall {
   bool downward_message_held_ = false;
   bool app_write_in_flight_ = false;
   bool upstream_read_in_flight_ = false;
+  bool upstream_read_held_ = false;
   bool upstream_messages_ended_ = false;
+  // TryCancel issued: only the upstream's status is still to come.
+  bool upstream_cancelled_ = false;
+  // Who sent the last message forwarded; whether the upstream has answered
+  // an app message; whether either side has sent a message that answered
+  // nothing (HoldsReadsFor).
+  enum class Speaker : uint8_t { kNone, kApp, kUpstream };
+  Speaker last_speaker_ = Speaker::kNone;
+  bool upstream_answered_ = false;
+  bool app_streams_ = false;
+  bool upstream_streams_ = false;
   // The app's status, waiting for the app write in flight.
   std::optional<grpc::Status> app_status_after_write_;
   grpc::Status upstream_status_;
@@ -312,6 +368,11 @@ class alignas(16) ProxyCall {
   ProxyCall* newer_holding_ = nullptr;
   ProxyCall* older_holding_ = nullptr;
   uint64_t hold_until_event_ = 0;
+  // In the queue's read-holding list: its neighbours and when it resumes.
+  bool read_holding_ = false;
+  ProxyCall* newer_read_holding_ = nullptr;
+  ProxyCall* older_read_holding_ = nullptr;
+  absl::Time read_hold_until_;
   // The upstream's response headers are copied to the app's call but not
   // sent: the first message's write will carry them.
   bool app_headers_held_ = false;

@@ -178,8 +178,58 @@ void ProxyCall::Release() {
 void ProxyCall::Resume() {
   Release();
   if (stage_ == Stage::kGatheringRequest) return TryStartUpstream();
-  if (downward_message_held_ && !app_write_in_flight_) return WriteHeldDownward();
-  if (app_headers_held_) SendHeldHeaders();
+  if (downward_message_held_ && !app_write_in_flight_) {
+    WriteHeldDownward();
+  } else if (app_headers_held_) {
+    SendHeldHeaders();
+  }
+}
+
+void ProxyCall::ResumeExpiredReadHolds(QueueContext& queue, absl::Time now) {
+  while (ProxyCall* call = queue.oldest_read_holding) {
+    if (now < call->read_hold_until_) return;
+    call->ResumeReads();
+  }
+}
+
+absl::Time ProxyCall::ReadHoldDeadline(const QueueContext& queue) {
+  return queue.oldest_read_holding->read_hold_until_;
+}
+
+void ProxyCall::HoldRead() {
+  if (read_holding_) return;  // Both sides held: resumes by the first hold's time.
+  read_holding_ = true;
+  read_hold_until_ = absl::Now() + kMaxReadHold;
+  // Every hold lasts as long, so the list stays in deadline order.
+  older_read_holding_ = queue_.newest_read_holding;
+  if (older_read_holding_ != nullptr) {
+    older_read_holding_->newer_read_holding_ = this;
+  } else {
+    queue_.oldest_read_holding = this;
+  }
+  queue_.newest_read_holding = this;
+}
+
+void ProxyCall::ReleaseReadHold() {
+  if (!read_holding_) return;
+  read_holding_ = false;
+  if (newer_read_holding_ != nullptr) {
+    newer_read_holding_->older_read_holding_ = older_read_holding_;
+  } else {
+    queue_.newest_read_holding = older_read_holding_;
+  }
+  if (older_read_holding_ != nullptr) {
+    older_read_holding_->newer_read_holding_ = newer_read_holding_;
+  } else {
+    queue_.oldest_read_holding = newer_read_holding_;
+  }
+  newer_read_holding_ = older_read_holding_ = nullptr;
+}
+
+void ProxyCall::ResumeReads() {
+  ReleaseReadHold();
+  PostHeldAppRead();
+  PostHeldUpstreamRead();
 }
 
 void ProxyCall::MoveToList(Listed list) {
@@ -254,7 +304,7 @@ void ProxyCall::EndUpstreamWith(grpc::Status status) {
   relay_error_ = std::move(status);
   // The pending upstream operations then fail, and the call ends with
   // relay_error_ (OnUpstreamFinish).
-  upstream_context_.TryCancel();
+  CancelUpstreamCall();
 }
 
 }  // namespace poolside

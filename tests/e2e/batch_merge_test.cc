@@ -16,6 +16,11 @@
 // relay thread the frame screen then had between grpc and the app sometimes
 // joined two writes).
 //
+// The same upstream also serves ping-pong streams (kPingPongMethod): there a
+// window update poolside owes the upstream after each answer must ride with
+// poolside's next message on that stream instead of going alone in a write of
+// its own (ProxyCall::HoldsReadsFor).
+//
 // Every wait is bounded; the upstream's thread is joined by its destructor.
 #include <poll.h>
 #include <sys/socket.h>
@@ -46,6 +51,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/e2e/e2e_test_base.h"
+#include "tests/support/generic_client.h"
 #include "tests/support/h2_frames.h"
 #include "tests/support/loopback_socket.h"
 
@@ -53,6 +59,10 @@ namespace poolside::test {
 namespace {
 
 constexpr char kMethod[] = "/poolside.test.Merge/Unary";
+// A stream the upstream answers message by message: "re:" + each message,
+// and both "re:" + it and "more:" + it, in one write, for a message that
+// starts with "twice:".
+constexpr char kPingPongMethod[] = "/poolside.test.Merge/PingPong";
 // Calls measured, one at a time on one app connection, after one warm-up call
 // (it opens the pooled connection and fills both HPACK tables).
 constexpr int kCalls = 20;
@@ -256,6 +266,11 @@ class MergeProbeUpstream {
     absl::MutexLock lock(&mutex_);
     return errors_;
   }
+  // recv()s that brought nothing but WINDOW_UPDATE frames.
+  int lone_window_updates() const {
+    absl::MutexLock lock(&mutex_);
+    return lone_window_updates_;
+  }
 
  private:
   // Confined to thread_.
@@ -298,21 +313,61 @@ class MergeProbeUpstream {
     if (absl::IsUnavailable(frames.status())) return false;
     if (!frames.ok()) return Fail(frames.status());
     std::string out;
+    bool only_window_updates = !frames->empty();
     for (const ReceivedFrame& received : *frames) {
       const h2::Frame& frame = received.frame;
       if (frame.type == h2::kGoaway) return false;
+      if (frame.type != h2::kWindowUpdate) only_window_updates = false;
       absl::Status taken = TakeFrame(
           received, connection.decoder,
           [&](uint32_t id) -> StreamTrace& { return connection.streams[id]; }, out);
       if (!taken.ok()) return Fail(taken);
       const auto stream = connection.streams.find(frame.stream);
-      if (stream != connection.streams.end() && stream->second.ended &&
-          stream->second.header_block.empty()) {
-        out += Answer(frame.stream, stream->second);
-        connection.streams.erase(stream);
+      if (stream == connection.streams.end() || !stream->second.header_block.empty()) continue;
+      StreamTrace& trace = stream->second;
+      if (!trace.header_lists.empty() &&
+          HeaderValue(trace.header_lists[0], ":path") == kPingPongMethod) {
+        out += AnswerPingPong(frame.stream, trace);
+      } else if (trace.ended) {
+        out += Answer(frame.stream, trace);
       }
+      if (trace.ended) connection.streams.erase(stream);
+    }
+    if (only_window_updates) {
+      absl::MutexLock lock(&mutex_);
+      ++lone_window_updates_;
     }
     return out.empty() || WriteAll(connection.fd, out, absl::Now() + absl::Seconds(5));
+  }
+
+  // Answers each whole message a ping-pong stream has brought so far, and its
+  // end with trailers.
+  static std::string AnswerPingPong(uint32_t stream, StreamTrace& trace) {
+    std::string out;
+    if (!trace.data.empty() && trace.header_lists.size() == 1) {
+      // The response headers, once: header_lists[1] marks them sent.
+      trace.header_lists.emplace_back();
+      out += h2::HeaderFrames(
+          stream, std::string(1, '\x88') + h2::LiteralHeader("content-type", "application/grpc"),
+          /*end_stream=*/false);
+    }
+    while (trace.data.size() >= 5) {
+      const size_t length = (static_cast<size_t>(static_cast<uint8_t>(trace.data[1])) << 24) |
+                            (static_cast<size_t>(static_cast<uint8_t>(trace.data[2])) << 16) |
+                            (static_cast<size_t>(static_cast<uint8_t>(trace.data[3])) << 8) |
+                            static_cast<size_t>(static_cast<uint8_t>(trace.data[4]));
+      if (trace.data.size() < 5 + length) break;
+      const std::string message = trace.data.substr(5, length);
+      trace.data.erase(0, 5 + length);
+      out += h2::SerializeFrame(h2::kData, 0, stream, h2::GrpcMessage("re:" + message));
+      if (absl::StartsWith(message, "twice:")) {
+        out += h2::SerializeFrame(h2::kData, 0, stream, h2::GrpcMessage("more:" + message));
+      }
+    }
+    if (trace.ended) {
+      out += h2::HeaderFrames(stream, h2::LiteralHeader("grpc-status", "0"), /*end_stream=*/true);
+    }
+    return out;
   }
 
   // Records the request and returns its answer.
@@ -346,6 +401,7 @@ class MergeProbeUpstream {
   mutable absl::Mutex mutex_;
   std::vector<UpstreamRequest> requests_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> errors_ ABSL_GUARDED_BY(mutex_);
+  int lone_window_updates_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 // What the app got for one call.
@@ -520,6 +576,69 @@ TEST_F(BatchMergeTest, UnaryAnswerReachesAppInOneWrite) {
       << "the app got an answer's HEADERS, DATA and trailers in separate reads: response "
          "headers, message and status no longer go to the app as one batch "
          "(ProxyCall holds the headers for the message, and the message for the status)";
+}
+
+// The app's side is a grpc++ client: what is checked is the upstream's.
+class PingPongWindowTest : public BatchMergeTest {
+ protected:
+  std::unique_ptr<InteractiveCall> PingPongCall() {
+    CallOptions options;
+    options.wait = kCallTimeout;
+    return std::make_unique<InteractiveCall>(
+        CreateTestChannel(absl::StrCat("127.0.0.1:", poolside_->listen_port())), kPingPongMethod,
+        options);
+  }
+};
+
+TEST_F(PingPongWindowTest, WindowUpdatesRideWithTheNextMessageOfAPingPong) {
+  std::unique_ptr<InteractiveCall> call_owner = PingPongCall();
+  InteractiveCall& call = *call_owner;
+  // The first exchange opens the pooled connection and fills the HPACK tables.
+  ASSERT_TRUE(call.Write("warm-up"));
+  ASSERT_EQ(call.Read(), "re:warm-up");
+  const int lone_before = upstream_.lone_window_updates();
+  for (int i = 0; i < kCalls; ++i) {
+    const std::string message = absl::StrCat("ping ", i);
+    ASSERT_TRUE(call.Write(message)) << i;
+    ASSERT_EQ(call.Read(), "re:" + message) << i;
+  }
+  const int lone = upstream_.lone_window_updates() - lone_before;
+  ASSERT_TRUE(call.WritesDone());
+  EXPECT_EQ(call.Read(), std::nullopt);
+  const CallResult result = call.Finish();
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_TRUE(upstream_.errors().empty()) << upstream_.errors().front();
+  std::cout << "lone WINDOW_UPDATE writes: " << lone << " in " << kCalls << " exchanges\n";
+  EXPECT_LE(lone, kCalls - kMinMerged)
+      << "poolside sent the upstream a WINDOW_UPDATE on its own after most answers: the "
+         "next upstream read no longer waits for the next message to the upstream "
+         "(ProxyCall::HoldsReadsFor)";
+}
+
+TEST_F(PingPongWindowTest, AnUpstreamThatBreaksThePingPongIsNotKeptWaiting) {
+  std::unique_ptr<InteractiveCall> call_owner = PingPongCall();
+  InteractiveCall& call = *call_owner;
+  for (int i = 0; i < 3; ++i) {
+    const std::string message = absl::StrCat("ping ", i);
+    ASSERT_TRUE(call.Write(message)) << i;
+    ASSERT_EQ(call.Read(), "re:" + message) << i;
+  }
+  // Two answers to one message, in one write: poolside holds the read that
+  // takes the second, and it still reaches the app without the app sending
+  // anything more.
+  ASSERT_TRUE(call.Write("twice:x"));
+  ASSERT_EQ(call.Read(), "re:twice:x");
+  const absl::Time asked = absl::Now();
+  ASSERT_EQ(call.Read(), "more:twice:x");
+  std::cout << "second answer after " << absl::FormatDuration(absl::Now() - asked) << "\n";
+  // The stream goes on.
+  ASSERT_TRUE(call.Write("ping 3"));
+  ASSERT_EQ(call.Read(), "re:ping 3");
+  ASSERT_TRUE(call.WritesDone());
+  EXPECT_EQ(call.Read(), std::nullopt);
+  const CallResult result = call.Finish();
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_FALSE(call.timed_out());
 }
 
 }  // namespace
