@@ -295,7 +295,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (upstream.empty() || threads < 1 || channels < 1 || port < 0 || (mode != "unary" && mode != "pingpong")) {
+  if (upstream.empty() || threads < 1 || channels < 1 || port < 0 ||
+      (mode != "unary" && mode != "pingpong")) {
     std::fputs(kUsage, stderr);
     return 2;
   }

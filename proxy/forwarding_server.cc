@@ -187,8 +187,8 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
       // nothing that has not arrived (ProxyCall::ResumeHeld).
       status = queue.queue->AsyncNext(&tag, &ok, gpr_inf_past(GPR_CLOCK_MONOTONIC));
     } else if (queue.oldest_read_holding != nullptr) {
-      status = queue.queue->AsyncNext(
-          &tag, &ok, absl::ToChronoTime(ProxyCall::ReadHoldDeadline(queue)));
+      status =
+          queue.queue->AsyncNext(&tag, &ok, absl::ToChronoTime(ProxyCall::ReadHoldDeadline(queue)));
     } else {
       status = queue.queue->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
                                             : grpc::CompletionQueue::SHUTDOWN;
