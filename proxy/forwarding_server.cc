@@ -182,11 +182,11 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
   bool ok = false;
   while (true) {
     grpc::CompletionQueue::NextStatus status;
-    if (queue.holding != nullptr) {
+    if (!queue.holding.empty()) {
       // Only what is ready now, network included: a held call waits for
       // nothing that has not arrived (ProxyCall::ResumeHeld).
       status = queue.queue->AsyncNext(&tag, &ok, gpr_inf_past(GPR_CLOCK_MONOTONIC));
-    } else if (queue.oldest_read_holding != nullptr) {
+    } else if (!queue.read_holding.empty()) {
       status =
           queue.queue->AsyncNext(&tag, &ok, absl::ToChronoTime(ProxyCall::ReadHoldDeadline(queue)));
     } else {
@@ -196,7 +196,7 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
     if (status == grpc::CompletionQueue::TIMEOUT) {
       ProxyCall::ResumeHeld(queue);
-      if (queue.oldest_read_holding != nullptr) {
+      if (!queue.read_holding.empty()) {
         ProxyCall::ResumeExpiredReadHolds(queue, absl::Now());
       }
       continue;
@@ -207,8 +207,8 @@ void ForwardingServer::ServeQueue(QueueContext& queue) {
       ProxyCall::Dispatch(tag, ok);
     }
     ++queue.events_handled;
-    if (queue.oldest_holding != nullptr) ProxyCall::ResumeOverdue(queue);
-    if (queue.oldest_read_holding != nullptr) ProxyCall::ResumeExpiredReadHolds(queue, absl::Now());
+    if (!queue.holding.empty()) ProxyCall::ResumeOverdue(queue);
+    if (!queue.read_holding.empty()) ProxyCall::ResumeExpiredReadHolds(queue, absl::Now());
   }
 }
 

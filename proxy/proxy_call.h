@@ -33,6 +33,7 @@
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
 #include "proxy/fair_share.h"
+#include "proxy/hold_list.h"
 #include "proxy/local_service.h"
 
 namespace poolside {
@@ -103,16 +104,13 @@ struct QueueContext {
   ProxyCall* answered = nullptr;
   uint64_t cuts_seen = 0;
   // Calls holding a step back until the events already queued are handled
-  // (ProxyCall::ResumeHeld), newest first, and the oldest of them; the
-  // events this queue has handled. Confined to this queue's thread.
-  ProxyCall* holding = nullptr;
-  ProxyCall* oldest_holding = nullptr;
+  // (ProxyCall::ResumeHeld), and the events this queue has handled. Confined
+  // to this queue's thread.
+  HoldList<ProxyCall> holding;
   uint64_t events_handled = 0;
   // Calls holding a read back until that side's next write
-  // (ProxyCall::ResumeExpiredReadHolds), oldest first. Confined to this
-  // queue's thread.
-  ProxyCall* oldest_read_holding = nullptr;
-  ProxyCall* newest_read_holding = nullptr;
+  // (ProxyCall::ResumeExpiredReadHolds). Confined to this queue's thread.
+  HoldList<ProxyCall> read_holding;
 };
 
 // One forwarded call. Where it is, is two small machines instead of a dozen
@@ -165,7 +163,7 @@ class alignas(16) ProxyCall {
   // thread calls this after each event and when the oldest hold's time is up
   // (ReadHoldDeadline).
   static void ResumeExpiredReadHolds(QueueContext& queue, absl::Time now);
-  // REQUIRES: queue.oldest_read_holding != nullptr.
+  // REQUIRES: !queue.read_holding.empty().
   static absl::Time ReadHoldDeadline(const QueueContext& queue);
   // Long enough for a loaded app's round trip; the most an upstream message
   // that breaks a ping-pong (or an app message that does) waits, once per
@@ -362,16 +360,12 @@ class alignas(16) ProxyCall {
   std::unique_ptr<grpc::Alarm> share_alarm_;
 
   Listed listed_ = Listed::kNone;
-  // In the queue's holding list: its neighbours, and the queue's event count
-  // at which the call resumes anyway.
-  bool holding_ = false;
-  ProxyCall* newer_holding_ = nullptr;
-  ProxyCall* older_holding_ = nullptr;
+  // In the queue's holding list, and the queue's event count at which the
+  // call resumes anyway.
+  HoldLink<ProxyCall> hold_link_;
   uint64_t hold_until_event_ = 0;
-  // In the queue's read-holding list: its neighbours and when it resumes.
-  bool read_holding_ = false;
-  ProxyCall* newer_read_holding_ = nullptr;
-  ProxyCall* older_read_holding_ = nullptr;
+  // In the queue's read-holding list, and when it resumes anyway.
+  HoldLink<ProxyCall> read_hold_link_;
   absl::Time read_hold_until_;
   // The upstream's response headers are copied to the app's call but not
   // sent: the first message's write will carry them.

@@ -136,44 +136,23 @@ void ProxyCall::StartUpstream(ChannelPool::Lease lease) {
 }
 
 void ProxyCall::ResumeHeld(QueueContext& queue) {
-  while (ProxyCall* call = queue.holding) call->Resume();
+  while (ProxyCall* call = queue.holding.newest()) call->Resume();
 }
 
 void ProxyCall::ResumeOverdue(QueueContext& queue) {
-  while (ProxyCall* call = queue.oldest_holding) {
+  while (ProxyCall* call = queue.holding.oldest()) {
     if (queue.events_handled < call->hold_until_event_) return;
     call->Resume();
   }
 }
 
 void ProxyCall::Hold() {
-  if (holding_) return;  // Resumes by the first hold's bound.
-  holding_ = true;
+  if (hold_link_.linked) return;  // Resumes by the first hold's bound.
   hold_until_event_ = queue_.events_handled + kMaxEventsHeld;
-  older_holding_ = queue_.holding;
-  if (older_holding_ != nullptr) {
-    older_holding_->newer_holding_ = this;
-  } else {
-    queue_.oldest_holding = this;
-  }
-  queue_.holding = this;
+  queue_.holding.Add(this, &ProxyCall::hold_link_);
 }
 
-void ProxyCall::Release() {
-  if (!holding_) return;
-  holding_ = false;
-  if (newer_holding_ != nullptr) {
-    newer_holding_->older_holding_ = older_holding_;
-  } else {
-    queue_.holding = older_holding_;
-  }
-  if (older_holding_ != nullptr) {
-    older_holding_->newer_holding_ = newer_holding_;
-  } else {
-    queue_.oldest_holding = newer_holding_;
-  }
-  newer_holding_ = older_holding_ = nullptr;
-}
+void ProxyCall::Release() { queue_.holding.Remove(this, &ProxyCall::hold_link_); }
 
 void ProxyCall::Resume() {
   Release();
@@ -186,45 +165,24 @@ void ProxyCall::Resume() {
 }
 
 void ProxyCall::ResumeExpiredReadHolds(QueueContext& queue, absl::Time now) {
-  while (ProxyCall* call = queue.oldest_read_holding) {
+  while (ProxyCall* call = queue.read_holding.oldest()) {
     if (now < call->read_hold_until_) return;
     call->ResumeReads();
   }
 }
 
 absl::Time ProxyCall::ReadHoldDeadline(const QueueContext& queue) {
-  return queue.oldest_read_holding->read_hold_until_;
+  return queue.read_holding.oldest()->read_hold_until_;
 }
 
 void ProxyCall::HoldRead() {
-  if (read_holding_) return;  // Both sides held: resumes by the first hold's time.
-  read_holding_ = true;
-  read_hold_until_ = absl::Now() + kMaxReadHold;
+  if (read_hold_link_.linked) return;  // Both sides held: resumes by the first hold's time.
   // Every hold lasts as long, so the list stays in deadline order.
-  older_read_holding_ = queue_.newest_read_holding;
-  if (older_read_holding_ != nullptr) {
-    older_read_holding_->newer_read_holding_ = this;
-  } else {
-    queue_.oldest_read_holding = this;
-  }
-  queue_.newest_read_holding = this;
+  read_hold_until_ = absl::Now() + kMaxReadHold;
+  queue_.read_holding.Add(this, &ProxyCall::read_hold_link_);
 }
 
-void ProxyCall::ReleaseReadHold() {
-  if (!read_holding_) return;
-  read_holding_ = false;
-  if (newer_read_holding_ != nullptr) {
-    newer_read_holding_->older_read_holding_ = older_read_holding_;
-  } else {
-    queue_.newest_read_holding = older_read_holding_;
-  }
-  if (older_read_holding_ != nullptr) {
-    older_read_holding_->newer_read_holding_ = newer_read_holding_;
-  } else {
-    queue_.oldest_read_holding = newer_read_holding_;
-  }
-  newer_read_holding_ = older_read_holding_ = nullptr;
-}
+void ProxyCall::ReleaseReadHold() { queue_.read_holding.Remove(this, &ProxyCall::read_hold_link_); }
 
 void ProxyCall::ResumeReads() {
   ReleaseReadHold();
