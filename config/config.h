@@ -70,9 +70,13 @@ struct Config {
   int outlier_consecutive_failures = 5;
   absl::Duration outlier_ejection = absl::Seconds(10);
   // Retry calls the upstream provably never saw (grpc's transparent retry,
-  // waiting for the connection up to connection_timeout). Costs about a
-  // tenth more CPU per call; see pool/ARCHITECTURE.md.
+  // waiting for the connection up to connection_timeout). Costs 3-6% more
+  // CPU per call (bench/RESULTS.md); see pool/ARCHITECTURE.md.
   bool transparent_retry = true;
+  // While a stream is ping-pong, a side's next read waits (1 ms at most) for
+  // that side's next write, so that grpc's window update rides with it; see
+  // proxy/ARCHITECTURE.md, "Held reads".
+  bool hold_pingpong_reads = true;
   // TLS to the upstream. The files are re-read when they change (Kubernetes
   // rotates mounted secrets) and the pool rolls its connections over.
   bool upstream_tls = false;

@@ -163,6 +163,7 @@ void ForwardingServer::StartQueue(grpc::ServerCompletionQueue& completion_queue,
   queue->pool = &pool_;
   queue->connection_timeout = options_.connection_timeout;
   queue->wait_for_ready = options_.wait_for_ready;
+  queue->hold_pingpong_reads = options_.hold_pingpong_reads;
   queue->limits = &limits_;
   queue->local = local;
   queue->fair_share = fair_share_.get();

@@ -43,6 +43,8 @@ struct ProxyOptions {
   // connection_timeout), so that grpc's transparent retry can outlast a
   // reconnect; set with UpstreamChannelOptions::transparent_retries.
   bool wait_for_ready = true;
+  // ProxyCall::HoldsReadsFor; Config::hold_pingpong_reads.
+  bool hold_pingpong_reads = true;
   // Completion-queue threads; at least 1.
   int threads = 1;
   // 0 means no limit.

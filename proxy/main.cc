@@ -127,6 +127,7 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
   options.max_message_bytes = config.max_message_bytes;
   options.connection_timeout = config.connection_timeout;
   options.wait_for_ready = config.transparent_retry;
+  options.hold_pingpong_reads = config.hold_pingpong_reads;
   options.threads = config.worker_threads;
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;

@@ -187,8 +187,8 @@ void ProxyCall::ReadApp() {
 bool ProxyCall::HoldsReadsFor(bool app_side) const {
   // Only while both sides may still send: a side that has stopped sends
   // nothing the held read could wait for.
-  if (stage_ != Stage::kForwarding || upward_ != Upward::kOpen || upstream_messages_ended_ ||
-      upstream_cancelled_) {
+  if (!queue_.hold_pingpong_reads || stage_ != Stage::kForwarding || upward_ != Upward::kOpen ||
+      upstream_messages_ended_ || upstream_cancelled_) {
     return false;
   }
   // The app's next message waits on the upstream's answer only once the

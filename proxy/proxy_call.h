@@ -84,6 +84,8 @@ struct QueueContext {
   absl::Duration connection_timeout;
   // Upstream calls wait for ready (ProxyCall::CheckUpstreamCalls bounds it).
   bool wait_for_ready = true;
+  // Ping-pong streams hold their next reads (ProxyCall::HoldsReadsFor).
+  bool hold_pingpong_reads = true;
   CallLimits* limits = nullptr;
   // Methods answered here instead of forwarded; null when there are none.
   LocalService* local = nullptr;

@@ -80,6 +80,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", "--outlier-consecutive-failures", "0"},
       {"GRPC_OUTLIER_EJECTION_SECS", "--outlier-ejection-secs", "30"},
       {"GRPC_TRANSPARENT_RETRY", "--transparent-retry", "false"},
+      {"GRPC_HOLD_PINGPONG_READS", "--hold-pingpong-reads", "false"},
       {"GRPC_UPSTREAM_TLS", "--upstream-tls", "true"},
       {"GRPC_UPSTREAM_CA_FILE", "--upstream-ca-file", "/dev/null"},
       {"GRPC_UPSTREAM_CERT_FILE", "--upstream-cert-file", "/dev/null"},
@@ -610,6 +611,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_OUTLIER_CONSECUTIVE_FAILURES=5\n"
             "GRPC_OUTLIER_EJECTION_SECS=10\n"
             "GRPC_TRANSPARENT_RETRY=true\n"
+            "GRPC_HOLD_PINGPONG_READS=true\n"
             "GRPC_UPSTREAM_TLS=false\n"
             "GRPC_UPSTREAM_CA_FILE=\n"
             "GRPC_UPSTREAM_CERT_FILE=\n"

@@ -588,28 +588,39 @@ class PingPongWindowTest : public BatchMergeTest {
         CreateTestChannel(absl::StrCat("127.0.0.1:", poolside_->listen_port())), kPingPongMethod,
         options);
   }
+
+  // The warm-up exchange and kCalls more on one stream, then the half-close;
+  // the lone WINDOW_UPDATEs the upstream read during the kCalls.
+  int LoneWindowUpdatesInAPingPong() {
+    std::unique_ptr<InteractiveCall> call = PingPongCall();
+    // The first exchange opens the pooled connection and fills the HPACK
+    // tables.
+    EXPECT_TRUE(call->Write("warm-up"));
+    EXPECT_EQ(call->Read(), "re:warm-up");
+    const int lone_before = upstream_.lone_window_updates();
+    for (int i = 0; i < kCalls; ++i) {
+      const std::string message = absl::StrCat("ping ", i);
+      EXPECT_TRUE(call->Write(message)) << i;
+      EXPECT_EQ(call->Read(), "re:" + message) << i;
+    }
+    const int lone = upstream_.lone_window_updates() - lone_before;
+    EXPECT_TRUE(call->WritesDone());
+    EXPECT_EQ(call->Read(), std::nullopt);
+    const CallResult result = call->Finish();
+    EXPECT_TRUE(result.status.ok()) << result;
+    EXPECT_TRUE(upstream_.errors().empty()) << upstream_.errors().front();
+    std::cout << "lone WINDOW_UPDATE writes: " << lone << " in " << kCalls << " exchanges\n";
+    return lone;
+  }
 };
 
+// Without the held reads the upstream sees 14-20 of the 20 updates alone
+// here (GRPC_HOLD_PINGPONG_READS=false; fewer only when its reads fall
+// behind and join them to the next request), with them 0. A held read that
+// outlasts its 1 ms bound (an app slower than that to answer, on a loaded
+// machine) sends its update alone too: hence the slack.
 TEST_F(PingPongWindowTest, WindowUpdatesRideWithTheNextMessageOfAPingPong) {
-  std::unique_ptr<InteractiveCall> call_owner = PingPongCall();
-  InteractiveCall& call = *call_owner;
-  // The first exchange opens the pooled connection and fills the HPACK tables.
-  ASSERT_TRUE(call.Write("warm-up"));
-  ASSERT_EQ(call.Read(), "re:warm-up");
-  const int lone_before = upstream_.lone_window_updates();
-  for (int i = 0; i < kCalls; ++i) {
-    const std::string message = absl::StrCat("ping ", i);
-    ASSERT_TRUE(call.Write(message)) << i;
-    ASSERT_EQ(call.Read(), "re:" + message) << i;
-  }
-  const int lone = upstream_.lone_window_updates() - lone_before;
-  ASSERT_TRUE(call.WritesDone());
-  EXPECT_EQ(call.Read(), std::nullopt);
-  const CallResult result = call.Finish();
-  EXPECT_TRUE(result.status.ok()) << result;
-  EXPECT_TRUE(upstream_.errors().empty()) << upstream_.errors().front();
-  std::cout << "lone WINDOW_UPDATE writes: " << lone << " in " << kCalls << " exchanges\n";
-  EXPECT_LE(lone, kCalls - kMinMerged)
+  EXPECT_LE(LoneWindowUpdatesInAPingPong(), kCalls / 4)
       << "poolside sent the upstream a WINDOW_UPDATE on its own after most answers: the "
          "next upstream read no longer waits for the next message to the upstream "
          "(ProxyCall::HoldsReadsFor)";
