@@ -1,0 +1,82 @@
+// frame_hop: gRPC calls relayed as HTTP/2 frames (relay/frame_relay.h), as
+// bench/compare's "frame-hop" yardstick: what a hop costs below grpc++ 1.51,
+// one thread, next to grpc-hop (the cheapest hop on grpc++) and the peers.
+//
+// Not a proxy anyone should run: no TLS, health, metrics, drain or limits.
+//
+//   frame_hop --upstream=127.0.0.1:PORT [--port=0] [--connections=1]
+//
+// Prints PORT=<n> once listening; serves until SIGTERM or SIGINT.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "relay/frame_relay.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: frame_hop --upstream=HOST:PORT [--port=0] [--connections=1]\n"
+    "gRPC calls relayed as HTTP/2 frames (a benchmark yardstick, not a proxy).\n";
+
+// The value of `--name=value`, or "" when `arg` is another flag.
+std::string FlagValue(const std::string& arg, const std::string& name) {
+  if (arg.rfind(name + "=", 0) != 0) return "";
+  return arg.substr(name.size() + 1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Blocked before the relay's thread starts, so that only sigwait sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  poolside::relay::FrameRelayOptions options;
+  std::string upstream;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (!FlagValue(arg, "--upstream").empty()) {
+      upstream = FlagValue(arg, "--upstream");
+    } else if (!FlagValue(arg, "--port").empty()) {
+      options.listen_port = std::atoi(FlagValue(arg, "--port").c_str());
+    } else if (!FlagValue(arg, "--connections").empty()) {
+      options.upstream_connections = std::atoi(FlagValue(arg, "--connections").c_str());
+    } else {
+      std::fputs(kUsage, stderr);
+      return 2;
+    }
+  }
+  size_t colon = upstream.rfind(':');
+  if (colon == std::string::npos || options.upstream_connections < 1 || options.listen_port < 0) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  options.upstream_host = upstream.substr(0, colon);
+  if (options.upstream_host.size() > 2 && options.upstream_host.front() == '[') {
+    options.upstream_host = options.upstream_host.substr(1, options.upstream_host.size() - 2);
+  }
+  options.upstream_port = std::atoi(upstream.substr(colon + 1).c_str());
+
+  auto relay = poolside::relay::FrameRelay::Create(options);
+  if (!relay.ok()) {
+    std::fprintf(stderr, "frame_hop: %s\n", relay.status().ToString().c_str());
+    return 1;
+  }
+  std::thread loop([&relay] { (*relay)->Run(); });
+  std::printf("PORT=%d\n", (*relay)->port());
+  std::fflush(stdout);
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  (*relay)->Stop();
+  loop.join();
+  return 0;
+}

@@ -1,0 +1,926 @@
+#include "relay/frame_relay.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <list>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace poolside::relay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Bytes queued for one direction of one stream, or for one socket.
+class ByteQueue {
+ public:
+  bool empty() const { return head_ == bytes_.size(); }
+  size_t size() const { return bytes_.size() - head_; }
+  const uint8_t* data() const { return reinterpret_cast<const uint8_t*>(bytes_.data()) + head_; }
+  void Append(const uint8_t* data, size_t length) {
+    // A queue that is never quite drained must not grow without end.
+    if (head_ > 0 && head_ >= bytes_.size() / 2) {
+      bytes_.erase(0, head_);
+      head_ = 0;
+    }
+    bytes_.append(reinterpret_cast<const char*>(data), length);
+  }
+  void Pop(size_t length) {
+    head_ += length;
+    if (head_ < bytes_.size()) return;
+    head_ = 0;
+    // A large message's buffer is not kept for a stream that goes idle.
+    if (bytes_.capacity() > kKeptCapacity) {
+      std::string().swap(bytes_);
+    } else {
+      bytes_.clear();
+    }
+  }
+
+ private:
+  static constexpr size_t kKeptCapacity = 64 << 10;
+  std::string bytes_;
+  size_t head_ = 0;
+};
+
+// One header block as nghttp2 received it: the name and value buffers are
+// referenced, not copied, until the block is submitted on the other side
+// (nghttp2 copies it then).
+class HeaderBlock {
+ public:
+  HeaderBlock() = default;
+  HeaderBlock(const HeaderBlock&) = delete;
+  HeaderBlock& operator=(const HeaderBlock&) = delete;
+  ~HeaderBlock() { Clear(); }
+
+  void Add(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
+    nghttp2_rcbuf_incref(name);
+    nghttp2_rcbuf_incref(value);
+    fields_.push_back({name, value});
+  }
+  bool empty() const { return fields_.empty(); }
+  std::vector<nghttp2_nv> ToNv() const {
+    std::vector<nghttp2_nv> nv;
+    nv.reserve(fields_.size());
+    for (const auto& [name, value] : fields_) {
+      nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+      nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+      nv.push_back({n.base, v.base, n.len, v.len, NGHTTP2_NV_FLAG_NONE});
+    }
+    return nv;
+  }
+  void Clear() {
+    for (const auto& [name, value] : fields_) {
+      nghttp2_rcbuf_decref(name);
+      nghttp2_rcbuf_decref(value);
+    }
+    fields_.clear();
+  }
+  void Swap(HeaderBlock& other) { fields_.swap(other.fields_); }
+
+ private:
+  std::vector<std::pair<nghttp2_rcbuf*, nghttp2_rcbuf*>> fields_;
+};
+
+struct RelayStream;
+
+enum class Side { kApp, kUpstream };
+
+// One TCP connection and its HTTP/2 session, either side.
+struct Connection {
+  FrameRelay::Loop* loop = nullptr;
+  Side side;
+  int fd = -1;
+  nghttp2_session* session = nullptr;
+  ByteQueue output;
+  bool waiting_writable = false;
+  bool dirty = false;
+  bool dead = false;
+  // Streams with a side on this connection (RelayStream::links).
+  RelayStream* streams = nullptr;
+  int open_streams = 0;
+  // Upstream connections only.
+  bool connecting = false;
+  Clock::time_point reconnect_at = Clock::time_point::max();
+};
+
+// One call: a stream on an app connection joined to one on an upstream
+// connection. Freed when both sides are closed.
+struct RelayStream {
+  Connection* app = nullptr;
+  int32_t app_id = 0;
+  Connection* upstream = nullptr;
+  int32_t upstream_id = -1;
+  // App -> upstream and upstream -> app bytes not yet written on.
+  ByteQueue upward;
+  bool upward_ended = false;
+  ByteQueue downward;
+  bool downward_ended = false;
+  // The block being received (request headers, response headers, trailers),
+  // and the upstream's trailers waiting for the downward bytes to drain.
+  HeaderBlock receiving;
+  HeaderBlock trailers;
+  bool response_started = false;
+  // Intrusive lists of each connection's streams.
+  RelayStream* app_prev = nullptr;
+  RelayStream* app_next = nullptr;
+  RelayStream* upstream_prev = nullptr;
+  RelayStream* upstream_next = nullptr;
+};
+
+void Link(Connection& connection, RelayStream* stream) {
+  if (connection.side == Side::kApp) {
+    stream->app_next = connection.streams;
+    if (connection.streams != nullptr) connection.streams->app_prev = stream;
+  } else {
+    stream->upstream_next = connection.streams;
+    if (connection.streams != nullptr) connection.streams->upstream_prev = stream;
+  }
+  connection.streams = stream;
+  ++connection.open_streams;
+}
+
+void Unlink(Connection& connection, RelayStream* stream) {
+  RelayStream*& prev = connection.side == Side::kApp ? stream->app_prev : stream->upstream_prev;
+  RelayStream*& next = connection.side == Side::kApp ? stream->app_next : stream->upstream_next;
+  if (prev != nullptr) {
+    (connection.side == Side::kApp ? prev->app_next : prev->upstream_next) = next;
+  } else {
+    connection.streams = next;
+  }
+  if (next != nullptr)
+    (connection.side == Side::kApp ? next->app_prev : next->upstream_prev) = prev;
+  prev = next = nullptr;
+  --connection.open_streams;
+}
+
+absl::Status ErrnoStatus(absl::string_view what) {
+  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
+}
+
+absl::StatusOr<sockaddr_storage> ParseAddress(const std::string& host, int port,
+                                              socklen_t* length) {
+  sockaddr_storage address{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    *length = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    *length = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("not an IP address: ", host));
+  }
+  return address;
+}
+
+void SetNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+// A gRPC answer made here: trailers only.
+std::vector<nghttp2_nv> UnavailableAnswer() {
+  static constexpr std::pair<const char*, const char*> kFields[] = {
+      {":status", "200"},
+      {"content-type", "application/grpc"},
+      {"grpc-status", "14"},
+      {"grpc-message", "frame relay: no upstream connection"}};
+  std::vector<nghttp2_nv> nv;
+  for (const auto& [name, value] : kFields) {
+    nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
+                  reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name),
+                  std::strlen(value),
+                  NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE});
+  }
+  return nv;
+}
+
+}  // namespace
+
+class FrameRelay::Loop {
+ public:
+  explicit Loop(const FrameRelayOptions& options) : options_(options) {}
+  ~Loop();
+
+  absl::Status Init();
+  int port() const { return port_; }
+  void Run();
+  void Stop() {
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
+
+ private:
+  // Socket events.
+  void Accept();
+  void Connect(Connection& upstream);
+  void OnConnected(Connection& upstream);
+  void OnReadable(Connection& connection);
+  void OnWritable(Connection& connection);
+  void Flush(Connection& connection);
+  void MarkDirty(Connection& connection);
+  void Close(Connection& connection);
+  void Watch(Connection& connection, uint32_t events, int op);
+
+  // Streams.
+  void StartUpstream(RelayStream* stream, bool request_ended);
+  Connection* PickUpstream();
+  void FailDownward(RelayStream* stream);
+  void CloseAppSide(RelayStream* stream, uint32_t error_code);
+  void CloseUpstreamSide(RelayStream* stream, uint32_t error_code);
+  void MaybeFree(RelayStream* stream);
+  void ReleaseHeapWhenIdle();
+
+  nghttp2_session* NewSession(Connection& connection);
+
+  // nghttp2 callbacks; user_data is the Loop, the session says the side.
+  static ssize_t OnSend(nghttp2_session*, const uint8_t* data, size_t length, int, void* user_data);
+  static int OnSendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* frame_header,
+                        size_t length, nghttp2_data_source* source, void* user_data);
+  static int OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
+  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+                      nghttp2_rcbuf* value, uint8_t, void* user_data);
+  static int OnFrameReceived(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
+  static int OnFrameSent(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data,
+                         size_t length, void* user_data);
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data);
+  static ssize_t ReadUpward(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
+                            nghttp2_data_source* source, void* user_data);
+  static ssize_t ReadDownward(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
+                              nghttp2_data_source* source, void* user_data);
+
+  // A socket's unsent bytes past which nghttp2 is told to wait.
+  static constexpr size_t kMaxOutput = 256 << 10;
+  static constexpr auto kReconnectDelay = std::chrono::milliseconds(200);
+  // The connection window each side offers: bounds what one connection's
+  // streams may buffer here in all.
+  static constexpr int32_t kConnectionWindow = 16 << 20;
+
+  FrameRelayOptions options_;
+  int epoll_fd_ = -1;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  int port_ = 0;
+  sockaddr_storage upstream_address_{};
+  socklen_t upstream_address_length_ = 0;
+  nghttp2_session_callbacks* callbacks_ = nullptr;
+  nghttp2_option* session_options_ = nullptr;
+  std::vector<std::unique_ptr<Connection>> upstreams_;
+  std::list<std::unique_ptr<Connection>> apps_;
+  std::vector<Connection*> dirty_;
+  size_t next_upstream_ = 0;
+  int64_t live_streams_ = 0;
+  int64_t freed_since_trim_ = 0;
+  static constexpr int64_t kStreamsPerTrim = 1024;
+  bool stopping_ = false;
+  // Marks the two non-connection fds in epoll's data.
+  char listen_tag_ = 0;
+  char wake_tag_ = 0;
+};
+
+FrameRelay::Loop::~Loop() {
+  for (auto& app : apps_) Close(*app);
+  for (auto& upstream : upstreams_) Close(*upstream);
+  if (callbacks_ != nullptr) nghttp2_session_callbacks_del(callbacks_);
+  if (session_options_ != nullptr) nghttp2_option_del(session_options_);
+  for (int fd : {epoll_fd_, listen_fd_, wake_fd_}) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+absl::Status FrameRelay::Loop::Init() {
+  absl::StatusOr<sockaddr_storage> upstream =
+      ParseAddress(options_.upstream_host, options_.upstream_port, &upstream_address_length_);
+  if (!upstream.ok()) return upstream.status();
+  upstream_address_ = *upstream;
+  socklen_t listen_length = 0;
+  absl::StatusOr<sockaddr_storage> listen =
+      ParseAddress(options_.listen_host, options_.listen_port, &listen_length);
+  if (!listen.ok()) return listen.status();
+
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  listen_fd_ = socket(listen->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (epoll_fd_ < 0 || wake_fd_ < 0 || listen_fd_ < 0) return ErrnoStatus("socket");
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(listen_fd_, reinterpret_cast<const sockaddr*>(&*listen), listen_length) != 0) {
+    return ErrnoStatus(absl::StrCat("bind ", options_.listen_host, ":", options_.listen_port));
+  }
+  if (::listen(listen_fd_, 1024) != 0) return ErrnoStatus("listen");
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof(bound);
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &bound_length);
+  port_ = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                                           : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = &listen_tag_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &event);
+  event.data.ptr = &wake_tag_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &event);
+
+  nghttp2_session_callbacks_new(&callbacks_);
+  nghttp2_session_callbacks_set_send_callback(callbacks_, OnSend);
+  nghttp2_session_callbacks_set_send_data_callback(callbacks_, OnSendData);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks_, OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_header_callback2(callbacks_, OnHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks_, OnFrameReceived);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks_, OnFrameSent);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks_, OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks_, OnStreamClose);
+  nghttp2_option_new(&session_options_);
+  // A stream's window opens as its bytes leave on the other side, not as
+  // they arrive: end-to-end flow control.
+  nghttp2_option_set_no_auto_window_update(session_options_, 1);
+  // Streams are freed when they close: none kept for a priority tree that
+  // gRPC never uses (kept, they would grow with every call up to the
+  // concurrent-stream limit).
+  nghttp2_option_set_no_closed_streams(session_options_, 1);
+
+  for (int i = 0; i < std::max(1, options_.upstream_connections); ++i) {
+    auto upstream_connection = std::make_unique<Connection>();
+    upstream_connection->loop = this;
+    upstream_connection->side = Side::kUpstream;
+    Connect(*upstream_connection);
+    upstreams_.push_back(std::move(upstream_connection));
+  }
+  return absl::OkStatus();
+}
+
+nghttp2_session* FrameRelay::Loop::NewSession(Connection& connection) {
+  nghttp2_session* session = nullptr;
+  if (connection.side == Side::kApp) {
+    nghttp2_session_server_new2(&session, callbacks_, &connection, session_options_);
+  } else {
+    nghttp2_session_client_new2(&session, callbacks_, &connection, session_options_);
+  }
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(options_.stream_window_bytes)},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1u << 20},
+  };
+  nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, settings,
+                          connection.side == Side::kApp ? 3 : 2);
+  nghttp2_session_set_local_window_size(session, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
+  return session;
+}
+
+void FrameRelay::Loop::Watch(Connection& connection, uint32_t events, int op) {
+  epoll_event event{};
+  event.events = events;
+  event.data.ptr = &connection;
+  epoll_ctl(epoll_fd_, op, connection.fd, &event);
+}
+
+void FrameRelay::Loop::Connect(Connection& upstream) {
+  upstream.fd = socket(upstream_address_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  upstream.reconnect_at = Clock::time_point::max();
+  upstream.dead = false;
+  int result = connect(upstream.fd, reinterpret_cast<const sockaddr*>(&upstream_address_),
+                       upstream_address_length_);
+  if (result != 0 && errno != EINPROGRESS) {
+    close(upstream.fd);
+    upstream.fd = -1;
+    upstream.reconnect_at = Clock::now() + kReconnectDelay;
+    return;
+  }
+  SetNoDelay(upstream.fd);
+  upstream.connecting = true;
+  Watch(upstream, EPOLLOUT, EPOLL_CTL_ADD);
+}
+
+void FrameRelay::Loop::OnConnected(Connection& upstream) {
+  int error = 0;
+  socklen_t length = sizeof(error);
+  getsockopt(upstream.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+  upstream.connecting = false;
+  if (error != 0) {
+    upstream.dead = true;
+    return;
+  }
+  upstream.session = NewSession(upstream);
+  Watch(upstream, EPOLLIN, EPOLL_CTL_MOD);
+  MarkDirty(upstream);
+}
+
+void FrameRelay::Loop::Accept() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    SetNoDelay(fd);
+    auto app = std::make_unique<Connection>();
+    app->loop = this;
+    app->side = Side::kApp;
+    app->fd = fd;
+    app->session = NewSession(*app);
+    Watch(*app, EPOLLIN, EPOLL_CTL_ADD);
+    MarkDirty(*app);
+    apps_.push_back(std::move(app));
+  }
+}
+
+void FrameRelay::Loop::MarkDirty(Connection& connection) {
+  if (connection.dirty || connection.session == nullptr) return;
+  connection.dirty = true;
+  dirty_.push_back(&connection);
+}
+
+void FrameRelay::Loop::OnReadable(Connection& connection) {
+  uint8_t buffer[64 << 10];
+  for (int reads = 0; reads < 4 && !connection.dead; ++reads) {
+    ssize_t got = read(connection.fd, buffer, sizeof(buffer));
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    if (got <= 0 ||
+        nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got)) < 0) {
+      connection.dead = true;
+      break;
+    }
+    MarkDirty(connection);
+    if (static_cast<size_t>(got) < sizeof(buffer)) break;
+  }
+}
+
+void FrameRelay::Loop::OnWritable(Connection& connection) {
+  if (connection.connecting) {
+    OnConnected(connection);
+    return;
+  }
+  MarkDirty(connection);
+}
+
+void FrameRelay::Loop::Flush(Connection& connection) {
+  connection.dirty = false;
+  if (connection.dead || connection.session == nullptr) return;
+  for (;;) {
+    if (nghttp2_session_send(connection.session) != 0) {
+      connection.dead = true;
+      return;
+    }
+    while (!connection.output.empty()) {
+      ssize_t wrote = write(connection.fd, connection.output.data(), connection.output.size());
+      if (wrote < 0 && errno == EINTR) continue;
+      if (wrote < 0 && errno == EAGAIN) break;
+      if (wrote < 0) {
+        connection.dead = true;
+        return;
+      }
+      connection.output.Pop(static_cast<size_t>(wrote));
+    }
+    // nghttp2 stopped at kMaxOutput and the socket took it all: go on.
+    if (!connection.output.empty() || !nghttp2_session_want_write(connection.session)) break;
+  }
+  bool blocked = !connection.output.empty();
+  if (blocked != connection.waiting_writable) {
+    connection.waiting_writable = blocked;
+    Watch(connection, blocked ? EPOLLIN | EPOLLOUT : EPOLLIN, EPOLL_CTL_MOD);
+  }
+  if (!blocked && !nghttp2_session_want_read(connection.session) &&
+      !nghttp2_session_want_write(connection.session)) {
+    connection.dead = true;
+  }
+}
+
+void FrameRelay::Loop::Close(Connection& connection) {
+  // nghttp2_session_del calls no stream callbacks: each stream's other side
+  // is told here.
+  while (connection.streams != nullptr) {
+    RelayStream* stream = connection.streams;
+    if (connection.side == Side::kApp) {
+      CloseAppSide(stream, NGHTTP2_CANCEL);
+    } else {
+      CloseUpstreamSide(stream, NGHTTP2_INTERNAL_ERROR);
+    }
+  }
+  if (connection.session != nullptr) nghttp2_session_del(connection.session);
+  connection.session = nullptr;
+  if (connection.fd >= 0) {
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.fd, nullptr);
+    close(connection.fd);
+  }
+  connection.fd = -1;
+  connection.output.Pop(connection.output.size());
+  connection.waiting_writable = false;
+  connection.connecting = false;
+}
+
+void FrameRelay::Loop::Run() {
+  epoll_event events[256];
+  while (!stopping_) {
+    int timeout_ms = -1;
+    Clock::time_point now = Clock::now();
+    for (auto& upstream : upstreams_) {
+      if (upstream->reconnect_at == Clock::time_point::max()) continue;
+      auto wait =
+          std::chrono::duration_cast<std::chrono::milliseconds>(upstream->reconnect_at - now);
+      int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
+      timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
+    }
+    int ready = epoll_wait(epoll_fd_, events, 256, timeout_ms);
+    for (int i = 0; i < ready; ++i) {
+      void* tag = events[i].data.ptr;
+      if (tag == &wake_tag_) {
+        stopping_ = true;
+        continue;
+      }
+      if (tag == &listen_tag_) {
+        Accept();
+        continue;
+      }
+      auto& connection = *static_cast<Connection*>(tag);
+      if (connection.dead) continue;
+      if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) OnWritable(connection);
+      if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) && !connection.connecting &&
+          connection.session != nullptr) {
+        OnReadable(connection);
+      }
+    }
+    now = Clock::now();
+    for (auto& upstream : upstreams_) {
+      if (upstream->reconnect_at <= now) Connect(*upstream);
+    }
+    // Flushing one connection may give others work (a window opened, a
+    // stream reset): until none is left.
+    for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
+    dirty_.clear();
+    for (auto& upstream : upstreams_) {
+      if (!upstream->dead) continue;
+      Close(*upstream);
+      upstream->dead = false;
+      upstream->reconnect_at = Clock::now() + kReconnectDelay;
+    }
+    for (auto it = apps_.begin(); it != apps_.end();) {
+      if ((*it)->dead) {
+        Close(**it);
+        it = apps_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Closing gave other connections work (resets, answers).
+    for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
+    dirty_.clear();
+    ReleaseHeapWhenIdle();
+  }
+}
+
+namespace {
+// Every session's user data is its Connection.
+Connection& ConnectionOf(void* user_data) { return *static_cast<Connection*>(user_data); }
+FrameRelay::Loop* LoopOf(void* user_data) { return ConnectionOf(user_data).loop; }
+}  // namespace
+
+ssize_t FrameRelay::Loop::OnSend(nghttp2_session*, const uint8_t* data, size_t length, int,
+                                 void* user_data) {
+  Connection& connection = ConnectionOf(user_data);
+  if (connection.output.size() >= kMaxOutput) return NGHTTP2_ERR_WOULDBLOCK;
+  connection.output.Append(data, length);
+  return static_cast<ssize_t>(length);
+}
+
+int FrameRelay::Loop::OnSendData(nghttp2_session*, nghttp2_frame*, const uint8_t* frame_header,
+                                 size_t length, nghttp2_data_source* source, void* user_data) {
+  Loop* loop = LoopOf(user_data);
+  Connection& connection = ConnectionOf(user_data);
+  if (connection.output.size() >= kMaxOutput) return NGHTTP2_ERR_WOULDBLOCK;
+  auto* stream = static_cast<RelayStream*>(source->ptr);
+  bool upward = connection.side == Side::kUpstream;
+  ByteQueue& bytes = upward ? stream->upward : stream->downward;
+  connection.output.Append(frame_header, 9);
+  connection.output.Append(bytes.data(), length);
+  bytes.Pop(length);
+  // The bytes have left: their sender may send as many again.
+  Connection* source_connection = upward ? stream->app : stream->upstream;
+  if (source_connection != nullptr) {
+    nghttp2_session_consume(source_connection->session,
+                            upward ? stream->app_id : stream->upstream_id, length);
+    loop->MarkDirty(*source_connection);
+  }
+  return 0;
+}
+
+ssize_t FrameRelay::Loop::ReadUpward(nghttp2_session*, int32_t, uint8_t*, size_t length,
+                                     uint32_t* flags, nghttp2_data_source* source, void*) {
+  auto* stream = static_cast<RelayStream*>(source->ptr);
+  size_t take = std::min(length, stream->upward.size());
+  if (take == 0 && !stream->upward_ended) return NGHTTP2_ERR_DEFERRED;
+  *flags = NGHTTP2_DATA_FLAG_NO_COPY;
+  if (stream->upward_ended && take == stream->upward.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(take);
+}
+
+ssize_t FrameRelay::Loop::ReadDownward(nghttp2_session* session, int32_t stream_id, uint8_t*,
+                                       size_t length, uint32_t* flags, nghttp2_data_source* source,
+                                       void*) {
+  auto* stream = static_cast<RelayStream*>(source->ptr);
+  size_t take = std::min(length, stream->downward.size());
+  if (take == 0 && !stream->downward_ended) return NGHTTP2_ERR_DEFERRED;
+  *flags = NGHTTP2_DATA_FLAG_NO_COPY;
+  if (stream->downward_ended && take == stream->downward.size()) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!stream->trailers.empty()) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      std::vector<nghttp2_nv> nv = stream->trailers.ToNv();
+      nghttp2_submit_trailer(session, stream_id, nv.data(), nv.size());
+      stream->trailers.Clear();
+    }
+  }
+  return static_cast<ssize_t>(take);
+}
+
+int FrameRelay::Loop::OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame,
+                                     void* user_data) {
+  Loop* loop = LoopOf(user_data);
+  Connection& connection = ConnectionOf(user_data);
+  if (connection.side != Side::kApp || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto* stream = new RelayStream;  // Owned by the two sessions: freed in MaybeFree.
+  ++loop->live_streams_;
+  stream->app = &connection;
+  stream->app_id = frame->hd.stream_id;
+  Link(connection, stream);
+  nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, stream);
+  return 0;
+}
+
+int FrameRelay::Loop::OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+                               nghttp2_rcbuf* name, nghttp2_rcbuf* value, uint8_t, void*) {
+  auto* stream =
+      static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (stream != nullptr) stream->receiving.Add(name, value);
+  return 0;
+}
+
+int FrameRelay::Loop::OnFrameReceived(nghttp2_session* session, const nghttp2_frame* frame,
+                                      void* user_data) {
+  Loop* loop = LoopOf(user_data);
+  Connection& connection = ConnectionOf(user_data);
+  auto* stream =
+      static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (stream == nullptr) return 0;
+  bool ends_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  if (connection.side == Side::kApp) {
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      loop->StartUpstream(stream, ends_stream);
+      return 0;
+    }
+    stream->receiving.Clear();  // Request trailers: gRPC has none; not forwarded.
+    if (ends_stream && !stream->upward_ended) {
+      stream->upward_ended = true;
+      if (stream->upstream != nullptr) {
+        nghttp2_session_resume_data(stream->upstream->session, stream->upstream_id);
+        loop->MarkDirty(*stream->upstream);
+      }
+    }
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_HEADERS) {
+    if (frame->hd.type == NGHTTP2_DATA && ends_stream) {
+      stream->downward_ended = true;
+      if (stream->app != nullptr && stream->response_started) {
+        nghttp2_session_resume_data(stream->app->session, stream->app_id);
+        loop->MarkDirty(*stream->app);
+      }
+    }
+    return 0;
+  }
+  if (stream->app == nullptr) {
+    stream->receiving.Clear();
+    return 0;
+  }
+  if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && !stream->response_started) {
+    std::vector<nghttp2_nv> nv = stream->receiving.ToNv();
+    nghttp2_data_provider provider{};
+    provider.source.ptr = stream;
+    provider.read_callback = ReadDownward;
+    stream->response_started = true;
+    stream->downward_ended = ends_stream;
+    // Trailers only: the answer is this one HEADERS frame.
+    nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(),
+                            ends_stream ? nullptr : &provider);
+    stream->receiving.Clear();
+  } else {
+    // Trailers: sent once the bytes before them are.
+    stream->trailers.Swap(stream->receiving);
+    stream->receiving.Clear();
+    stream->downward_ended = true;
+    nghttp2_session_resume_data(stream->app->session, stream->app_id);
+  }
+  loop->MarkDirty(*stream->app);
+  return 0;
+}
+
+int FrameRelay::Loop::OnFrameSent(nghttp2_session* session, const nghttp2_frame* frame,
+                                  void* user_data) {
+  Connection& connection = ConnectionOf(user_data);
+  if (connection.side != Side::kApp || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  auto* stream =
+      static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  // The answer is complete while the app still sends: as a gRPC server
+  // does, end the app's side of the stream too.
+  if (stream != nullptr && !stream->upward_ended &&
+      !nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id)) {
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  }
+  return 0;
+}
+
+int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                                  const uint8_t* data, size_t length, void* user_data) {
+  Loop* loop = LoopOf(user_data);
+  Connection& connection = ConnectionOf(user_data);
+  auto* stream =
+      static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  bool upward = connection.side == Side::kApp;
+  Connection* destination = stream == nullptr ? nullptr : upward ? stream->upstream : stream->app;
+  if (destination == nullptr || (!upward && !stream->response_started)) {
+    // Nobody to pass them to: the window opens at once.
+    nghttp2_session_consume(session, stream_id, length);
+    return 0;
+  }
+  (upward ? stream->upward : stream->downward).Append(data, length);
+  nghttp2_session_resume_data(destination->session, upward ? stream->upstream_id : stream->app_id);
+  loop->MarkDirty(*destination);
+  return 0;
+}
+
+int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
+                                    uint32_t error_code, void* user_data) {
+  Loop* loop = LoopOf(user_data);
+  Connection& connection = ConnectionOf(user_data);
+  auto* stream =
+      static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (stream == nullptr) return 0;
+  if (connection.side == Side::kApp) {
+    loop->CloseAppSide(stream, error_code);
+  } else {
+    loop->CloseUpstreamSide(stream, error_code);
+  }
+  return 0;
+}
+
+Connection* FrameRelay::Loop::PickUpstream() {
+  Connection* best = nullptr;
+  size_t count = upstreams_.size();
+  for (size_t i = 0; i < count; ++i) {
+    Connection* candidate = upstreams_[(next_upstream_ + i) % count].get();
+    if (candidate->session == nullptr || candidate->dead ||
+        !nghttp2_session_check_request_allowed(candidate->session)) {
+      continue;
+    }
+    if (best == nullptr || candidate->open_streams < best->open_streams) best = candidate;
+  }
+  next_upstream_ = (next_upstream_ + 1) % count;
+  return best;
+}
+
+void FrameRelay::Loop::StartUpstream(RelayStream* stream, bool request_ended) {
+  stream->upward_ended = request_ended;
+  Connection* upstream = PickUpstream();
+  if (upstream == nullptr) {
+    stream->receiving.Clear();
+    FailDownward(stream);
+    return;
+  }
+  std::vector<nghttp2_nv> nv = stream->receiving.ToNv();
+  nghttp2_data_provider provider{};
+  provider.source.ptr = stream;
+  provider.read_callback = ReadUpward;
+  int32_t id = nghttp2_submit_request(upstream->session, nullptr, nv.data(), nv.size(),
+                                      request_ended ? nullptr : &provider, stream);
+  stream->receiving.Clear();
+  if (id < 0) {
+    FailDownward(stream);
+    return;
+  }
+  stream->upstream = upstream;
+  stream->upstream_id = id;
+  Link(*upstream, stream);
+  MarkDirty(*upstream);
+}
+
+void FrameRelay::Loop::FailDownward(RelayStream* stream) {
+  if (stream->app == nullptr) return;
+  if (!stream->response_started) {
+    std::vector<nghttp2_nv> nv = UnavailableAnswer();
+    stream->response_started = true;
+    stream->downward_ended = true;
+    nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
+  } else {
+    nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
+                              NGHTTP2_INTERNAL_ERROR);
+  }
+  MarkDirty(*stream->app);
+}
+
+void FrameRelay::Loop::CloseAppSide(RelayStream* stream, uint32_t error_code) {
+  Connection* app = stream->app;
+  if (app == nullptr) return;
+  Unlink(*app, stream);
+  stream->app = nullptr;
+  if (app->session != nullptr) {
+    nghttp2_session_set_stream_user_data(app->session, stream->app_id, nullptr);
+    // The app's bytes not yet written upstream never will be: the upstream
+    // stream is reset below. Their share of the connection window returns
+    // now, since no write will return it.
+    nghttp2_session_consume_connection(app->session, stream->upward.size());
+  }
+  stream->upward.Pop(stream->upward.size());
+  if (stream->upstream != nullptr) {
+    // What the upstream sent that the app will not read still holds its
+    // connection's window.
+    nghttp2_session_consume(stream->upstream->session, stream->upstream_id,
+                            stream->downward.size());
+    stream->downward.Pop(stream->downward.size());
+    bool answered = stream->downward_ended && stream->trailers.empty();
+    uint32_t code = error_code;
+    if (code == NGHTTP2_NO_ERROR && !answered) code = NGHTTP2_CANCEL;
+    nghttp2_submit_rst_stream(stream->upstream->session, NGHTTP2_FLAG_NONE, stream->upstream_id,
+                              code);
+    MarkDirty(*stream->upstream);
+  }
+  MaybeFree(stream);
+}
+
+void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_code) {
+  Connection* upstream = stream->upstream;
+  if (upstream == nullptr) return;
+  Unlink(*upstream, stream);
+  stream->upstream = nullptr;
+  if (upstream->session != nullptr) {
+    nghttp2_session_set_stream_user_data(upstream->session, stream->upstream_id, nullptr);
+    // The upstream's bytes still on their way to the app are written with no
+    // upstream stream left to credit: their share of the connection window
+    // returns now.
+    nghttp2_session_consume_connection(upstream->session, stream->downward.size());
+  }
+  if (stream->app != nullptr) {
+    nghttp2_session_consume(stream->app->session, stream->app_id, stream->upward.size());
+    stream->upward.Pop(stream->upward.size());
+    MarkDirty(*stream->app);
+    bool answered = stream->downward_ended;
+    if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_INTERNAL_ERROR) {
+      // The upstream reset the stream: so does the relay, with its code.
+      nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
+                                error_code);
+      MarkDirty(*stream->app);
+    } else if (!answered) {
+      FailDownward(stream);
+    }
+  }
+  MaybeFree(stream);
+}
+
+void FrameRelay::Loop::MaybeFree(RelayStream* stream) {
+  if (stream->app != nullptr || stream->upstream != nullptr) return;
+  delete stream;
+  --live_streams_;
+  ++freed_since_trim_;
+}
+
+void FrameRelay::Loop::ReleaseHeapWhenIdle() {
+  // glibc keeps a burst's freed memory, and a container's limit counts it:
+  // once the last stream of a burst is gone, hand it back.
+  if (live_streams_ != 0 || freed_since_trim_ < kStreamsPerTrim) return;
+  freed_since_trim_ = 0;
+  malloc_trim(0);
+}
+
+FrameRelay::FrameRelay(std::unique_ptr<Loop> loop) : loop_(std::move(loop)) {}
+FrameRelay::~FrameRelay() = default;
+
+absl::StatusOr<std::unique_ptr<FrameRelay>> FrameRelay::Create(const FrameRelayOptions& options) {
+  auto loop = std::make_unique<Loop>(options);
+  absl::Status status = loop->Init();
+  if (!status.ok()) return status;
+  return std::unique_ptr<FrameRelay>(new FrameRelay(std::move(loop)));
+}
+
+int FrameRelay::port() const { return loop_->port(); }
+void FrameRelay::Run() { loop_->Run(); }
+void FrameRelay::Stop() { loop_->Stop(); }
+
+}  // namespace poolside::relay

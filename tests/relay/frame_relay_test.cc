@@ -1,0 +1,551 @@
+// FrameRelay (relay/frame_relay.h), end to end: a raw-bytes grpc++ client,
+// the relay running in this process on its own thread with two upstream
+// connections, and a recording TestUpstream, all on loopback with free-picked
+// ports. The cases mirror tests/e2e/forwarding_test.cc, which holds poolside
+// itself to the same transparency contract: what the client sends reaches the
+// upstream unchanged, and what the upstream answers reaches the client
+// unchanged.
+#include "relay/frame_relay.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "tests/support/generic_client.h"
+#include "tests/support/loopback_socket.h"
+#include "tests/support/test_upstream.h"
+
+namespace poolside::test {
+namespace {
+
+using ::poolside::relay::FrameRelay;
+using ::poolside::relay::FrameRelayOptions;
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+// How long Run() may take to return after Stop().
+constexpr absl::Duration kStopTimeout = absl::Seconds(15);
+// How long the relay may take to serve its first call.
+constexpr absl::Duration kReadyTimeout = absl::Seconds(5);
+
+// `size` pseudo-random bytes, every value 0..255 possible (NULs included).
+std::string RandomBytes(size_t size, std::mt19937& rng) {
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::string bytes(size, '\0');
+  for (char& c : bytes) c = static_cast<char>(byte(rng));
+  return bytes;
+}
+
+// Every byte value 0..255, in order, `repeat` times.
+std::string AllByteValues(int repeat = 1) {
+  std::string bytes;
+  for (int r = 0; r < repeat; ++r) {
+    for (int value = 0; value < 256; ++value) bytes.push_back(static_cast<char>(value));
+  }
+  return bytes;
+}
+
+// The values of `key` in `metadata`, in order.
+std::vector<std::string> ValuesOf(const Metadata& metadata, const std::string& key) {
+  std::vector<std::string> values;
+  auto [begin, end] = metadata.equal_range(key);
+  for (auto it = begin; it != end; ++it) values.push_back(it->second);
+  return values;
+}
+
+// A loopback port nobody listens on: bound once to pick it, then released.
+int UnusedLoopbackPort() {
+  const int fd = BindLoopback(0);
+  if (fd < 0) return 0;
+  const int port = LocalPort(fd);
+  close(fd);
+  return port;
+}
+
+// A FrameRelay whose Run() loop runs on a thread of its own until Stop(), so
+// that no test leaves a thread behind, and a Run() that does not return
+// after Stop() ends the test binary with a message instead of hanging it.
+class RunningRelay {
+ public:
+  static absl::StatusOr<std::unique_ptr<RunningRelay>> Start(const FrameRelayOptions& options) {
+    absl::StatusOr<std::unique_ptr<FrameRelay>> relay = FrameRelay::Create(options);
+    if (!relay.ok()) return relay.status();
+    return std::unique_ptr<RunningRelay>(new RunningRelay(*std::move(relay)));
+  }
+
+  ~RunningRelay() { Stop(); }
+
+  RunningRelay(const RunningRelay&) = delete;
+  RunningRelay& operator=(const RunningRelay&) = delete;
+
+  // Stops the relay and joins its thread; a failure if Run() had returned
+  // before it was asked to. Idempotent.
+  void Stop() {
+    if (!thread_.joinable()) return;
+    if (returned_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      ADD_FAILURE() << "FrameRelay::Run() returned before Stop() was called";
+    }
+    relay_->Stop();
+    if (returned_.wait_for(absl::ToChronoMilliseconds(kStopTimeout)) != std::future_status::ready) {
+      std::fprintf(stderr, "FrameRelay::Run() did not return %s after Stop(); aborting\n",
+                   absl::FormatDuration(kStopTimeout).c_str());
+      std::abort();
+    }
+    thread_.join();
+    relay_.reset();
+  }
+
+  int port() const { return port_; }
+  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  explicit RunningRelay(std::unique_ptr<FrameRelay> relay)
+      : relay_(std::move(relay)), port_(relay_->port()) {
+    std::promise<void> returned;
+    returned_ = returned.get_future();
+    thread_ = std::thread([relay = relay_.get(), returned = std::move(returned)]() mutable {
+      relay->Run();
+      returned.set_value();
+    });
+  }
+
+  std::unique_ptr<FrameRelay> relay_;
+  const int port_;
+  std::future<void> returned_;
+  std::thread thread_;
+};
+
+// A TestUpstream, a FrameRelay in front of it with two upstream connections,
+// and a client channel to the relay.
+class FrameRelayTest : public ::testing::Test {
+ protected:
+  static constexpr int kUpstreamConnections = 2;
+
+  void SetUp() override {
+    TestUpstream::Options upstream_options;
+    // Room for the 8 MiB messages (gRPC's default limit is 4 MiB).
+    upstream_options.max_receive_message_size = 64 << 20;
+    upstream_ = std::make_unique<TestUpstream>(upstream_options);
+    ASSERT_TRUE(upstream_->Start().ok());
+
+    FrameRelayOptions options;
+    options.upstream_port = upstream_->port();
+    options.upstream_connections = kUpstreamConnections;
+    absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+    ASSERT_TRUE(relay.ok()) << relay.status();
+    relay_ = *std::move(relay);
+    ASSERT_GT(relay_->port(), 0);
+    channel_ = CreateTestChannel(relay_->target());
+    ASSERT_NO_FATAL_FAILURE(AwaitFirstCall());
+  }
+
+  void TearDown() override {
+    if (relay_ != nullptr) relay_->Stop();
+    channel_.reset();
+    if (upstream_ != nullptr) upstream_->Shutdown();
+  }
+
+  // The relay's upstream connections come up in its Run() loop, and a call
+  // that arrives before one is up is answered UNAVAILABLE by design: retries
+  // one small call until it passes, so that the tests see a relay that
+  // serves, then forgets the upstream's record of it.
+  void AwaitFirstCall() {
+    const absl::Time deadline = absl::Now() + kReadyTimeout;
+    CallOptions options;
+    options.timeout = absl::Seconds(2);
+    options.wait = absl::Seconds(3);
+    int attempts = 0;
+    CallResult result;
+    while (true) {
+      ++attempts;
+      result = UnaryCall(channel_, kUnaryMethod, "ready?", options);
+      if (result.status.ok() || absl::Now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(result.status.ok())
+        << "the relay served no call within " << absl::FormatDuration(kReadyTimeout) << " ("
+        << attempts << " attempts); last: " << result;
+    ASSERT_THAT(result.responses, ElementsAre("ready?"));
+    if (attempts > 1) {
+      std::fprintf(stderr, "note: the relay's first call passed at attempt %d\n", attempts);
+    }
+    ASSERT_TRUE(upstream_->WaitForDone(1, absl::Seconds(5), kUnaryMethod));
+    upstream_->ClearCalls();
+  }
+
+  std::unique_ptr<TestUpstream> upstream_;
+  std::unique_ptr<RunningRelay> relay_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::mt19937 rng_{20240501};
+};
+
+// 1. Messages are bytes: every size and byte value round-trips unchanged.
+TEST_F(FrameRelayTest, UnaryEchoReturnsEveryByteValueUnchanged) {
+  const std::string all_bytes = AllByteValues();
+  const CallResult result = UnaryCall(channel_, kUnaryMethod, all_bytes);
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre(all_bytes));
+
+  for (size_t size : {0, 1, 2, 100, 4096, 16383, 16384, 16385, 65535, 65536, 65537, 1 << 20}) {
+    const std::string request = RandomBytes(size, rng_);
+    const CallResult sized = UnaryCall(channel_, kUnaryMethod, request);
+    ASSERT_TRUE(sized.status.ok()) << "size " << size << ": " << sized;
+    ASSERT_THAT(sized.responses, ElementsAre(request)) << "size " << size;
+  }
+}
+
+// 2. Request headers reach the upstream as sent: text and -bin values, keys
+// repeated in order, an empty value, and the client's :authority.
+TEST_F(FrameRelayTest, RequestMetadataAndAuthorityReachTheUpstreamUnchanged) {
+  const std::string binary = AllByteValues(2);
+  const std::string random_binary = RandomBytes(300, rng_);
+  CallOptions options;
+  options.metadata = {{"x-custom", "plain value"},
+                      {"x-custom-bin", binary},
+                      {"x-random-bin", random_binary},
+                      {"x-repeated", "first"},
+                      {"x-repeated", "second"},
+                      {"x-repeated", "third"},
+                      {"x-repeated-bin", std::string("\0\1", 2)},
+                      {"x-repeated-bin", std::string("\xff\xfe", 2)},
+                      {"x-empty", ""}};
+  const CallResult result = UnaryCall(channel_, kUnaryMethod, "m", options);
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre("m"));
+
+  ASSERT_TRUE(upstream_->WaitForCalls(1, absl::Seconds(5), kUnaryMethod));
+  const std::vector<ObservedCall> calls = upstream_->Calls(kUnaryMethod);
+  ASSERT_EQ(calls.size(), 1u);
+  const Metadata& seen = calls.front().client_metadata;
+  EXPECT_THAT(ValuesOf(seen, "x-custom"), ElementsAre("plain value"));
+  EXPECT_THAT(ValuesOf(seen, "x-custom-bin"), ElementsAre(binary));
+  EXPECT_THAT(ValuesOf(seen, "x-random-bin"), ElementsAre(random_binary));
+  EXPECT_THAT(ValuesOf(seen, "x-repeated"), ElementsAre("first", "second", "third"));
+  EXPECT_THAT(ValuesOf(seen, "x-repeated-bin"),
+              ElementsAre(std::string("\0\1", 2), std::string("\xff\xfe", 2)));
+  EXPECT_THAT(ValuesOf(seen, "x-empty"), ElementsAre(""));
+  // The client's channel sends its target as :authority; the relay passes
+  // headers through as sent, so the upstream sees the relay's address (where
+  // poolside, a grpc++ hop, substitutes the upstream's own).
+  EXPECT_EQ(calls.front().authority, relay_->target());
+}
+
+// 3. Response headers stay headers and trailers stay trailers, unchanged.
+TEST_F(FrameRelayTest, ResponseInitialAndTrailingMetadataComeBackUnchanged) {
+  const std::string header_bytes = AllByteValues();
+  const std::string trailer_bytes = RandomBytes(64, rng_);
+  CallOptions options;
+  options.metadata = {
+      {"x-echo-text", "hello, world"}, {"x-echo-data-bin", header_bytes},
+      {"x-echo-multi", "1"},           {"x-echo-multi", "2"},
+      {"x-trailer-text", "goodbye"},   {"x-trailer-data-bin", trailer_bytes},
+      {"x-trailer-multi", "a"},        {"x-trailer-multi", "b"},
+  };
+  for (const char* method : {kUnaryMethod, kBidiMethod}) {
+    SCOPED_TRACE(method);
+    const CallResult result = StreamingCall(channel_, method, {"m"}, options);
+    ASSERT_TRUE(result.status.ok()) << result;
+    EXPECT_THAT(result.responses, ElementsAre("m"));
+    EXPECT_THAT(ValuesOf(result.initial_metadata, "x-echo-text"), ElementsAre("hello, world"));
+    EXPECT_THAT(ValuesOf(result.initial_metadata, "x-echo-data-bin"), ElementsAre(header_bytes));
+    EXPECT_THAT(ValuesOf(result.initial_metadata, "x-echo-multi"), ElementsAre("1", "2"));
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "x-trailer-text"), ElementsAre("goodbye"));
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "x-trailer-data-bin"),
+                ElementsAre(trailer_bytes));
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "x-trailer-multi"), ElementsAre("a", "b"));
+    EXPECT_EQ(result.initial_metadata.count("x-trailer-text"), 0u);
+    EXPECT_EQ(result.trailing_metadata.count("x-echo-text"), 0u);
+  }
+}
+
+// 4a. A non-OK status keeps its code, its message (non-ASCII and '%'
+// included: grpc-message is percent-encoded on the wire) and its details.
+TEST_F(FrameRelayTest, NonOkStatusWithMessageAndDetailsComesBackIntact) {
+  for (int code : {2, 3, 5, 9, 13, 16}) {
+    SCOPED_TRACE(absl::StrCat("code ", code));
+    const std::string message = absl::StrCat("failure ", code, ": 100% ünïcödé\t\"quoted\"");
+    const std::string details = AllByteValues() + RandomBytes(40 + code, rng_);
+    CallOptions options;
+    options.metadata = {{"x-status-code", absl::StrCat(code)},
+                        {"x-status-message-bin", message},
+                        {"x-status-details-bin", details},
+                        {"x-trailer-code", absl::StrCat(code)}};
+    const CallResult result = UnaryCall(channel_, kUnaryMethod, "request", options);
+    EXPECT_FALSE(result.timed_out);
+    EXPECT_EQ(result.status.error_code(), static_cast<grpc::StatusCode>(code)) << result;
+    EXPECT_EQ(result.status.error_message(), message);
+    EXPECT_EQ(result.status.error_details(), details);
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "grpc-status-details-bin"),
+                ElementsAre(details));
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "x-trailer-code"),
+                ElementsAre(absl::StrCat(code)));
+  }
+}
+
+// 4b. Details on an OK status are a trailer like any other.
+TEST_F(FrameRelayTest, OkStatusWithDetailsTrailerComesBackIntact) {
+  const std::string details = AllByteValues();
+  CallOptions options;
+  options.metadata = {{"x-status-details-bin", details}};
+  const CallResult result = UnaryCall(channel_, kUnaryMethod, "payload", options);
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre("payload"));
+  // grpc++ keeps no details in an OK grpc::Status (Status() in
+  // CallOpClientRecvStatus::FinishOp): the trailer is what reaches the app.
+  EXPECT_THAT(ValuesOf(result.trailing_metadata, "grpc-status-details-bin"), ElementsAre(details));
+}
+
+// 5. A trailers-only answer (one HEADERS frame with END_STREAM) reaches the
+// client with its code, message and trailers, and no messages.
+TEST_F(FrameRelayTest, TrailersOnlyAnswerReachesTheClientWithItsCode) {
+  CallOptions options;
+  options.metadata = {{"x-trailers-only", "1"},
+                      {"x-status-code", "7"},
+                      {"x-status-message", "not for you"},
+                      {"x-trailer-note", "trailers only"}};
+  for (const char* method : {kUnaryMethod, kBidiMethod}) {
+    SCOPED_TRACE(method);
+    const CallResult result = StreamingCall(channel_, method, {"ignored"}, options);
+    EXPECT_FALSE(result.timed_out);
+    EXPECT_EQ(result.status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << result;
+    EXPECT_EQ(result.status.error_message(), "not for you");
+    EXPECT_THAT(result.responses, IsEmpty());
+    EXPECT_THAT(ValuesOf(result.trailing_metadata, "x-trailer-note"), ElementsAre("trailers only"));
+  }
+
+  // And with status OK.
+  CallOptions ok_options;
+  ok_options.metadata = {{"x-trailers-only", "1"}, {"x-trailer-note", "fine"}};
+  const CallResult ok = StreamingCall(channel_, kBidiMethod, {"ignored"}, ok_options);
+  EXPECT_TRUE(ok.status.ok()) << ok;
+  EXPECT_THAT(ok.responses, IsEmpty());
+  EXPECT_THAT(ValuesOf(ok.trailing_metadata, "x-trailer-note"), ElementsAre("fine"));
+}
+
+// 6a.
+TEST_F(FrameRelayTest, ServerStreamDeliversFiftyResponsesInOrder) {
+  constexpr int kResponses = 50;
+  const std::string request = AllByteValues(40);  // 10240 bytes
+  CallOptions options;
+  options.metadata = {{"x-response-count", absl::StrCat(kResponses)}};
+  const CallResult result = StreamingCall(channel_, kServerStreamMethod, {request}, options);
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_EQ(result.responses.size(), static_cast<size_t>(kResponses));
+  EXPECT_TRUE(result.responses == std::vector<std::string>(kResponses, request))
+      << "a response differs from the request";
+}
+
+// 6b. The upstream answers with the concatenation of the requests: any loss,
+// change or reordering shows.
+TEST_F(FrameRelayTest, ClientStreamDeliversFiftyRequestsInOrder) {
+  constexpr int kRequests = 50;
+  std::vector<std::string> requests;
+  std::string all;
+  std::uniform_int_distribution<size_t> size(0, 20000);
+  for (int i = 0; i < kRequests; ++i) {
+    requests.push_back(absl::StrCat("<", i, ":", RandomBytes(size(rng_), rng_), ">"));
+    all += requests.back();
+  }
+  const CallResult result = StreamingCall(channel_, kClientStreamMethod, requests);
+  ASSERT_TRUE(result.status.ok()) << result;
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_TRUE(result.responses.front() == all)
+      << "the upstream's concatenation differs from the requests sent ("
+      << result.responses.front().size() << " bytes vs " << all.size() << ")";
+  ASSERT_TRUE(upstream_->WaitForDone(1, absl::Seconds(5), kClientStreamMethod));
+}
+
+// 6c. Messages in flight both ways at once, distinct so a reordering shows.
+TEST_F(FrameRelayTest, BidiEchoesTwentyMessagesInOrder) {
+  constexpr int kMessages = 20;
+  std::vector<std::string> requests;
+  std::uniform_int_distribution<size_t> size(0, 40000);
+  for (int i = 0; i < kMessages; ++i) {
+    requests.push_back(i % 5 == 4 ? "" : absl::StrCat(i, ":", RandomBytes(size(rng_), rng_)));
+  }
+  const CallResult result = StreamingCall(channel_, kBidiMethod, requests);
+  ASSERT_TRUE(result.status.ok()) << result;
+  ASSERT_EQ(result.responses.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(result.responses[i] == requests[i]) << "first difference at message " << i;
+  }
+
+  // Interleaved, one message at a time: each echo must come back before the
+  // next message is sent (nothing waits for more bytes or for END_STREAM).
+  InteractiveCall call(channel_, kBidiMethod);
+  for (int i = 0; i < kMessages; ++i) {
+    const std::string message = absl::StrCat("ping ", i);
+    ASSERT_TRUE(call.Write(message)) << "message " << i;
+    ASSERT_EQ(call.Read(), message) << "message " << i;
+  }
+  ASSERT_TRUE(call.WritesDone());
+  EXPECT_EQ(call.Read(), std::nullopt);
+  const CallResult interactive = call.Finish();
+  EXPECT_TRUE(interactive.status.ok()) << interactive;
+  EXPECT_FALSE(interactive.timed_out);
+}
+
+// 7. The client's deadline ends the call at the client, and the upstream's
+// call ends cancelled long before its 5 s sleep.
+TEST_F(FrameRelayTest, DeadlineExceededAtTheClientCancelsTheUpstreamCall) {
+  CallOptions options;
+  options.metadata = {{"x-sleep-ms", "5000"}};
+  options.timeout = absl::Milliseconds(300);
+  options.wait = absl::Seconds(10);
+  const absl::Time start = absl::Now();
+  const CallResult result = UnaryCall(channel_, kUnaryMethod, "m", options);
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << result;
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_LT(elapsed, absl::Seconds(3));
+  EXPECT_TRUE(upstream_->WaitForCancelled(1, absl::Seconds(3), kUnaryMethod))
+      << ::testing::PrintToString(upstream_->Calls(kUnaryMethod));
+  // The upstream's call is over, not just flagged.
+  EXPECT_TRUE(upstream_->WaitForDone(1, absl::Seconds(3), kUnaryMethod))
+      << ::testing::PrintToString(upstream_->Calls(kUnaryMethod));
+}
+
+// 7b. Without a deadline the upstream cannot end the call by itself: only
+// the client's RST_STREAM, passed on by the relay, cancels it.
+TEST_F(FrameRelayTest, ClientCancelWithoutDeadlineCancelsTheUpstreamCall) {
+  CallOptions options;
+  options.metadata = {{"x-sleep-ms", "30000"}};
+  InteractiveCall call(channel_, kUnaryMethod, options);
+  ASSERT_TRUE(call.Write("m"));
+  ASSERT_TRUE(call.WritesDone());
+  ASSERT_TRUE(upstream_->WaitForCalls(1, absl::Seconds(5), kUnaryMethod));
+
+  call.Cancel();
+  const CallResult result = call.Finish();
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::CANCELLED) << result;
+  EXPECT_TRUE(upstream_->WaitForCancelled(1, absl::Seconds(5), kUnaryMethod))
+      << "the upstream call was not cancelled: "
+      << ::testing::PrintToString(upstream_->Calls(kUnaryMethod));
+}
+
+// 8. 8 MiB each way: many times the 1 MiB stream window, so the relay must
+// pass WINDOW_UPDATEs along as it writes (flow control end to end).
+TEST_F(FrameRelayTest, EightMebibyteMessagesRoundTripThroughFlowControl) {
+  const std::string request = RandomBytes(8 << 20, rng_);
+  CallOptions options;
+  options.timeout = absl::Seconds(60);
+  options.wait = absl::Seconds(60);
+  const CallResult result = UnaryCall(channel_, kUnaryMethod, request, options);
+  ASSERT_TRUE(result.status.ok()) << result;
+  ASSERT_EQ(result.responses.size(), 1u);
+  EXPECT_EQ(result.responses.front().size(), request.size());
+  EXPECT_TRUE(result.responses.front() == request) << "the 8 MiB response differs from the request";
+
+  // Two at once on one client connection: the connection windows are shared.
+  std::vector<std::string> requests = {RandomBytes(8 << 20, rng_), RandomBytes(8 << 20, rng_)};
+  const std::vector<CallResult> results =
+      ConcurrentUnaryCalls(channel_, kUnaryMethod, requests, options);
+  ASSERT_EQ(results.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << "call " << i << ": " << results[i];
+    ASSERT_EQ(results[i].responses.size(), 1u) << "call " << i;
+    EXPECT_TRUE(results[i].responses.front() == requests[i]) << "call " << i << " differs";
+  }
+}
+
+// 9. Calls from many client connections share the relay's two upstream
+// connections: all succeed, and the upstream sees exactly two peers.
+TEST_F(FrameRelayTest, TwoHundredConcurrentCallsFromFourChannelsUseTwoUpstreamConnections) {
+  constexpr int kChannels = 4;
+  constexpr int kCallsPerChannel = 50;
+  CallOptions options;
+  // Each call takes 100 ms upstream, so the calls overlap and the relay has
+  // to spread them over its connections (fewest streams open first).
+  options.metadata = {{"x-sleep-ms", "100"}};
+  options.timeout = absl::Seconds(30);
+  options.wait = absl::Seconds(40);
+
+  std::vector<std::vector<std::string>> requests(kChannels);
+  std::vector<std::vector<CallResult>> results(kChannels);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kChannels; ++c) {
+    for (int i = 0; i < kCallsPerChannel; ++i) {
+      requests[c].push_back(absl::StrCat("channel ", c, " call ", i));
+    }
+  }
+  const absl::Time start = absl::Now();
+  for (int c = 0; c < kChannels; ++c) {
+    threads.emplace_back([&, c] {
+      const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay_->target());
+      results[c] = ConcurrentUnaryCalls(channel, kUnaryMethod, requests[c], options);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const absl::Duration elapsed = absl::Now() - start;
+
+  int failures = 0;
+  for (int c = 0; c < kChannels; ++c) {
+    ASSERT_EQ(results[c].size(), static_cast<size_t>(kCallsPerChannel));
+    for (int i = 0; i < kCallsPerChannel; ++i) {
+      const CallResult& result = results[c][i];
+      if (!result.status.ok() || result.responses != std::vector<std::string>{requests[c][i]}) {
+        if (++failures <= 5) ADD_FAILURE() << "channel " << c << " call " << i << ": " << result;
+      }
+    }
+  }
+  EXPECT_EQ(failures, 0);
+  // One after another they would take 20 s.
+  EXPECT_LT(elapsed, absl::Seconds(10));
+
+  ASSERT_TRUE(
+      upstream_->WaitForCalls(kChannels * kCallsPerChannel, absl::Seconds(5), kUnaryMethod));
+  EXPECT_EQ(upstream_->Calls(kUnaryMethod).size(),
+            static_cast<size_t>(kChannels * kCallsPerChannel));
+  const std::set<std::string> peers = upstream_->DistinctPeers(kUnaryMethod);
+  EXPECT_EQ(peers.size(), static_cast<size_t>(kUpstreamConnections))
+      << ::testing::PrintToString(peers);
+}
+
+// 10. With no upstream, a call fails fast with UNAVAILABLE (trailers-only,
+// by design) instead of waiting for a connection, and the relay still stops.
+TEST(FrameRelayNoUpstreamTest, CallIsUnavailableWithinTwoSeconds) {
+  const int dead_port = UnusedLoopbackPort();
+  ASSERT_GT(dead_port, 0);
+  FrameRelayOptions options;
+  options.upstream_port = dead_port;
+  options.upstream_connections = 2;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << "Create() must not fail for a refused upstream (it retries): "
+                          << relay.status();
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+
+  CallOptions call_options;
+  call_options.timeout = absl::Seconds(10);
+  call_options.wait = absl::Seconds(15);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    SCOPED_TRACE(absl::StrCat("call ", attempt));
+    const absl::Time start = absl::Now();
+    const CallResult result = UnaryCall(channel, kUnaryMethod, "anyone?", call_options);
+    const absl::Duration elapsed = absl::Now() - start;
+    EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
+    EXPECT_FALSE(result.timed_out);
+    EXPECT_LT(elapsed, absl::Seconds(2));
+    EXPECT_THAT(result.responses, IsEmpty());
+  }
+  (*relay)->Stop();
+}
+
+}  // namespace
+}  // namespace poolside::test
