@@ -60,11 +60,13 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  options.upstream_host = upstream.substr(0, colon);
-  if (options.upstream_host.size() > 2 && options.upstream_host.front() == '[') {
-    options.upstream_host = options.upstream_host.substr(1, options.upstream_host.size() - 2);
+  poolside::relay::UpstreamAddress address;
+  address.host = upstream.substr(0, colon);
+  if (address.host.size() > 2 && address.host.front() == '[') {
+    address.host = address.host.substr(1, address.host.size() - 2);
   }
-  options.upstream_port = std::atoi(upstream.substr(colon + 1).c_str());
+  address.port = std::atoi(upstream.substr(colon + 1).c_str());
+  options.upstreams.push_back(address);
 
   auto relay = poolside::relay::FrameRelay::Create(options);
   if (!relay.ok()) {

@@ -77,6 +77,9 @@ struct Config {
   // that side's next write, so that grpc's window update rides with it; see
   // proxy/ARCHITECTURE.md, "Held reads".
   bool hold_pingpong_reads = true;
+  // "grpc": each call forwarded as a grpc++ call; "frames": relayed as HTTP/2
+  // frames (proxy/frame_forwarder.h says what that mode lacks).
+  std::string forwarder = "grpc";
   // TLS to the upstream. The files are re-read when they change (Kubernetes
   // rotates mounted secrets) and the pool rolls its connections over.
   bool upstream_tls = false;
@@ -147,6 +150,12 @@ std::string HelpText();
 
 // --check-config output: the effective configuration, one VAR=value per line.
 std::string DescribeConfig(const Config& config);
+
+// GRPC_FORWARDER=frames refuses the settings it cannot honour yet (rather
+// than ignore what the operator asked for); InvalidArgument names the first.
+// Checked at start and by --check-config, not by ParseCommandLine: each such
+// setting is valid on its own.
+absl::Status CheckForwarderSupports(const Config& config);
 
 }  // namespace poolside
 

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,6 +28,7 @@
 #include "pool/resolver.h"
 #include "pool/upstream_target.h"
 #include "proxy/forwarding_server.h"
+#include "proxy/frame_forwarder.h"
 #include "proxy/grpc_logging.h"
 #include "proxy/grpc_runtime.h"
 #include "proxy/heap_release.h"
@@ -154,6 +156,91 @@ poolside::ProxyOptions ProxyOptionsFrom(const poolside::Config& config) {
 // of /proc/self/statm.
 constexpr int kHeapReleasePeriodSecs = 5;
 
+// The side port (/metrics, /healthz, /readyz, /pool) over `snapshot`'s view of
+// the pool; null, with the error printed, when it cannot listen.
+std::unique_ptr<poolside::AdminHttpServer> StartAdminHttp(
+    const poolside::Config& config, poolside::PoolsideMetrics& metrics,
+    std::function<poolside::PoolSnapshot()> snapshot) {
+  poolside::AdminHttpOptions options;
+  options.address = config.admin_addr;
+  poolside::AdminHttpHandlers handlers;
+  handlers.metrics_text = [&metrics, snapshot] {
+    metrics.UpdateFromPool(snapshot());
+    return metrics.Serialize();
+  };
+  handlers.pool_snapshot = std::move(snapshot);
+  auto server = std::make_unique<poolside::AdminHttpServer>(options, handlers);
+  if (absl::Status started = server->Start(); !started.ok()) {
+    std::fprintf(stderr, "poolside: GRPC_ADMIN_ADDR: %s\n", std::string(started.message()).c_str());
+    return nullptr;
+  }
+  return server;
+}
+
+// The upstream's addresses now, for GRPC_FORWARDER=frames (which does not
+// follow DNS yet).
+absl::StatusOr<std::vector<poolside::BackendAddress>> ResolveOnce(const poolside::Config& config) {
+  absl::StatusOr<poolside::UpstreamTarget> target =
+      poolside::ParseUpstreamTarget(config.upstream_target);
+  if (!target.ok()) return target.status();
+  absl::StatusOr<std::unique_ptr<poolside::Resolver>> resolver =
+      poolside::NewResolver(*target, kResolveTimeout);
+  if (!resolver.ok()) return resolver.status();
+  return (*resolver)->Resolve();
+}
+
+// GRPC_FORWARDER=frames: the relay serves the listen port, the admin port
+// reports it; no grpc channel exists (proxy/frame_forwarder.h).
+int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
+  absl::StatusOr<std::vector<poolside::BackendAddress>> backends = ResolveOnce(config);
+  if (!backends.ok()) {
+    std::fprintf(stderr, "poolside: GRPC_UPSTREAM_TARGET: %s\n",
+                 std::string(backends.status().message()).c_str());
+    return 1;
+  }
+  poolside::MetricsOptions metrics_options;
+  metrics_options.version = POOLSIDE_VERSION;
+  metrics_options.max_methods = config.metrics_max_methods;
+  poolside::PoolsideMetrics metrics(metrics_options);
+  poolside::FrameForwarderOptions options;
+  options.listen_addr = config.listen_addr;
+  options.backends = *std::move(backends);
+  options.connections = config.pool_size;
+  options.connection_wait = config.connection_timeout;
+  options.authority = config.upstream_authority;
+  if (options.authority.empty()) {
+    absl::StatusOr<poolside::UpstreamTarget> target =
+        poolside::ParseUpstreamTarget(config.upstream_target);
+    if (target.ok()) options.authority = target->default_authority;
+  }
+  options.max_streams_per_app_connection = config.max_streams_per_app_connection;
+  absl::StatusOr<std::unique_ptr<poolside::FrameForwarder>> forwarder =
+      poolside::FrameForwarder::Start(options, &metrics);
+  if (!forwarder.ok()) {
+    std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
+                 std::string(forwarder.status().message()).c_str());
+    return 1;
+  }
+  spdlog::info(
+      "forwarder: HTTP/2 frames (GRPC_FORWARDER=frames), {} connections over {} "
+      "address(es)",
+      config.pool_size, options.backends.size());
+
+  poolside::FrameForwarder& relay = **forwarder;
+  std::unique_ptr<poolside::AdminHttpServer> admin_http =
+      StartAdminHttp(config, metrics, [&relay] { return relay.Snapshot(); });
+  if (admin_http == nullptr) return 1;
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
+               absl::FormatDuration(config.shutdown_grace));
+  admin_http->SetDraining();
+  relay.Shutdown(config.shutdown_grace);
+  admin_http->Shutdown();
+  spdlog::info("poolside stopped");
+  return 0;
+}
+
 int Run(poolside::Config config) {
   // Blocked before any thread starts, so that only sigwait below sees them.
   sigset_t stop_signals;
@@ -170,6 +257,7 @@ int Run(poolside::Config config) {
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
     spdlog::info("config: {}", std::string(line));
   }
+  if (config.forwarder == "frames") return RunFrames(config, stop_signals);
   if (config.worker_threads > 0) {
     spdlog::info("worker threads: {} (GRPC_WORKER_THREADS)", config.worker_threads);
   } else {
@@ -224,19 +312,9 @@ int Run(poolside::Config config) {
     return 1;
   }
 
-  poolside::AdminHttpOptions admin_http_options;
-  admin_http_options.address = config.admin_addr;
-  poolside::AdminHttpHandlers admin_http_handlers;
-  admin_http_handlers.metrics_text = [&metrics, &pool] {
-    metrics.UpdateFromPool(pool.Snapshot());
-    return metrics.Serialize();
-  };
-  admin_http_handlers.pool_snapshot = [&pool] { return pool.Snapshot(); };
-  poolside::AdminHttpServer admin_http(admin_http_options, admin_http_handlers);
-  if (absl::Status started = admin_http.Start(); !started.ok()) {
-    std::fprintf(stderr, "poolside: GRPC_ADMIN_ADDR: %s\n", std::string(started.message()).c_str());
-    return 1;
-  }
+  std::unique_ptr<poolside::AdminHttpServer> admin_http =
+      StartAdminHttp(config, metrics, [&pool] { return pool.Snapshot(); });
+  if (admin_http == nullptr) return 1;
 
   // The main thread has nothing else to do: between signals it gives memory
   // that a burst of calls left behind back to the system (heap_release.h).
@@ -259,9 +337,9 @@ int Run(poolside::Config config) {
   }
   spdlog::info("received {}: draining for up to {}", strsignal(signal_number),
                absl::FormatDuration(config.shutdown_grace));
-  admin_http.SetDraining();
+  admin_http->SetDraining();
   server.Shutdown(config.shutdown_grace);
-  admin_http.Shutdown();
+  admin_http->Shutdown();
   monitor.Shutdown();
   sizer.Shutdown();
   if (tracker != nullptr) tracker->Shutdown();
@@ -293,6 +371,11 @@ int main(int argc, char** argv) {
       std::printf("poolside %s\n", POOLSIDE_VERSION);
       return 0;
     case poolside::Command::kCheckConfig:
+      if (absl::Status supported = poolside::CheckForwarderSupports(parsed->config);
+          !supported.ok()) {
+        std::fprintf(stderr, "poolside: %s\n", std::string(supported.message()).c_str());
+        return 2;
+      }
       for (const poolside::UnknownVariable& unknown : parsed->unknown_variables) {
         std::fprintf(stderr, "poolside: warning: %s\n",
                      poolside::DescribeUnknownVariable(unknown).c_str());
@@ -302,6 +385,10 @@ int main(int argc, char** argv) {
     case poolside::Command::kStrict:  // Never the parsed command.
     case poolside::Command::kRun:
       break;
+  }
+  if (absl::Status supported = poolside::CheckForwarderSupports(parsed->config); !supported.ok()) {
+    std::fprintf(stderr, "poolside: %s\n", std::string(supported.message()).c_str());
+    return 2;
   }
   if (absl::Status logging =
           poolside::ConfigureLogging(parsed->config.log_level, parsed->config.log_format);

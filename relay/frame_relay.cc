@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -71,6 +72,8 @@ class HeaderBlock {
   ~HeaderBlock() { Clear(); }
 
   void Add(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
+    // One allocation for a gRPC call's usual header block, not four.
+    if (fields_.capacity() == 0) fields_.reserve(16);
     nghttp2_rcbuf_incref(name);
     nghttp2_rcbuf_incref(value);
     fields_.push_back({name, value});
@@ -94,6 +97,16 @@ class HeaderBlock {
     fields_.clear();
   }
   void Swap(HeaderBlock& other) { fields_.swap(other.fields_); }
+  // The first field named `name`, or "" when there is none.
+  absl::string_view Find(absl::string_view name) const {
+    for (const auto& [field_name, value] : fields_) {
+      nghttp2_vec n = nghttp2_rcbuf_get_buf(field_name);
+      if (absl::string_view(reinterpret_cast<const char*>(n.base), n.len) != name) continue;
+      nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+      return absl::string_view(reinterpret_cast<const char*>(v.base), v.len);
+    }
+    return "";
+  }
 
  private:
   std::vector<std::pair<nghttp2_rcbuf*, nghttp2_rcbuf*>> fields_;
@@ -113,12 +126,19 @@ struct Connection {
   bool waiting_writable = false;
   bool dirty = false;
   bool dead = false;
-  // Streams with a side on this connection (RelayStream::links).
+  // Streams with a side on this connection (RelayStream::links); the count
+  // is read by Stats() on other threads.
   RelayStream* streams = nullptr;
-  int open_streams = 0;
-  // Upstream connections only.
+  std::atomic<int64_t> open_streams{0};
+  // Upstream connections only: where to, and what Stats() reports.
   bool connecting = false;
   Clock::time_point reconnect_at = Clock::time_point::max();
+  std::string address_text;
+  sockaddr_storage address{};
+  socklen_t address_length = 0;
+  std::atomic<bool> connected{false};
+  std::atomic<uint64_t> streams_started{0};
+  std::atomic<uint64_t> errors{0};
 };
 
 // One call: a stream on an app connection joined to one on an upstream
@@ -128,9 +148,15 @@ struct RelayStream {
   int32_t app_id = 0;
   Connection* upstream = nullptr;
   int32_t upstream_id = -1;
-  // App -> upstream and upstream -> app bytes not yet written on.
+  // App -> upstream bytes: the first upward_sent are written upstream but
+  // kept for a replay; the rest are not written yet. The first
+  // upward_credited_again were written once before a replay: the app's
+  // window has had them back already.
   ByteQueue upward;
+  size_t upward_sent = 0;
+  size_t upward_credited_again = 0;
   bool upward_ended = false;
+  // Upstream -> app bytes not yet written to the app.
   ByteQueue downward;
   bool downward_ended = false;
   // The block being received (request headers, response headers, trailers),
@@ -138,6 +164,21 @@ struct RelayStream {
   HeaderBlock receiving;
   HeaderBlock trailers;
   bool response_started = false;
+  // Until the upstream answers: the request headers, for a replay.
+  HeaderBlock request;
+  bool replayable = true;
+  bool request_has_body = true;
+  int replays = 0;
+  // Waiting for an upstream connection to come up (Loop::Park), until
+  // wait_until; in the loop's list of waiting streams.
+  bool waiting = false;
+  Clock::time_point wait_until;
+  RelayStream* wait_prev = nullptr;
+  RelayStream* wait_next = nullptr;
+  // For the CallObserver.
+  uint32_t observer_token = 0;
+  Clock::time_point started_at;
+  int grpc_status = -1;
   // Intrusive lists of each connection's streams.
   RelayStream* app_prev = nullptr;
   RelayStream* app_next = nullptr;
@@ -154,7 +195,7 @@ void Link(Connection& connection, RelayStream* stream) {
     if (connection.streams != nullptr) connection.streams->upstream_prev = stream;
   }
   connection.streams = stream;
-  ++connection.open_streams;
+  connection.open_streams.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Unlink(Connection& connection, RelayStream* stream) {
@@ -168,7 +209,7 @@ void Unlink(Connection& connection, RelayStream* stream) {
   if (next != nullptr)
     (connection.side == Side::kApp ? next->app_prev : next->upstream_prev) = prev;
   prev = next = nullptr;
-  --connection.open_streams;
+  connection.open_streams.fetch_sub(1, std::memory_order_relaxed);
 }
 
 absl::Status ErrnoStatus(absl::string_view what) {
@@ -216,6 +257,32 @@ std::vector<nghttp2_nv> UnavailableAnswer() {
   return nv;
 }
 
+// The status a grpc client reports for a stream reset with `code`.
+int GrpcStatusOfReset(uint32_t code) {
+  switch (code) {
+    case NGHTTP2_CANCEL:
+      return 1;  // CANCELLED
+    case NGHTTP2_REFUSED_STREAM:
+      return 14;  // UNAVAILABLE
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+      return 8;  // RESOURCE_EXHAUSTED
+    case NGHTTP2_INADEQUATE_SECURITY:
+      return 7;  // PERMISSION_DENIED
+    default:
+      return 13;  // INTERNAL
+  }
+}
+
+int ParseGrpcStatus(absl::string_view text) {
+  int code = 0;
+  if (text.empty() || text.size() > 2) return 2;  // UNKNOWN
+  for (char c : text) {
+    if (c < '0' || c > '9') return 2;
+    code = code * 10 + (c - '0');
+  }
+  return code;
+}
+
 }  // namespace
 
 class FrameRelay::Loop {
@@ -227,11 +294,23 @@ class FrameRelay::Loop {
   int port() const { return port_; }
   void Run();
   void Stop() {
+    stop_requested_.store(true);
+    Wake();
+  }
+  void Drain() {
+    drain_requested_.store(true);
+    Wake();
+  }
+  FrameRelayStats Stats() const;
+
+ private:
+  void Wake() {
     uint64_t one = 1;
     (void)!write(wake_fd_, &one, sizeof(one));
   }
+  void OnWake();
+  void StartDraining();
 
- private:
   // Socket events.
   void Accept();
   void Connect(Connection& upstream);
@@ -245,7 +324,23 @@ class FrameRelay::Loop {
 
   // Streams.
   void StartUpstream(RelayStream* stream, bool request_ended);
+  // Sends the kept request on the least busy connection, or answers
+  // UNAVAILABLE when none is up.
+  void SubmitUpstream(RelayStream* stream);
+  // The upstream answered: what was kept for a replay goes.
+  static void StopKeepingRequest(RelayStream* stream);
   Connection* PickUpstream();
+  // Tells the observer, once, as the app's side closes.
+  void EndCall(RelayStream* stream, uint32_t error_code);
+  // Streams that found no connection up wait for one, for at most
+  // options_.connection_wait, first come first served.
+  void Park(RelayStream* stream);
+  void Unpark(RelayStream* stream);
+  void StartWaitingStreams();
+  void FailOverdueWaits(Clock::time_point now);
+  // Drops the app's bytes not yet written upstream, and gives their share of
+  // the app's window back.
+  void DropUpward(RelayStream* stream, bool app_stream_open);
   void FailDownward(RelayStream* stream);
   void CloseAppSide(RelayStream* stream, uint32_t error_code);
   void CloseUpstreamSide(RelayStream* stream, uint32_t error_code);
@@ -254,7 +349,8 @@ class FrameRelay::Loop {
 
   nghttp2_session* NewSession(Connection& connection);
 
-  // nghttp2 callbacks; user_data is the Loop, the session says the side.
+  // nghttp2 callbacks; user_data is the session's Connection, which knows its
+  // side and its Loop.
   static ssize_t OnSend(nghttp2_session*, const uint8_t* data, size_t length, int, void* user_data);
   static int OnSendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* frame_header,
                         size_t length, nghttp2_data_source* source, void* user_data);
@@ -278,24 +374,32 @@ class FrameRelay::Loop {
   // The connection window each side offers: bounds what one connection's
   // streams may buffer here in all.
   static constexpr int32_t kConnectionWindow = 16 << 20;
+  // Times one stream is sent again after a refusal.
+  static constexpr int kMaxReplays = 3;
 
   FrameRelayOptions options_;
   int epoll_fd_ = -1;
   int listen_fd_ = -1;
   int wake_fd_ = -1;
   int port_ = 0;
-  sockaddr_storage upstream_address_{};
-  socklen_t upstream_address_length_ = 0;
   nghttp2_session_callbacks* callbacks_ = nullptr;
   nghttp2_option* session_options_ = nullptr;
   std::vector<std::unique_ptr<Connection>> upstreams_;
   std::list<std::unique_ptr<Connection>> apps_;
   std::vector<Connection*> dirty_;
   size_t next_upstream_ = 0;
+  // Streams waiting for a connection, oldest first (RelayStream::wait_*).
+  RelayStream* waiting_head_ = nullptr;
+  RelayStream* waiting_tail_ = nullptr;
   int64_t live_streams_ = 0;
   int64_t freed_since_trim_ = 0;
   static constexpr int64_t kStreamsPerTrim = 1024;
   bool stopping_ = false;
+  bool draining_ = false;
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> drain_requested_{false};
+  std::atomic<int64_t> app_connections_{0};
+  std::atomic<uint64_t> replayed_streams_{0};
   // Marks the two non-connection fds in epoll's data.
   char listen_tag_ = 0;
   char wake_tag_ = 0;
@@ -312,10 +416,14 @@ FrameRelay::Loop::~Loop() {
 }
 
 absl::Status FrameRelay::Loop::Init() {
-  absl::StatusOr<sockaddr_storage> upstream =
-      ParseAddress(options_.upstream_host, options_.upstream_port, &upstream_address_length_);
-  if (!upstream.ok()) return upstream.status();
-  upstream_address_ = *upstream;
+  if (options_.upstreams.empty()) return absl::InvalidArgumentError("no upstream address");
+  std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
+  for (const UpstreamAddress& upstream : options_.upstreams) {
+    socklen_t length = 0;
+    absl::StatusOr<sockaddr_storage> address = ParseAddress(upstream.host, upstream.port, &length);
+    if (!address.ok()) return address.status();
+    addresses.push_back({*address, length});
+  }
   socklen_t listen_length = 0;
   absl::StatusOr<sockaddr_storage> listen =
       ParseAddress(options_.listen_host, options_.listen_port, &listen_length);
@@ -365,6 +473,13 @@ absl::Status FrameRelay::Loop::Init() {
     auto upstream_connection = std::make_unique<Connection>();
     upstream_connection->loop = this;
     upstream_connection->side = Side::kUpstream;
+    const size_t which = static_cast<size_t>(i) % addresses.size();
+    const UpstreamAddress& upstream = options_.upstreams[which];
+    upstream_connection->address = addresses[which].first;
+    upstream_connection->address_length = addresses[which].second;
+    upstream_connection->address_text = upstream.host.find(':') == std::string::npos
+                                            ? absl::StrCat(upstream.host, ":", upstream.port)
+                                            : absl::StrCat("[", upstream.host, "]:", upstream.port);
     Connect(*upstream_connection);
     upstreams_.push_back(std::move(upstream_connection));
   }
@@ -381,7 +496,7 @@ nghttp2_session* FrameRelay::Loop::NewSession(Connection& connection) {
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(options_.stream_window_bytes)},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1u << 20},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options_.max_streams_per_app_connection},
   };
   nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, settings,
                           connection.side == Side::kApp ? 3 : 2);
@@ -397,14 +512,15 @@ void FrameRelay::Loop::Watch(Connection& connection, uint32_t events, int op) {
 }
 
 void FrameRelay::Loop::Connect(Connection& upstream) {
-  upstream.fd = socket(upstream_address_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  upstream.fd = socket(upstream.address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   upstream.reconnect_at = Clock::time_point::max();
   upstream.dead = false;
-  int result = connect(upstream.fd, reinterpret_cast<const sockaddr*>(&upstream_address_),
-                       upstream_address_length_);
+  int result = connect(upstream.fd, reinterpret_cast<const sockaddr*>(&upstream.address),
+                       upstream.address_length);
   if (result != 0 && errno != EINPROGRESS) {
     close(upstream.fd);
     upstream.fd = -1;
+    upstream.errors.fetch_add(1, std::memory_order_relaxed);
     upstream.reconnect_at = Clock::now() + kReconnectDelay;
     return;
   }
@@ -419,12 +535,14 @@ void FrameRelay::Loop::OnConnected(Connection& upstream) {
   getsockopt(upstream.fd, SOL_SOCKET, SO_ERROR, &error, &length);
   upstream.connecting = false;
   if (error != 0) {
-    upstream.dead = true;
+    upstream.dead = true;  // Closed and counted as an error by Run().
     return;
   }
   upstream.session = NewSession(upstream);
+  upstream.connected.store(true, std::memory_order_relaxed);
   Watch(upstream, EPOLLIN, EPOLL_CTL_MOD);
   MarkDirty(upstream);
+  StartWaitingStreams();
 }
 
 void FrameRelay::Loop::Accept() {
@@ -437,6 +555,7 @@ void FrameRelay::Loop::Accept() {
     app->side = Side::kApp;
     app->fd = fd;
     app->session = NewSession(*app);
+    app_connections_.fetch_add(1, std::memory_order_relaxed);
     Watch(*app, EPOLLIN, EPOLL_CTL_ADD);
     MarkDirty(*app);
     apps_.push_back(std::move(app));
@@ -525,6 +644,50 @@ void FrameRelay::Loop::Close(Connection& connection) {
   connection.output.Pop(connection.output.size());
   connection.waiting_writable = false;
   connection.connecting = false;
+  if (connection.side == Side::kApp) {
+    app_connections_.fetch_sub(1, std::memory_order_relaxed);
+  } else {
+    connection.connected.store(false, std::memory_order_relaxed);
+  }
+}
+
+void FrameRelay::Loop::OnWake() {
+  uint64_t count = 0;
+  (void)!read(wake_fd_, &count, sizeof(count));
+  if (stop_requested_.load()) stopping_ = true;
+  if (drain_requested_.load() && !draining_) StartDraining();
+}
+
+void FrameRelay::Loop::StartDraining() {
+  draining_ = true;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  close(listen_fd_);
+  listen_fd_ = -1;
+  for (auto& app : apps_) {
+    if (app->session == nullptr) continue;
+    // Streams the app opened after the last one seen here are refused: its
+    // grpc client retries them elsewhere.
+    nghttp2_submit_goaway(app->session, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(app->session), NGHTTP2_NO_ERROR,
+                          nullptr, 0);
+    MarkDirty(*app);
+  }
+}
+
+FrameRelayStats FrameRelay::Loop::Stats() const {
+  FrameRelayStats stats;
+  for (const auto& upstream : upstreams_) {
+    FrameRelayStats::Upstream entry;
+    entry.address = upstream->address_text;
+    entry.connected = upstream->connected.load(std::memory_order_relaxed);
+    entry.open_streams = upstream->open_streams.load(std::memory_order_relaxed);
+    entry.streams_started = upstream->streams_started.load(std::memory_order_relaxed);
+    entry.errors = upstream->errors.load(std::memory_order_relaxed);
+    stats.upstreams.push_back(std::move(entry));
+  }
+  stats.app_connections = app_connections_.load(std::memory_order_relaxed);
+  stats.replayed_streams = replayed_streams_.load(std::memory_order_relaxed);
+  return stats;
 }
 
 void FrameRelay::Loop::Run() {
@@ -539,11 +702,17 @@ void FrameRelay::Loop::Run() {
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
       timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
     }
+    if (waiting_head_ != nullptr) {
+      auto wait =
+          std::chrono::duration_cast<std::chrono::milliseconds>(waiting_head_->wait_until - now);
+      int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()) + 1);
+      timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
+    }
     int ready = epoll_wait(epoll_fd_, events, 256, timeout_ms);
     for (int i = 0; i < ready; ++i) {
       void* tag = events[i].data.ptr;
       if (tag == &wake_tag_) {
-        stopping_ = true;
+        OnWake();
         continue;
       }
       if (tag == &listen_tag_) {
@@ -562,12 +731,14 @@ void FrameRelay::Loop::Run() {
     for (auto& upstream : upstreams_) {
       if (upstream->reconnect_at <= now) Connect(*upstream);
     }
+    FailOverdueWaits(now);
     // Flushing one connection may give others work (a window opened, a
     // stream reset): until none is left.
     for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
     dirty_.clear();
     for (auto& upstream : upstreams_) {
       if (!upstream->dead) continue;
+      upstream->errors.fetch_add(1, std::memory_order_relaxed);
       Close(*upstream);
       upstream->dead = false;
       upstream->reconnect_at = Clock::now() + kReconnectDelay;
@@ -584,6 +755,7 @@ void FrameRelay::Loop::Run() {
     for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
     dirty_.clear();
     ReleaseHeapWhenIdle();
+    if (draining_ && apps_.empty()) stopping_ = true;
   }
 }
 
@@ -607,28 +779,52 @@ int FrameRelay::Loop::OnSendData(nghttp2_session*, nghttp2_frame*, const uint8_t
   Connection& connection = ConnectionOf(user_data);
   if (connection.output.size() >= kMaxOutput) return NGHTTP2_ERR_WOULDBLOCK;
   auto* stream = static_cast<RelayStream*>(source->ptr);
-  bool upward = connection.side == Side::kUpstream;
-  ByteQueue& bytes = upward ? stream->upward : stream->downward;
   connection.output.Append(frame_header, 9);
-  connection.output.Append(bytes.data(), length);
-  bytes.Pop(length);
+  size_t credit = length;
+  if (connection.side == Side::kUpstream) {
+    connection.output.Append(stream->upward.data() + stream->upward_sent, length);
+    // Bytes written again after a replay were credited the first time.
+    const size_t credited = std::min(length, stream->upward_credited_again);
+    stream->upward_credited_again -= credited;
+    credit -= credited;
+    if (stream->replayable && stream->upward_sent + length <= kMaxReplayBytes) {
+      stream->upward_sent += length;
+    } else {
+      StopKeepingRequest(stream);
+      stream->upward.Pop(length);
+    }
+  } else {
+    connection.output.Append(stream->downward.data(), length);
+    stream->downward.Pop(length);
+  }
   // The bytes have left: their sender may send as many again.
-  Connection* source_connection = upward ? stream->app : stream->upstream;
-  if (source_connection != nullptr) {
-    nghttp2_session_consume(source_connection->session,
-                            upward ? stream->app_id : stream->upstream_id, length);
+  Connection* source_connection =
+      connection.side == Side::kUpstream ? stream->app : stream->upstream;
+  if (source_connection != nullptr && credit > 0) {
+    nghttp2_session_consume(
+        source_connection->session,
+        connection.side == Side::kUpstream ? stream->app_id : stream->upstream_id, credit);
     loop->MarkDirty(*source_connection);
   }
   return 0;
 }
 
+void FrameRelay::Loop::StopKeepingRequest(RelayStream* stream) {
+  if (!stream->replayable) return;
+  stream->replayable = false;
+  stream->upward.Pop(stream->upward_sent);
+  stream->upward_sent = 0;
+  stream->request.Clear();
+}
+
 ssize_t FrameRelay::Loop::ReadUpward(nghttp2_session*, int32_t, uint8_t*, size_t length,
                                      uint32_t* flags, nghttp2_data_source* source, void*) {
   auto* stream = static_cast<RelayStream*>(source->ptr);
-  size_t take = std::min(length, stream->upward.size());
+  const size_t unsent = stream->upward.size() - stream->upward_sent;
+  size_t take = std::min(length, unsent);
   if (take == 0 && !stream->upward_ended) return NGHTTP2_ERR_DEFERRED;
   *flags = NGHTTP2_DATA_FLAG_NO_COPY;
-  if (stream->upward_ended && take == stream->upward.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  if (stream->upward_ended && take == unsent) *flags |= NGHTTP2_DATA_FLAG_EOF;
   return static_cast<ssize_t>(take);
 }
 
@@ -683,6 +879,11 @@ int FrameRelay::Loop::OnFrameReceived(nghttp2_session* session, const nghttp2_fr
   bool ends_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   if (connection.side == Side::kApp) {
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      if (loop->options_.observer != nullptr) {
+        stream->observer_token =
+            loop->options_.observer->CallStarted(stream->receiving.Find(":path"));
+        stream->started_at = Clock::now();
+      }
       loop->StartUpstream(stream, ends_stream);
       return 0;
     }
@@ -709,6 +910,11 @@ int FrameRelay::Loop::OnFrameReceived(nghttp2_session* session, const nghttp2_fr
   if (stream->app == nullptr) {
     stream->receiving.Clear();
     return 0;
+  }
+  // The upstream has seen the request: it is never replayed now.
+  StopKeepingRequest(stream);
+  if (absl::string_view status = stream->receiving.Find("grpc-status"); !status.empty()) {
+    stream->grpc_status = ParseGrpcStatus(status);
   }
   if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && !stream->response_started) {
     std::vector<nghttp2_nv> nv = stream->receiving.ToNv();
@@ -755,6 +961,11 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
   bool upward = connection.side == Side::kApp;
+  if (stream != nullptr && stream->waiting) {
+    // Kept for when a connection is up; the stream's window bounds them.
+    stream->upward.Append(data, length);
+    return 0;
+  }
   Connection* destination = stream == nullptr ? nullptr : upward ? stream->upstream : stream->app;
   if (destination == nullptr || (!upward && !stream->response_started)) {
     // Nobody to pass them to: the window opens at once.
@@ -799,27 +1010,66 @@ Connection* FrameRelay::Loop::PickUpstream() {
 
 void FrameRelay::Loop::StartUpstream(RelayStream* stream, bool request_ended) {
   stream->upward_ended = request_ended;
+  stream->request_has_body = !request_ended;
+  stream->request.Swap(stream->receiving);
+  stream->receiving.Clear();
+  SubmitUpstream(stream);
+}
+
+void FrameRelay::Loop::SubmitUpstream(RelayStream* stream) {
   Connection* upstream = PickUpstream();
-  if (upstream == nullptr) {
-    stream->receiving.Clear();
-    FailDownward(stream);
+  if (upstream == nullptr && options_.connection_wait > absl::ZeroDuration()) {
+    Park(stream);
     return;
   }
-  std::vector<nghttp2_nv> nv = stream->receiving.ToNv();
-  nghttp2_data_provider provider{};
-  provider.source.ptr = stream;
-  provider.read_callback = ReadUpward;
-  int32_t id = nghttp2_submit_request(upstream->session, nullptr, nv.data(), nv.size(),
-                                      request_ended ? nullptr : &provider, stream);
-  stream->receiving.Clear();
+  int32_t id = -1;
+  if (upstream != nullptr) {
+    std::vector<nghttp2_nv> nv = stream->request.ToNv();
+    if (!options_.authority.empty()) {
+      for (nghttp2_nv& field : nv) {
+        if (absl::string_view(reinterpret_cast<const char*>(field.name), field.namelen) !=
+            ":authority") {
+          continue;
+        }
+        field.value = reinterpret_cast<uint8_t*>(const_cast<char*>(options_.authority.data()));
+        field.valuelen = options_.authority.size();
+      }
+    }
+    nghttp2_data_provider provider{};
+    provider.source.ptr = stream;
+    provider.read_callback = ReadUpward;
+    id = nghttp2_submit_request(upstream->session, nullptr, nv.data(), nv.size(),
+                                stream->request_has_body ? &provider : nullptr, stream);
+  }
   if (id < 0) {
+    StopKeepingRequest(stream);
+    DropUpward(stream, /*app_stream_open=*/true);
     FailDownward(stream);
     return;
   }
   stream->upstream = upstream;
   stream->upstream_id = id;
   Link(*upstream, stream);
+  upstream->streams_started.fetch_add(1, std::memory_order_relaxed);
   MarkDirty(*upstream);
+}
+
+void FrameRelay::Loop::DropUpward(RelayStream* stream, bool app_stream_open) {
+  const size_t uncredited =
+      stream->upward.size() - stream->upward_sent - stream->upward_credited_again;
+  if (stream->app != nullptr && uncredited > 0) {
+    // No write will return these bytes' share of the app's window: it
+    // returns now.
+    if (app_stream_open) {
+      nghttp2_session_consume(stream->app->session, stream->app_id, uncredited);
+    } else {
+      nghttp2_session_consume_connection(stream->app->session, uncredited);
+    }
+    MarkDirty(*stream->app);
+  }
+  stream->upward.Pop(stream->upward.size());
+  stream->upward_sent = 0;
+  stream->upward_credited_again = 0;
 }
 
 void FrameRelay::Loop::FailDownward(RelayStream* stream) {
@@ -828,27 +1078,39 @@ void FrameRelay::Loop::FailDownward(RelayStream* stream) {
     std::vector<nghttp2_nv> nv = UnavailableAnswer();
     stream->response_started = true;
     stream->downward_ended = true;
+    stream->grpc_status = 14;
     nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
   } else {
+    stream->grpc_status = GrpcStatusOfReset(NGHTTP2_INTERNAL_ERROR);
     nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
                               NGHTTP2_INTERNAL_ERROR);
   }
   MarkDirty(*stream->app);
 }
 
+void FrameRelay::Loop::EndCall(RelayStream* stream, uint32_t error_code) {
+  if (options_.observer == nullptr) return;
+  int status = stream->grpc_status;
+  if (status < 0) status = error_code == NGHTTP2_NO_ERROR ? 2 : GrpcStatusOfReset(error_code);
+  const auto elapsed =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - stream->started_at);
+  options_.observer->CallEnded(stream->observer_token, status, absl::FromChrono(elapsed));
+}
+
 void FrameRelay::Loop::CloseAppSide(RelayStream* stream, uint32_t error_code) {
   Connection* app = stream->app;
   if (app == nullptr) return;
+  if (stream->waiting) Unpark(stream);
+  EndCall(stream, error_code);
+  // The app's bytes not yet written upstream never will be: the upstream
+  // stream is reset below.
+  DropUpward(stream, /*app_stream_open=*/false);
+  StopKeepingRequest(stream);
   Unlink(*app, stream);
   stream->app = nullptr;
   if (app->session != nullptr) {
     nghttp2_session_set_stream_user_data(app->session, stream->app_id, nullptr);
-    // The app's bytes not yet written upstream never will be: the upstream
-    // stream is reset below. Their share of the connection window returns
-    // now, since no write will return it.
-    nghttp2_session_consume_connection(app->session, stream->upward.size());
   }
-  stream->upward.Pop(stream->upward.size());
   if (stream->upstream != nullptr) {
     // What the upstream sent that the app will not read still holds its
     // connection's window.
@@ -877,21 +1139,67 @@ void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_cod
     // returns now.
     nghttp2_session_consume_connection(upstream->session, stream->downward.size());
   }
-  if (stream->app != nullptr) {
-    nghttp2_session_consume(stream->app->session, stream->app_id, stream->upward.size());
-    stream->upward.Pop(stream->upward.size());
-    MarkDirty(*stream->app);
-    bool answered = stream->downward_ended;
-    if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_INTERNAL_ERROR) {
-      // The upstream reset the stream: so does the relay, with its code.
-      nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
-                                error_code);
-      MarkDirty(*stream->app);
-    } else if (!answered) {
-      FailDownward(stream);
-    }
+  if (stream->app == nullptr) {
+    MaybeFree(stream);
+    return;
   }
-  MaybeFree(stream);
+  if (error_code == NGHTTP2_REFUSED_STREAM && stream->replayable && stream->replays < kMaxReplays) {
+    // Refused: the upstream never processed it. Everything written is
+    // written again, on another connection if there is one.
+    stream->upward_credited_again += stream->upward_sent;
+    stream->upward_sent = 0;
+    ++stream->replays;
+    replayed_streams_.fetch_add(1, std::memory_order_relaxed);
+    SubmitUpstream(stream);
+    return;
+  }
+  StopKeepingRequest(stream);
+  DropUpward(stream, /*app_stream_open=*/true);
+  if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_INTERNAL_ERROR) {
+    // The upstream reset the stream: so does the relay, with its code.
+    stream->grpc_status = GrpcStatusOfReset(error_code);
+    nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id, error_code);
+    MarkDirty(*stream->app);
+  } else if (!stream->downward_ended) {
+    FailDownward(stream);
+  }
+}
+
+void FrameRelay::Loop::Park(RelayStream* stream) {
+  stream->waiting = true;
+  stream->wait_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          absl::ToChronoNanoseconds(options_.connection_wait));
+  stream->wait_prev = waiting_tail_;
+  stream->wait_next = nullptr;
+  (waiting_tail_ != nullptr ? waiting_tail_->wait_next : waiting_head_) = stream;
+  waiting_tail_ = stream;
+}
+
+void FrameRelay::Loop::Unpark(RelayStream* stream) {
+  (stream->wait_prev != nullptr ? stream->wait_prev->wait_next : waiting_head_) = stream->wait_next;
+  (stream->wait_next != nullptr ? stream->wait_next->wait_prev : waiting_tail_) = stream->wait_prev;
+  stream->wait_prev = stream->wait_next = nullptr;
+  stream->waiting = false;
+}
+
+void FrameRelay::Loop::StartWaitingStreams() {
+  // Each either starts now or parks again at the tail: one pass at most.
+  for (RelayStream* last = waiting_tail_; waiting_head_ != nullptr;) {
+    RelayStream* stream = waiting_head_;
+    Unpark(stream);
+    SubmitUpstream(stream);
+    if (stream == last) break;
+  }
+}
+
+void FrameRelay::Loop::FailOverdueWaits(Clock::time_point now) {
+  while (waiting_head_ != nullptr && waiting_head_->wait_until <= now) {
+    RelayStream* stream = waiting_head_;
+    Unpark(stream);
+    StopKeepingRequest(stream);
+    DropUpward(stream, /*app_stream_open=*/true);
+    FailDownward(stream);
+  }
 }
 
 void FrameRelay::Loop::MaybeFree(RelayStream* stream) {
@@ -922,5 +1230,7 @@ absl::StatusOr<std::unique_ptr<FrameRelay>> FrameRelay::Create(const FrameRelayO
 int FrameRelay::port() const { return loop_->port(); }
 void FrameRelay::Run() { loop_->Run(); }
 void FrameRelay::Stop() { loop_->Stop(); }
+void FrameRelay::Drain() { loop_->Drain(); }
+FrameRelayStats FrameRelay::Stats() const { return loop_->Stats(); }
 
 }  // namespace poolside::relay

@@ -13,28 +13,59 @@
 // stream's window opens only as its bytes are written upstream, and the other
 // way round), so memory stays at one window per stream and direction.
 //
-// What it does not do (yet): TLS, pool health, metrics, drain, limits, DNS
-// re-resolution, a call that waits for a connection. A call that arrives with
-// no upstream connection up is answered at once, trailers-only, UNAVAILABLE.
+// A stream the upstream refused (RST_STREAM REFUSED_STREAM, or above the last
+// stream id of its GOAWAY) provably never reached it, so the relay sends it
+// again on another connection, as grpc's transparent retry does: the request
+// headers and the bytes written upstream are kept until the upstream answers
+// with headers (at most kMaxReplayBytes; a longer request is not replayed).
+//
+// A call that finds no upstream connection up waits connection_wait for one,
+// then is answered here, trailers-only, UNAVAILABLE.
+//
+// What it does not do (yet): TLS, health probes, DNS re-resolution.
 // It serves bench/frame_hop, the "frame-hop" yardstick of bench/compare.
 //
 // Threading: Run() drives everything on the calling thread (one epoll loop);
-// Stop() may be called from any thread.
+// Stop(), Drain() and Stats() may be called from any thread. A CallObserver
+// is called on Run()'s thread only.
 #ifndef POOLSIDE_RELAY_FRAME_RELAY_H_
 #define POOLSIDE_RELAY_FRAME_RELAY_H_
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace poolside::relay {
 
+struct UpstreamAddress {
+  // An IPv4 or IPv6 literal.
+  std::string host;
+  int port = 0;
+};
+
+// Told of every call the relay forwards, on the relay's thread.
+class CallObserver {
+ public:
+  virtual ~CallObserver() = default;
+  // A call's request headers arrived; `path` is its :path. The result comes
+  // back to CallEnded.
+  virtual uint32_t CallStarted(absl::string_view path) = 0;
+  // The call is over on the app's side. `grpc_status` is what the app was
+  // told: the upstream's grpc-status, 14 for an answer made here (no
+  // upstream), 1 for a call the app cancelled, the code grpc clients map a
+  // relayed RST_STREAM to, or 2 when none was seen.
+  virtual void CallEnded(uint32_t started, int grpc_status, absl::Duration elapsed) = 0;
+};
+
 struct FrameRelayOptions {
-  // The upstream, an IPv4 or IPv6 literal and a port (plaintext HTTP/2).
-  std::string upstream_host = "127.0.0.1";
-  int upstream_port = 0;
+  // The upstream's addresses (plaintext HTTP/2); upstream connection i goes
+  // to upstreams[i % upstreams.size()].
+  std::vector<UpstreamAddress> upstreams;
   // Where apps connect; port 0 picks a free one (FrameRelay::port()).
   std::string listen_host = "127.0.0.1";
   int listen_port = 0;
@@ -44,6 +75,31 @@ struct FrameRelayOptions {
   // Each stream's receive window, both sides: what one stream may buffer
   // in the relay per direction.
   int32_t stream_window_bytes = 1 << 20;
+  // How long a call that finds no upstream connection up waits for one
+  // before it is answered UNAVAILABLE; zero answers at once.
+  absl::Duration connection_wait = absl::ZeroDuration();
+  // SETTINGS_MAX_CONCURRENT_STREAMS offered to each app connection.
+  uint32_t max_streams_per_app_connection = 1 << 20;
+  // Replaces each request's :authority when not empty (as grpc's channel
+  // names its target, not the app's view of the relay).
+  std::string authority;
+  // Null: nobody is told.
+  CallObserver* observer = nullptr;
+};
+
+// A moment's view of the relay, for gauges and readiness.
+struct FrameRelayStats {
+  struct Upstream {
+    std::string address;
+    bool connected = false;
+    int64_t open_streams = 0;
+    uint64_t streams_started = 0;
+    // Connects that failed and connections lost.
+    uint64_t errors = 0;
+  };
+  std::vector<Upstream> upstreams;
+  int64_t app_connections = 0;
+  uint64_t replayed_streams = 0;
 };
 
 class FrameRelay {
@@ -62,6 +118,14 @@ class FrameRelay {
   void Run();
   // Thread-safe; Run() returns soon after.
   void Stop();
+  // Thread-safe: stops accepting and sends each app connection a GOAWAY;
+  // the streams already open go on, and Run() returns when the last app
+  // connection has closed (or at Stop()).
+  void Drain();
+  // Thread-safe.
+  FrameRelayStats Stats() const;
+  // The most request bytes kept for a replay.
+  static constexpr size_t kMaxReplayBytes = 256 << 10;
 
   // Opaque: the event loop and its connections (frame_relay.cc).
   class Loop;

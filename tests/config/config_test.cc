@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -80,6 +81,7 @@ const std::vector<Setting>& NonDefaultSettings() {
       {"GRPC_OUTLIER_CONSECUTIVE_FAILURES", "--outlier-consecutive-failures", "0"},
       {"GRPC_OUTLIER_EJECTION_SECS", "--outlier-ejection-secs", "30"},
       {"GRPC_TRANSPARENT_RETRY", "--transparent-retry", "false"},
+      {"GRPC_FORWARDER", "--forwarder", "frames"},
       {"GRPC_HOLD_PINGPONG_READS", "--hold-pingpong-reads", "false"},
       {"GRPC_UPSTREAM_TLS", "--upstream-tls", "true"},
       {"GRPC_UPSTREAM_CA_FILE", "--upstream-ca-file", "/dev/null"},
@@ -124,6 +126,7 @@ void ExpectNonDefaultConfig(const Config& config) {
   EXPECT_EQ(config.outlier_consecutive_failures, 0);
   EXPECT_EQ(config.outlier_ejection, absl::Seconds(30));
   EXPECT_FALSE(config.transparent_retry);
+  EXPECT_EQ(config.forwarder, "frames");
   EXPECT_TRUE(config.upstream_tls);
   EXPECT_EQ(config.upstream_ca_file, "/dev/null");
   EXPECT_EQ(config.upstream_cert_file, "/dev/null");
@@ -611,6 +614,7 @@ TEST(ConfigTest, DescribeConfigListsEveryVariableInOrder) {
             "GRPC_OUTLIER_CONSECUTIVE_FAILURES=5\n"
             "GRPC_OUTLIER_EJECTION_SECS=10\n"
             "GRPC_TRANSPARENT_RETRY=true\n"
+            "GRPC_FORWARDER=grpc\n"
             "GRPC_HOLD_PINGPONG_READS=true\n"
             "GRPC_UPSTREAM_TLS=false\n"
             "GRPC_UPSTREAM_CA_FILE=\n"
@@ -637,6 +641,34 @@ Env DescriptionAsEnv(const std::string& description) {
     EXPECT_TRUE(env.insert(entry).second) << "duplicate " << entry.first;
   }
   return env;
+}
+
+TEST(ConfigTest, FramesForwarderRefusesEverySettingItCannotHonour) {
+  const Config defaults = ParseOrDie(WithTarget());
+  EXPECT_TRUE(CheckForwarderSupports(defaults).ok());
+  Config frames = defaults;
+  frames.forwarder = "frames";
+  EXPECT_TRUE(CheckForwarderSupports(frames).ok());
+  const std::vector<std::pair<std::function<void(Config&)>, std::string>> refused = {
+      {[](Config& c) { c.upstream_tls = true; }, "GRPC_UPSTREAM_TLS"},
+      {[](Config& c) { c.listen_addr = "unix:///tmp/poolside.sock"; }, "GRPC_LISTEN_ADDR"},
+      {[](Config& c) { c.upstream_target = "unix:///tmp/app.sock"; }, "GRPC_UPSTREAM_TARGET"},
+      {[](Config& c) { c.pool_min = 1; }, "GRPC_CONNECTION_POOL_MIN"},
+      {[](Config& c) { c.max_concurrent_requests = 10; }, "GRPC_MAX_CONCURRENT_REQUESTS"},
+      {[](Config& c) { c.app_connection_max_share_percent = 50; },
+       "GRPC_APP_CONNECTION_MAX_SHARE_PERCENT"},
+  };
+  for (const auto& [set, name] : refused) {
+    Config config = frames;
+    set(config);
+    const absl::Status status = CheckForwarderSupports(config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(name));
+    EXPECT_THAT(std::string(status.message()), HasSubstr("GRPC_FORWARDER=grpc"));
+    // The grpc++ forwarder honours every one of them.
+    config.forwarder = "grpc";
+    EXPECT_TRUE(CheckForwarderSupports(config).ok()) << name;
+  }
 }
 
 TEST(ConfigTest, DescribeConfigRoundTrips) {

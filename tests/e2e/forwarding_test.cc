@@ -1,9 +1,10 @@
 // Transparent forwarding, end to end: a raw-bytes client, poolside as a child
 // process, and a recording TestUpstream on loopback.
 //
-// Every test runs twice: "Direct" (client -> upstream) is the baseline that
-// shows what gRPC itself does, "ThroughPoolside" (client -> poolside ->
-// upstream) must be indistinguishable from it.
+// Every test runs three times: "Direct" (client -> upstream) is the baseline
+// that shows what gRPC itself does; "ThroughPoolside" (client -> poolside ->
+// upstream) and "ThroughPoolsideFrames" (the same with GRPC_FORWARDER=frames,
+// calls relayed as HTTP/2 frames) must be indistinguishable from it.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -29,7 +30,7 @@ using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
-enum class Path { kDirect, kThroughPoolside };
+enum class Path { kDirect, kThroughPoolside, kThroughPoolsideFrames };
 
 // The values of `key` in `metadata`, in order.
 std::vector<std::string> ValuesOf(const Metadata& metadata, const std::string& key) {
@@ -40,11 +41,15 @@ std::vector<std::string> ValuesOf(const Metadata& metadata, const std::string& k
 }
 
 void PrintTo(Path path, std::ostream* os) {
-  *os << (path == Path::kDirect ? "direct" : "through poolside");
+  *os << (path == Path::kDirect            ? "direct"
+          : path == Path::kThroughPoolside ? "through poolside"
+                                           : "through poolside, frames");
 }
 
 std::string PrintPath(const ::testing::TestParamInfo<Path>& info) {
-  return info.param == Path::kDirect ? "Direct" : "ThroughPoolside";
+  return info.param == Path::kDirect            ? "Direct"
+         : info.param == Path::kThroughPoolside ? "ThroughPoolside"
+                                                : "ThroughPoolsideFrames";
 }
 
 class ForwardingTest : public E2eTest, public ::testing::WithParamInterface<Path> {
@@ -56,6 +61,11 @@ class ForwardingTest : public E2eTest, public ::testing::WithParamInterface<Path
       ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()}}));
       target = poolside_->listen_target();
     }
+    if (GetParam() == Path::kThroughPoolsideFrames) {
+      ASSERT_NO_FATAL_FAILURE(StartPoolside(
+          {{"GRPC_UPSTREAM_TARGET", upstream_.target()}, {"GRPC_FORWARDER", "frames"}}));
+      target = poolside_->listen_target();
+    }
     channel_ = CreateTestChannel(target);
   }
 
@@ -65,7 +75,9 @@ class ForwardingTest : public E2eTest, public ::testing::WithParamInterface<Path
 };
 
 INSTANTIATE_TEST_SUITE_P(Paths, ForwardingTest,
-                         ::testing::Values(Path::kDirect, Path::kThroughPoolside), PrintPath);
+                         ::testing::Values(Path::kDirect, Path::kThroughPoolside,
+                                           Path::kThroughPoolsideFrames),
+                         PrintPath);
 
 TEST_P(ForwardingTest, UnaryReturnsRandomBytesUnchanged) {
   for (size_t size : {0, 1, 2, 100, 4096, 65535, 65536, 65537, 1 << 20}) {

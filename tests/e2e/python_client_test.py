@@ -75,13 +75,14 @@ def start_upstream(path):
     return process, int(line[len(b"PORT="):])
 
 
-def start_poolside(path, upstream_port, log):
+def start_poolside(path, upstream_port, log, forwarder="grpc"):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
     env.update(
         GRPC_UPSTREAM_TARGET="127.0.0.1:%d" % upstream_port,
         GRPC_LISTEN_ADDR="127.0.0.1:%d" % free_port(),
         GRPC_ADMIN_ADDR="127.0.0.1:%d" % free_port(),
         GRPC_CONNECTION_POOL_SIZE="3",
+        GRPC_FORWARDER=forwarder,
     )
     process = subprocess.Popen(
         [path], env=env, stdout=log, stderr=log, preexec_fn=die_with_parent
@@ -255,6 +256,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--poolside", required=True, help="the poolside binary")
     parser.add_argument("--upstream", required=True, help="the test_upstream binary")
+    parser.add_argument("--forwarder", default="grpc", choices=["grpc", "frames"],
+                        help="poolside's GRPC_FORWARDER")
     args = parser.parse_args()
 
     upstream = poolside = None
@@ -262,7 +265,8 @@ def main():
     failures = 0
     try:
         upstream, upstream_port = start_upstream(args.upstream)
-        poolside, listen_target = start_poolside(args.poolside, upstream_port, log)
+        poolside, listen_target = start_poolside(args.poolside, upstream_port, log,
+                                                 args.forwarder)
         failures += run_direct_and_through("127.0.0.1:%d" % upstream_port, poolside,
                                            listen_target)
     except CheckFailed as error:

@@ -121,6 +121,8 @@ CHECKS = [check_ok_with_details, check_error_with_details, check_error_non_ascii
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--poolside", required=True, help="the poolside binary")
+    parser.add_argument("--forwarder", default="grpc", choices=["grpc", "frames"],
+                        help="poolside's GRPC_FORWARDER")
     args = parser.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(RawHandlers(),))
@@ -130,7 +132,8 @@ def main():
     log = tempfile.TemporaryFile()
     failures = 0
     try:
-        poolside, listen_target = start_poolside(args.poolside, upstream_port, log)
+        poolside, listen_target = start_poolside(args.poolside, upstream_port, log,
+                                                 args.forwarder)
         failures += run_direct_and_through("127.0.0.1:%d" % upstream_port, poolside,
                                            listen_target, CHECKS)
     except CheckFailed as error:

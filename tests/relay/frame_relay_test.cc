@@ -9,6 +9,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -26,10 +27,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/loopback_socket.h"
+#include "tests/support/poolside_process.h"
 #include "tests/support/test_upstream.h"
 
 namespace poolside::test {
@@ -113,6 +117,7 @@ class RunningRelay {
   }
 
   int port() const { return port_; }
+  const FrameRelay& relay() const { return *relay_; }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
 
  private:
@@ -146,7 +151,7 @@ class FrameRelayTest : public ::testing::Test {
     ASSERT_TRUE(upstream_->Start().ok());
 
     FrameRelayOptions options;
-    options.upstream_port = upstream_->port();
+    options.upstreams = {{"127.0.0.1", upstream_->port()}};
     options.upstream_connections = kUpstreamConnections;
     absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
     ASSERT_TRUE(relay.ok()) << relay.status();
@@ -524,7 +529,7 @@ TEST(FrameRelayNoUpstreamTest, CallIsUnavailableWithinTwoSeconds) {
   const int dead_port = UnusedLoopbackPort();
   ASSERT_GT(dead_port, 0);
   FrameRelayOptions options;
-  options.upstream_port = dead_port;
+  options.upstreams = {{"127.0.0.1", dead_port}};
   options.upstream_connections = 2;
   absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
   ASSERT_TRUE(relay.ok()) << "Create() must not fail for a refused upstream (it retries): "
@@ -545,6 +550,203 @@ TEST(FrameRelayNoUpstreamTest, CallIsUnavailableWithinTwoSeconds) {
     EXPECT_THAT(result.responses, IsEmpty());
   }
   (*relay)->Stop();
+}
+
+// Polls the relay's stats until every upstream connection is up, or
+// `timeout` passes; whether they all were.
+bool AwaitConnected(const FrameRelay& relay, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    const relay::FrameRelayStats stats = relay.Stats();
+    bool all = true;
+    for (const auto& upstream : stats.upstreams) all = all && upstream.connected;
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// Connection i goes to address i % n: every backend gets its share, as
+// poolside's pool spreads over every resolved address.
+TEST(FrameRelaySpreadTest, ConnectionsSpreadOverEveryUpstreamAddress) {
+  TestUpstream first;
+  TestUpstream second;
+  ASSERT_TRUE(first.Start().ok());
+  ASSERT_TRUE(second.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", first.port()}, {"127.0.0.1", second.port()}};
+  options.upstream_connections = 4;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const relay::FrameRelayStats stats = (*relay)->relay().Stats();
+  ASSERT_EQ(stats.upstreams.size(), 4u);
+  EXPECT_EQ(stats.upstreams[0].address, absl::StrCat("127.0.0.1:", first.port()));
+  EXPECT_EQ(stats.upstreams[1].address, absl::StrCat("127.0.0.1:", second.port()));
+  EXPECT_EQ(stats.upstreams[2].address, stats.upstreams[0].address);
+
+  // Calls that overlap (each held 100 ms upstream) fill every connection.
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  CallOptions call_options;
+  call_options.metadata = {{"x-sleep-ms", "100"}};
+  std::vector<std::future<CallResult>> calls;
+  for (int i = 0; i < 40; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      return UnaryCall(channel, kUnaryMethod, "spread", call_options);
+    }));
+  }
+  for (auto& call : calls) {
+    const CallResult result = call.get();
+    EXPECT_TRUE(result.status.ok()) << result;
+  }
+  EXPECT_EQ(first.DistinctPeers(kUnaryMethod).size(), 2u);
+  EXPECT_EQ(second.DistinctPeers(kUnaryMethod).size(), 2u);
+  (*relay)->Stop();
+  first.Shutdown();
+  second.Shutdown();
+}
+
+// An upstream that refuses a call (a GOAWAY that saw none of its streams)
+// never processed it: the relay sends it again, whole, on another
+// connection, and the app sees only the answer.
+TEST(FrameRelayReplayTest, ACallTheUpstreamRefusedIsSentAgainOnAnotherConnection) {
+  ChildProcess refusing("/usr/bin/python3", {POOLSIDE_GOAWAY_UPSTREAM_SCRIPT});
+  ASSERT_TRUE(refusing.Start().ok());
+  absl::StatusOr<std::string> line = refusing.WaitForLine("PORT=", absl::Seconds(10));
+  ASSERT_TRUE(line.ok()) << line.status();
+  TestUpstream serving;
+  ASSERT_TRUE(serving.Start().ok());
+  FrameRelayOptions options;
+  // Connection 0 (the refusing one) takes the first call: both are idle and
+  // the pick starts there.
+  options.upstreams = {{"127.0.0.1", std::atoi(line->substr(5).c_str())},
+                       {"127.0.0.1", serving.port()}};
+  options.upstream_connections = 2;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  std::mt19937 rng(7);
+  const std::string request = RandomBytes(100000, rng);
+  CallOptions call_options;
+  call_options.timeout = absl::Seconds(10);
+  const CallResult result = UnaryCall(channel, kUnaryMethod, request, call_options);
+  ASSERT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre(request));
+  EXPECT_EQ(serving.Calls().size(), 1u);
+  EXPECT_EQ((*relay)->relay().Stats().replayed_streams, 1u);
+  (*relay)->Stop();
+  serving.Shutdown();
+  refusing.Signal(SIGTERM);
+  refusing.WaitForExit(absl::Seconds(5));
+}
+
+// What a CallObserver is told: each call's :path and the status the app saw.
+class RecordingObserver : public relay::CallObserver {
+ public:
+  struct Ended {
+    std::string path;
+    int grpc_status;
+  };
+
+  uint32_t CallStarted(absl::string_view path) override {
+    absl::MutexLock lock(&mutex_);
+    paths_.emplace_back(path);
+    return static_cast<uint32_t>(paths_.size() - 1);
+  }
+  void CallEnded(uint32_t started, int grpc_status, absl::Duration elapsed) override {
+    absl::MutexLock lock(&mutex_);
+    EXPECT_GE(elapsed, absl::ZeroDuration());
+    ended_.push_back({paths_.at(started), grpc_status});
+  }
+  // Waits until `n` calls have ended (5 s at most) and returns them.
+  std::vector<Ended> AwaitEnded(size_t n) {
+    absl::MutexLock lock(&mutex_);
+    auto done = [this, n] { return ended_.size() >= n; };
+    mutex_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(5));
+    return ended_;
+  }
+
+ private:
+  absl::Mutex mutex_;
+  std::vector<std::string> paths_;
+  std::vector<Ended> ended_;
+};
+
+TEST(FrameRelayObserverTest, EachCallIsReportedOnceWithTheStatusTheAppSaw) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  RecordingObserver observer;
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.observer = &observer;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+
+  EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "ok").status.ok());
+  CallOptions not_found;
+  not_found.metadata = {{"x-status-code", "5"}};
+  EXPECT_EQ(UnaryCall(channel, kServerStreamMethod, "nf", not_found).status.error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  CallOptions trailers_only;
+  trailers_only.metadata = {{"x-trailers-only", "1"}, {"x-status-code", "7"}};
+  EXPECT_EQ(UnaryCall(channel, kUnaryMethod, "to", trailers_only).status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  CallOptions cancelled;
+  cancelled.metadata = {{"x-sleep-ms", "5000"}};
+  cancelled.timeout = absl::Milliseconds(200);
+  EXPECT_EQ(UnaryCall(channel, kBidiMethod, "late", cancelled).status.error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  const std::vector<RecordingObserver::Ended> ended = observer.AwaitEnded(4);
+  ASSERT_EQ(ended.size(), 4u);
+  EXPECT_EQ(ended[0].path, kUnaryMethod);
+  EXPECT_EQ(ended[0].grpc_status, 0);
+  EXPECT_EQ(ended[1].path, kServerStreamMethod);
+  EXPECT_EQ(ended[1].grpc_status, 5);
+  EXPECT_EQ(ended[2].grpc_status, 7);
+  EXPECT_EQ(ended[3].path, kBidiMethod);
+  // The client gave up and reset the stream: grpc counts that as CANCELLED.
+  EXPECT_EQ(ended[3].grpc_status, 1);
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+// Drain: the call in flight finishes, Run() returns once it has, and the
+// relay takes no new connection.
+TEST(FrameRelayDrainTest, TheCallInFlightFinishesThenRunReturns) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  absl::StatusOr<std::unique_ptr<FrameRelay>> relay = FrameRelay::Create(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  std::promise<void> returned;
+  std::future<void> run_returned = returned.get_future();
+  std::thread loop([&relay, &returned] {
+    (*relay)->Run();
+    returned.set_value();
+  });
+  ASSERT_TRUE(AwaitConnected(**relay, absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel =
+      CreateTestChannel(absl::StrCat("127.0.0.1:", (*relay)->port()));
+  CallOptions slow;
+  slow.metadata = {{"x-sleep-ms", "500"}};
+  std::future<CallResult> in_flight = std::async(
+      std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "finish me", slow); });
+  ASSERT_TRUE(upstream.WaitForCalls(1, absl::Seconds(5)));
+  (*relay)->Drain();
+  const CallResult result = in_flight.get();
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre("finish me"));
+  EXPECT_EQ(run_returned.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_FALSE(PortAcceptsConnections((*relay)->port()));
+  (*relay)->Stop();
+  loop.join();
+  upstream.Shutdown();
 }
 
 }  // namespace

@@ -1,0 +1,80 @@
+// FrameForwarder serves GRPC_LISTEN_ADDR with relay::FrameRelay instead of a
+// grpc::Server when GRPC_FORWARDER=frames: calls are relayed as HTTP/2
+// frames over the pool's upstream connections, at a fraction of the grpc++
+// forwarder's CPU and memory per call (bench/RESULTS.md, "A frame relay").
+//
+// It is opt-in because it does not do everything the grpc++ forwarder does
+// yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
+// cannot honour (TLS upstream, unix sockets, a pool sizing itself, circuit
+// breaking, fair share); health probes, DNS re-resolution, outlier ejection,
+// the PoolAdmin gRPC service and the frame screen's rules do not apply.
+// Request metrics (poolside_requests_total, the duration histogram and
+// poolside_inflight_requests) and the pool gauges are recorded as usual;
+// message counts are not (frames are not decoded into messages).
+//
+// Threading: Start, Snapshot and Shutdown from any thread; the relay runs on
+// a thread of its own.
+#ifndef POOLSIDE_PROXY_FRAME_FORWARDER_H_
+#define POOLSIDE_PROXY_FRAME_FORWARDER_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "metrics/poolside_metrics.h"
+#include "pool/pool_snapshot.h"
+#include "pool/upstream_target.h"
+#include "relay/frame_relay.h"
+
+namespace poolside {
+
+struct FrameForwarderOptions {
+  // "host:port" or "[v6]:port" with an IP literal host.
+  std::string listen_addr;
+  // The upstream's resolved addresses; connection i goes to the i-th, in
+  // turn.
+  std::vector<BackendAddress> backends;
+  int connections = 10;
+  // How long a call waits for a connection (GRPC_CONNECTION_TIMEOUT_SECS).
+  absl::Duration connection_wait = absl::Seconds(30);
+  // The :authority sent upstream (GRPC_UPSTREAM_AUTHORITY, or the target's
+  // own, as the grpc++ forwarder sends).
+  std::string authority;
+  int max_streams_per_app_connection = 1000;
+};
+
+class FrameForwarder {
+ public:
+  // Binds, connects and starts relaying. `metrics` may be null (metrics off);
+  // it must outlive the FrameForwarder.
+  static absl::StatusOr<std::unique_ptr<FrameForwarder>> Start(FrameForwarderOptions options,
+                                                               PoolsideMetrics* metrics);
+  ~FrameForwarder();
+  FrameForwarder(const FrameForwarder&) = delete;
+  FrameForwarder& operator=(const FrameForwarder&) = delete;
+
+  // The upstream connections as pool slots, for /pool, /readyz and the
+  // gauges.
+  PoolSnapshot Snapshot() const;
+  // Stops accepting, lets the calls in flight finish for up to `grace`, then
+  // ends the rest. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  class MetricsObserver;
+  FrameForwarder() = default;
+
+  int connections_ = 0;
+  std::unique_ptr<MetricsObserver> observer_;
+  std::unique_ptr<relay::FrameRelay> relay_;
+  std::thread thread_;
+  // Set by the relay's thread as Run() returns.
+  std::shared_ptr<std::atomic<bool>> stopped_ = std::make_shared<std::atomic<bool>>(false);
+};
+
+}  // namespace poolside
+
+#endif  // POOLSIDE_PROXY_FRAME_FORWARDER_H_
