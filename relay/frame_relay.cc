@@ -625,7 +625,8 @@ void FrameRelay::Loop::Flush(Connection& connection) {
 
 void FrameRelay::Loop::Close(Connection& connection) {
   // nghttp2_session_del calls no stream callbacks: each stream's other side
-  // is told here.
+  // is told here. Each Close*Side unlinks the stream from this list before
+  // it may free it, so the head is always a live stream.
   while (connection.streams != nullptr) {
     RelayStream* stream = connection.streams;
     if (connection.side == Side::kApp) {
@@ -996,6 +997,7 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
 Connection* FrameRelay::Loop::PickUpstream() {
   Connection* best = nullptr;
   size_t count = upstreams_.size();
+  if (count == 0) return nullptr;
   for (size_t i = 0; i < count; ++i) {
     Connection* candidate = upstreams_[(next_upstream_ + i) % count].get();
     if (candidate->session == nullptr || candidate->dead ||
