@@ -15,29 +15,21 @@
 #include <string>
 #include <thread>
 
+#include "bench/hop_main.h"
 #include "relay/frame_relay.h"
 
 namespace {
+
+using ::poolside::bench::FlagValue;
 
 constexpr char kUsage[] =
     "usage: frame_hop --upstream=HOST:PORT [--port=0] [--connections=1]\n"
     "gRPC calls relayed as HTTP/2 frames (a benchmark yardstick, not a proxy).\n";
 
-// The value of `--name=value`, or "" when `arg` is another flag.
-std::string FlagValue(const std::string& arg, const std::string& name) {
-  if (arg.rfind(name + "=", 0) != 0) return "";
-  return arg.substr(name.size() + 1);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Blocked before the relay's thread starts, so that only sigwait sees them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const sigset_t stop_signals = poolside::bench::BlockStopSignals();
   signal(SIGPIPE, SIG_IGN);
 
   poolside::relay::FrameRelayOptions options;

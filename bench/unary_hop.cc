@@ -44,8 +44,11 @@
 
 #include "absl/base/internal/sysinfo.h"
 #include "absl/synchronization/mutex.h"
+#include "bench/hop_main.h"
 
 namespace {
+
+using ::poolside::bench::FlagValue;
 
 constexpr char kUsage[] =
     "usage: unary_hop --upstream=HOST:PORT [--port=0] [--threads=2] [--mode=unary|pingpong]\n"
@@ -257,21 +260,10 @@ void Serve(grpc::ServerCompletionQueue* queue, grpc::AsyncGenericService* servic
   bool ok = false;
   while (queue->Next(&tag, &ok)) AcceptedCall::OnEvent(tag, ok);
 }
-
-std::string FlagValue(const std::string& arg, const std::string& name) {
-  const std::string prefix = name + "=";
-  return arg.rfind(prefix, 0) == 0 ? arg.substr(prefix.size()) : std::string();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Blocked before any thread starts, so that only sigwait below sees them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const sigset_t stop_signals = poolside::bench::BlockStopSignals();
 
   std::string upstream;
   int port = 0;

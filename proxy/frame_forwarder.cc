@@ -2,7 +2,7 @@
 
 #include <grpcpp/support/status.h>
 
-#include <atomic>
+#include <future>
 #include <map>
 #include <utility>
 
@@ -66,10 +66,12 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
       relay::FrameRelay::Create(relay_options);
   if (!relay.ok()) return relay.status();
   forwarder->relay_ = *std::move(relay);
+  std::promise<void> returned;
+  forwarder->run_returned_ = returned.get_future();
   forwarder->thread_ =
-      std::thread([relay = forwarder->relay_.get(), stopped = forwarder->stopped_] {
+      std::thread([relay = forwarder->relay_.get(), returned = std::move(returned)]() mutable {
         relay->Run();
-        stopped->store(true);
+        returned.set_value();
       });
   return forwarder;
 }
@@ -108,8 +110,7 @@ PoolSnapshot FrameForwarder::Snapshot() const {
 void FrameForwarder::Shutdown(absl::Duration grace) {
   if (!thread_.joinable()) return;
   relay_->Drain();
-  const absl::Time deadline = absl::Now() + grace;
-  while (!stopped_->load() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  run_returned_.wait_for(absl::ToChronoNanoseconds(grace));
   relay_->Stop();
   thread_.join();
 }

@@ -17,6 +17,7 @@
 #ifndef POOLSIDE_PROXY_FRAME_FORWARDER_H_
 #define POOLSIDE_PROXY_FRAME_FORWARDER_H_
 
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -71,8 +72,8 @@ class FrameForwarder {
   std::unique_ptr<MetricsObserver> observer_;
   std::unique_ptr<relay::FrameRelay> relay_;
   std::thread thread_;
-  // Set by the relay's thread as Run() returns.
-  std::shared_ptr<std::atomic<bool>> stopped_ = std::make_shared<std::atomic<bool>>(false);
+  // Ready once the relay's Run() has returned (the drain is over).
+  std::future<void> run_returned_;
 };
 
 }  // namespace poolside

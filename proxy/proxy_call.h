@@ -28,12 +28,12 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "base/intrusive_list.h"
 #include "metrics/call_recorder.h"
 #include "metrics/hostile_peer.h"
 #include "pool/channel_pool.h"
 #include "prometheus/counter.h"
 #include "proxy/fair_share.h"
-#include "proxy/hold_list.h"
 #include "proxy/local_service.h"
 
 namespace poolside {
@@ -108,11 +108,11 @@ struct QueueContext {
   // Calls holding a step back until the events already queued are handled
   // (ProxyCall::ResumeHeld), and the events this queue has handled. Confined
   // to this queue's thread.
-  HoldList<ProxyCall> holding;
+  IntrusiveList<ProxyCall> holding;
   uint64_t events_handled = 0;
   // Calls holding a read back until that side's next write
   // (ProxyCall::ResumeExpiredReadHolds). Confined to this queue's thread.
-  HoldList<ProxyCall> read_holding;
+  IntrusiveList<ProxyCall> read_holding;
 };
 
 // One forwarded call. Where it is, is two small machines instead of a dozen
@@ -365,10 +365,10 @@ class alignas(16) ProxyCall {
   Listed listed_ = Listed::kNone;
   // In the queue's holding list, and the queue's event count at which the
   // call resumes anyway.
-  HoldLink<ProxyCall> hold_link_;
+  IntrusiveLink<ProxyCall> hold_link_;
   uint64_t hold_until_event_ = 0;
   // In the queue's read-holding list, and when it resumes anyway.
-  HoldLink<ProxyCall> read_hold_link_;
+  IntrusiveLink<ProxyCall> read_hold_link_;
   absl::Time read_hold_until_;
   // The upstream's response headers are copied to the app's call but not
   // sent: the first message's write will carry them.

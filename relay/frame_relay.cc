@@ -23,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/intrusive_list.h"
 
 namespace poolside::relay {
 namespace {
@@ -126,9 +127,9 @@ struct Connection {
   bool waiting_writable = false;
   bool dirty = false;
   bool dead = false;
-  // Streams with a side on this connection (RelayStream::links); the count
-  // is read by Stats() on other threads.
-  RelayStream* streams = nullptr;
+  // Streams with a side on this connection; the count is read by Stats()
+  // on other threads.
+  IntrusiveList<RelayStream> streams;
   std::atomic<int64_t> open_streams{0};
   // Upstream connections only: where to, and what Stats() reports.
   bool connecting = false;
@@ -169,46 +170,30 @@ struct RelayStream {
   bool replayable = true;
   bool request_has_body = true;
   int replays = 0;
-  // Waiting for an upstream connection to come up (Loop::Park), until
-  // wait_until; in the loop's list of waiting streams.
-  bool waiting = false;
+  // Linked while waiting for an upstream connection to come up
+  // (Loop::Park), until wait_until.
+  IntrusiveLink<RelayStream> wait_link;
   Clock::time_point wait_until;
-  RelayStream* wait_prev = nullptr;
-  RelayStream* wait_next = nullptr;
   // For the CallObserver.
   uint32_t observer_token = 0;
   Clock::time_point started_at;
   int grpc_status = -1;
-  // Intrusive lists of each connection's streams.
-  RelayStream* app_prev = nullptr;
-  RelayStream* app_next = nullptr;
-  RelayStream* upstream_prev = nullptr;
-  RelayStream* upstream_next = nullptr;
+  // In each side's connection's list of streams.
+  IntrusiveLink<RelayStream> app_link;
+  IntrusiveLink<RelayStream> upstream_link;
 };
 
+IntrusiveLink<RelayStream> RelayStream::*LinkOn(const Connection& connection) {
+  return connection.side == Side::kApp ? &RelayStream::app_link : &RelayStream::upstream_link;
+}
+
 void Link(Connection& connection, RelayStream* stream) {
-  if (connection.side == Side::kApp) {
-    stream->app_next = connection.streams;
-    if (connection.streams != nullptr) connection.streams->app_prev = stream;
-  } else {
-    stream->upstream_next = connection.streams;
-    if (connection.streams != nullptr) connection.streams->upstream_prev = stream;
-  }
-  connection.streams = stream;
+  connection.streams.Add(stream, LinkOn(connection));
   connection.open_streams.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Unlink(Connection& connection, RelayStream* stream) {
-  RelayStream*& prev = connection.side == Side::kApp ? stream->app_prev : stream->upstream_prev;
-  RelayStream*& next = connection.side == Side::kApp ? stream->app_next : stream->upstream_next;
-  if (prev != nullptr) {
-    (connection.side == Side::kApp ? prev->app_next : prev->upstream_next) = next;
-  } else {
-    connection.streams = next;
-  }
-  if (next != nullptr)
-    (connection.side == Side::kApp ? next->app_prev : next->upstream_prev) = prev;
-  prev = next = nullptr;
+  connection.streams.Remove(stream, LinkOn(connection));
   connection.open_streams.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -388,9 +373,8 @@ class FrameRelay::Loop {
   std::list<std::unique_ptr<Connection>> apps_;
   std::vector<Connection*> dirty_;
   size_t next_upstream_ = 0;
-  // Streams waiting for a connection, oldest first (RelayStream::wait_*).
-  RelayStream* waiting_head_ = nullptr;
-  RelayStream* waiting_tail_ = nullptr;
+  // Streams waiting for a connection (RelayStream::wait_link).
+  IntrusiveList<RelayStream> waiting_;
   int64_t live_streams_ = 0;
   int64_t freed_since_trim_ = 0;
   static constexpr int64_t kStreamsPerTrim = 1024;
@@ -627,8 +611,8 @@ void FrameRelay::Loop::Close(Connection& connection) {
   // nghttp2_session_del calls no stream callbacks: each stream's other side
   // is told here. Each Close*Side unlinks the stream from this list before
   // it may free it, so the head is always a live stream.
-  while (connection.streams != nullptr) {
-    RelayStream* stream = connection.streams;
+  while (!connection.streams.empty()) {
+    RelayStream* stream = connection.streams.oldest();
     if (connection.side == Side::kApp) {
       CloseAppSide(stream, NGHTTP2_CANCEL);
     } else {
@@ -703,9 +687,9 @@ void FrameRelay::Loop::Run() {
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
       timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
     }
-    if (waiting_head_ != nullptr) {
-      auto wait =
-          std::chrono::duration_cast<std::chrono::milliseconds>(waiting_head_->wait_until - now);
+    if (!waiting_.empty()) {
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+          waiting_.oldest()->wait_until - now);
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()) + 1);
       timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
     }
@@ -962,7 +946,7 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
   bool upward = connection.side == Side::kApp;
-  if (stream != nullptr && stream->waiting) {
+  if (stream != nullptr && stream->wait_link.linked) {
     // Kept for when a connection is up; the stream's window bounds them.
     stream->upward.Append(data, length);
     return 0;
@@ -1102,7 +1086,7 @@ void FrameRelay::Loop::EndCall(RelayStream* stream, uint32_t error_code) {
 void FrameRelay::Loop::CloseAppSide(RelayStream* stream, uint32_t error_code) {
   Connection* app = stream->app;
   if (app == nullptr) return;
-  if (stream->waiting) Unpark(stream);
+  Unpark(stream);
   EndCall(stream, error_code);
   // The app's bytes not yet written upstream never will be: the upstream
   // stream is reset below.
@@ -1168,26 +1152,19 @@ void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_cod
 }
 
 void FrameRelay::Loop::Park(RelayStream* stream) {
-  stream->waiting = true;
   stream->wait_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                           absl::ToChronoNanoseconds(options_.connection_wait));
-  stream->wait_prev = waiting_tail_;
-  stream->wait_next = nullptr;
-  (waiting_tail_ != nullptr ? waiting_tail_->wait_next : waiting_head_) = stream;
-  waiting_tail_ = stream;
+  waiting_.Add(stream, &RelayStream::wait_link);
 }
 
 void FrameRelay::Loop::Unpark(RelayStream* stream) {
-  (stream->wait_prev != nullptr ? stream->wait_prev->wait_next : waiting_head_) = stream->wait_next;
-  (stream->wait_next != nullptr ? stream->wait_next->wait_prev : waiting_tail_) = stream->wait_prev;
-  stream->wait_prev = stream->wait_next = nullptr;
-  stream->waiting = false;
+  waiting_.Remove(stream, &RelayStream::wait_link);
 }
 
 void FrameRelay::Loop::StartWaitingStreams() {
-  // Each either starts now or parks again at the tail: one pass at most.
-  for (RelayStream* last = waiting_tail_; waiting_head_ != nullptr;) {
-    RelayStream* stream = waiting_head_;
+  // Each either starts now or parks again as the newest: one pass at most.
+  for (RelayStream* last = waiting_.newest(); !waiting_.empty();) {
+    RelayStream* stream = waiting_.oldest();
     Unpark(stream);
     SubmitUpstream(stream);
     if (stream == last) break;
@@ -1195,8 +1172,8 @@ void FrameRelay::Loop::StartWaitingStreams() {
 }
 
 void FrameRelay::Loop::FailOverdueWaits(Clock::time_point now) {
-  while (waiting_head_ != nullptr && waiting_head_->wait_until <= now) {
-    RelayStream* stream = waiting_head_;
+  while (!waiting_.empty() && waiting_.oldest()->wait_until <= now) {
+    RelayStream* stream = waiting_.oldest();
     Unpark(stream);
     StopKeepingRequest(stream);
     DropUpward(stream, /*app_stream_open=*/true);

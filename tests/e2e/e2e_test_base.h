@@ -19,20 +19,13 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "poolside/admin/v1/admin.grpc.pb.h"
+#include "tests/support/payloads.h"
 #include "tests/support/poolside_process.h"
 
 namespace poolside::test {
 
 // How long poolside may take to start listening.
 inline constexpr absl::Duration kStartTimeout = absl::Seconds(10);
-
-// `size` pseudo-random bytes, every value 0..255 possible (NULs included).
-inline std::string RandomBytes(size_t size, std::mt19937& rng) {
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::string bytes(size, '\0');
-  for (char& c : bytes) c = static_cast<char>(byte(rng));
-  return bytes;
-}
 
 // The last `n` characters of `text`.
 inline std::string Tail(const std::string& text, size_t n = 6000) {

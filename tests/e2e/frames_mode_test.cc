@@ -111,6 +111,8 @@ TEST_F(FramesModeTest, ACallWaitsForTheUpstreamToComeUp) {
   std::future<CallResult> waiting = std::async(
       std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "wait for it"); });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // No connection is up: the pool is unhealthy, and /readyz says so.
+  EXPECT_FALSE(HttpGet(poolside_->admin_port(), "/readyz").ok());
   TestUpstream::Options late_options;
   late_options.port = port;
   TestUpstream late(late_options);
@@ -118,6 +120,7 @@ TEST_F(FramesModeTest, ACallWaitsForTheUpstreamToComeUp) {
   const CallResult result = waiting.get();
   EXPECT_TRUE(result.status.ok()) << result;
   EXPECT_THAT(result.responses, ElementsAre("wait for it"));
+  EXPECT_TRUE(HttpGet(poolside_->admin_port(), "/readyz").ok());
   poolside_->Terminate();
   EXPECT_EQ(poolside_->WaitForExit(absl::Seconds(10)), 0);
   late.Shutdown();

@@ -10,7 +10,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -32,7 +31,7 @@
 #include "absl/time/time.h"
 #include "tests/support/child_process.h"
 #include "tests/support/generic_client.h"
-#include "tests/support/loopback_socket.h"
+#include "tests/support/payloads.h"
 #include "tests/support/poolside_process.h"
 #include "tests/support/test_upstream.h"
 
@@ -50,14 +49,6 @@ constexpr absl::Duration kStopTimeout = absl::Seconds(15);
 // How long the relay may take to serve its first call.
 constexpr absl::Duration kReadyTimeout = absl::Seconds(5);
 
-// `size` pseudo-random bytes, every value 0..255 possible (NULs included).
-std::string RandomBytes(size_t size, std::mt19937& rng) {
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::string bytes(size, '\0');
-  for (char& c : bytes) c = static_cast<char>(byte(rng));
-  return bytes;
-}
-
 // Every byte value 0..255, in order, `repeat` times.
 std::string AllByteValues(int repeat = 1) {
   std::string bytes;
@@ -73,15 +64,6 @@ std::vector<std::string> ValuesOf(const Metadata& metadata, const std::string& k
   auto [begin, end] = metadata.equal_range(key);
   for (auto it = begin; it != end; ++it) values.push_back(it->second);
   return values;
-}
-
-// A loopback port nobody listens on: bound once to pick it, then released.
-int UnusedLoopbackPort() {
-  const int fd = BindLoopback(0);
-  if (fd < 0) return 0;
-  const int port = LocalPort(fd);
-  close(fd);
-  return port;
 }
 
 // A FrameRelay whose Run() loop runs on a thread of its own until Stop(), so
@@ -527,7 +509,7 @@ TEST_F(FrameRelayTest, TwoHundredConcurrentCallsFromFourChannelsUseTwoUpstreamCo
 // 10. With no upstream, a call fails fast with UNAVAILABLE (trailers-only,
 // by design) instead of waiting for a connection, and the relay still stops.
 TEST(FrameRelayNoUpstreamTest, CallIsUnavailableWithinTwoSeconds) {
-  const int dead_port = UnusedLoopbackPort();
+  const int dead_port = PickFreePort();
   ASSERT_GT(dead_port, 0);
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", dead_port}};

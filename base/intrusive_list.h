@@ -1,15 +1,16 @@
-// The lists a completion queue keeps of its calls that hold a step back
-// (ProxyCall::Hold, ProxyCall::HoldRead), in the order they began to hold, so
-// that the oldest, whose bound comes first, is always at hand. Intrusive: a
-// call carries one HoldLink per list it may join, so joining and leaving
-// allocate nothing and cost O(1). Confined to the queue's thread.
-#ifndef POOLSIDE_PROXY_HOLD_LIST_H_
-#define POOLSIDE_PROXY_HOLD_LIST_H_
+// A list of objects in the order they joined, so that the oldest is always at
+// hand: a completion queue's calls that hold a step back (ProxyCall::Hold,
+// ProxyCall::HoldRead), a relay connection's streams and the streams waiting
+// for a connection (relay/frame_relay.cc). Intrusive: an object carries one
+// IntrusiveLink per list it may join, so joining and leaving allocate nothing
+// and cost O(1). Not thread-safe: each list is confined to one thread.
+#ifndef POOLSIDE_BASE_INTRUSIVE_LIST_H_
+#define POOLSIDE_BASE_INTRUSIVE_LIST_H_
 
 namespace poolside {
 
 template <typename T>
-struct HoldLink {
+struct IntrusiveLink {
   bool linked = false;
   T* newer = nullptr;
   T* older = nullptr;
@@ -18,15 +19,15 @@ struct HoldLink {
 // `link` names the member of T that links it into this list; every call on
 // one list must pass the same one.
 template <typename T>
-class HoldList {
+class IntrusiveList {
  public:
   T* newest() const { return newest_; }
   T* oldest() const { return oldest_; }
   bool empty() const { return newest_ == nullptr; }
 
   // Joins as the newest; does nothing if `item` is on the list already.
-  void Add(T* item, HoldLink<T> T::*link) {
-    HoldLink<T>& mine = item->*link;
+  void Add(T* item, IntrusiveLink<T> T::*link) {
+    IntrusiveLink<T>& mine = item->*link;
     if (mine.linked) return;
     mine.linked = true;
     mine.older = newest_;
@@ -39,8 +40,8 @@ class HoldList {
   }
 
   // Leaves; does nothing if `item` is not on the list.
-  void Remove(T* item, HoldLink<T> T::*link) {
-    HoldLink<T>& mine = item->*link;
+  void Remove(T* item, IntrusiveLink<T> T::*link) {
+    IntrusiveLink<T>& mine = item->*link;
     if (!mine.linked) return;
     mine.linked = false;
     if (mine.newer != nullptr) {
@@ -63,4 +64,4 @@ class HoldList {
 
 }  // namespace poolside
 
-#endif  // POOLSIDE_PROXY_HOLD_LIST_H_
+#endif  // POOLSIDE_BASE_INTRUSIVE_LIST_H_
