@@ -9,15 +9,37 @@
 #include "absl/strings/str_cat.h"
 #include "config/address.h"
 #include "metrics/call_recorder.h"
+#include "metrics/hostile_peer.h"
 
 namespace poolside {
 
+namespace {
+
+HostileReason HostileReasonOf(relay::AppCutReason reason) {
+  switch (reason) {
+    case relay::AppCutReason::kRapidReset:
+      return HostileReason::kRapidReset;
+    case relay::AppCutReason::kHeaderBlockTooLarge:
+      return HostileReason::kHeaderBlockTooLarge;
+    case relay::AppCutReason::kPingFlood:
+      return HostileReason::kPingFlood;
+    case relay::AppCutReason::kSettingsFlood:
+      return HostileReason::kSettingsFlood;
+    case relay::AppCutReason::kMalformed:
+      break;
+  }
+  return HostileReason::kMalformed;
+}
+
+}  // namespace
+
 // Request metrics from the relay's thread, through a recorder that thread
-// alone uses (CallRecorder's rule).
+// alone uses (CallRecorder's rule), and the app connections the relay cuts
+// off, as poolside_hostile_peer_total{side="app"}.
 class FrameForwarder::MetricsObserver : public relay::CallObserver {
  public:
-  explicit MetricsObserver(std::unique_ptr<CallRecorder> recorder)
-      : recorder_(std::move(recorder)) {}
+  MetricsObserver(std::unique_ptr<CallRecorder> recorder, HostilePeerCounter& hostile_peers)
+      : recorder_(std::move(recorder)), hostile_peers_(hostile_peers) {}
 
   uint32_t CallStarted(absl::string_view path) override {
     recorder_->CallStarted();
@@ -27,9 +49,13 @@ class FrameForwarder::MetricsObserver : public relay::CallObserver {
     recorder_->RecordCall(method, static_cast<grpc::StatusCode>(grpc_status), elapsed);
     recorder_->CallEnded();
   }
+  void AppConnectionCut(relay::AppCutReason reason) override {
+    hostile_peers_.Count(PeerSide::kApp, HostileReasonOf(reason));
+  }
 
  private:
   std::unique_ptr<CallRecorder> recorder_;
+  HostilePeerCounter& hostile_peers_;
 };
 
 absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwarderOptions options,
@@ -59,7 +85,8 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   std::unique_ptr<FrameForwarder> forwarder(new FrameForwarder);
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {
-    forwarder->observer_ = std::make_unique<MetricsObserver>(metrics->NewCallRecorder());
+    forwarder->observer_ = std::make_unique<MetricsObserver>(metrics->NewCallRecorder(),
+                                                           metrics->hostile_peers());
     relay_options.observer = forwarder->observer_.get();
   }
   absl::StatusOr<std::unique_ptr<relay::FrameRelay>> relay =

@@ -127,6 +127,12 @@ struct Connection {
   bool waiting_writable = false;
   bool dirty = false;
   bool dead = false;
+  // App connections: the type of the last PING or SETTINGS frame received,
+  // which names a flood nghttp2 reports without saying of what.
+  uint8_t last_control_frame = 0;
+  // A GOAWAY ending the session is queued: once it is written (or cannot be),
+  // the connection is closed.
+  bool cut = false;
   // Streams with a side on this connection; the count is read by Stats()
   // on other threads.
   IntrusiveList<RelayStream> streams;
@@ -304,6 +310,9 @@ class FrameRelay::Loop {
   void OnWritable(Connection& connection);
   void Flush(Connection& connection);
   void MarkDirty(Connection& connection);
+  // nghttp2 refused what the peer sent (`error`, one of its negative codes):
+  // an app is told why it is cut off, ENHANCE_YOUR_CALM for a flood.
+  void CutOff(Connection& connection, int error);
   void Close(Connection& connection);
   void Watch(Connection& connection, uint32_t events, int op);
 
@@ -554,17 +563,44 @@ void FrameRelay::Loop::MarkDirty(Connection& connection) {
 
 void FrameRelay::Loop::OnReadable(Connection& connection) {
   uint8_t buffer[64 << 10];
-  for (int reads = 0; reads < 4 && !connection.dead; ++reads) {
+  for (int reads = 0; reads < 4 && !connection.dead && !connection.cut; ++reads) {
     ssize_t got = read(connection.fd, buffer, sizeof(buffer));
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
-    if (got <= 0 ||
-        nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got)) < 0) {
+    if (got <= 0) {
       connection.dead = true;
+      break;
+    }
+    const ssize_t taken =
+        nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got));
+    if (taken < 0) {
+      CutOff(connection, static_cast<int>(taken));
       break;
     }
     MarkDirty(connection);
     if (static_cast<size_t>(got) < sizeof(buffer)) break;
   }
+}
+
+void FrameRelay::Loop::CutOff(Connection& connection, int error) {
+  if (connection.side == Side::kUpstream) {
+    connection.dead = true;
+    return;
+  }
+  AppCutReason reason = AppCutReason::kMalformed;
+  if (error == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) {
+    reason = AppCutReason::kHeaderBlockTooLarge;
+  } else if (error == NGHTTP2_ERR_FLOODED) {
+    reason = connection.last_control_frame == NGHTTP2_PING ? AppCutReason::kPingFlood
+                                                           : AppCutReason::kSettingsFlood;
+  }
+  if (options_.observer != nullptr) options_.observer->AppConnectionCut(reason);
+  const uint32_t code =
+      reason == AppCutReason::kMalformed ? NGHTTP2_PROTOCOL_ERROR : NGHTTP2_ENHANCE_YOUR_CALM;
+  // The session ends once the GOAWAY is written (Flush sees it wants nothing
+  // more); a session that cannot even queue one is closed at once.
+  connection.cut = true;
+  if (nghttp2_session_terminate_session(connection.session, code) != 0) connection.dead = true;
+  MarkDirty(connection);
 }
 
 void FrameRelay::Loop::OnWritable(Connection& connection) {
@@ -597,6 +633,12 @@ void FrameRelay::Loop::Flush(Connection& connection) {
     if (!connection.output.empty() || !nghttp2_session_want_write(connection.session)) break;
   }
   bool blocked = !connection.output.empty();
+  if (connection.cut) {
+    // A peer cut off gets one try at its GOAWAY, not a socket's worth of
+    // patience: it may never read.
+    connection.dead = true;
+    return;
+  }
   if (blocked != connection.waiting_writable) {
     connection.waiting_writable = blocked;
     Watch(connection, blocked ? EPOLLIN | EPOLLOUT : EPOLLIN, EPOLL_CTL_MOD);
@@ -708,7 +750,7 @@ void FrameRelay::Loop::Run() {
       if (connection.dead) continue;
       if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) OnWritable(connection);
       if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) && !connection.connecting &&
-          connection.session != nullptr) {
+          !connection.cut && connection.session != nullptr) {
         OnReadable(connection);
       }
     }
@@ -858,6 +900,10 @@ int FrameRelay::Loop::OnFrameReceived(nghttp2_session* session, const nghttp2_fr
                                       void* user_data) {
   Loop* loop = LoopOf(user_data);
   Connection& connection = ConnectionOf(user_data);
+  if (frame->hd.type == NGHTTP2_PING || frame->hd.type == NGHTTP2_SETTINGS) {
+    connection.last_control_frame = frame->hd.type;
+    return 0;
+  }
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
   if (stream == nullptr) return 0;
@@ -926,7 +972,21 @@ int FrameRelay::Loop::OnFrameReceived(nghttp2_session* session, const nghttp2_fr
 int FrameRelay::Loop::OnFrameSent(nghttp2_session* session, const nghttp2_frame* frame,
                                   void* user_data) {
   Connection& connection = ConnectionOf(user_data);
-  if (connection.side != Side::kApp || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
+  if (connection.side != Side::kApp) return 0;
+  if (frame->hd.type == NGHTTP2_GOAWAY && !connection.cut &&
+      frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+    // nghttp2 ended the session itself: past its stream reset rate limit
+    // (INTERNAL_ERROR, the CVE-2023-44487 fix) or on a protocol breach.
+    connection.cut = true;
+    Loop* loop = LoopOf(user_data);
+    if (loop->options_.observer != nullptr) {
+      loop->options_.observer->AppConnectionCut(frame->goaway.error_code == NGHTTP2_INTERNAL_ERROR
+                                                    ? AppCutReason::kRapidReset
+                                                    : AppCutReason::kMalformed);
+    }
+    return 0;
+  }
+  if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));

@@ -48,7 +48,22 @@ struct UpstreamAddress {
   int port = 0;
 };
 
-// Told of every call the relay forwards, on the relay's thread.
+// Why the relay cut an app connection off. nghttp2 (Debian's 1.52 with the
+// CVE-2023-44487 and CVE-2024-28182 fixes) detects each; the relay names it.
+enum class AppCutReason {
+  // Streams reset faster than nghttp2's reset rate limit allows.
+  kRapidReset,
+  // A header block spread over more CONTINUATION frames than nghttp2 keeps.
+  kHeaderBlockTooLarge,
+  // More PING or SETTINGS frames than their acknowledgements can drain.
+  kPingFlood,
+  kSettingsFlood,
+  // Any other breach of HTTP/2 that ends the connection.
+  kMalformed,
+};
+
+// Told of every call the relay forwards, and of every app connection it cuts
+// off, on the relay's thread.
 class CallObserver {
  public:
   virtual ~CallObserver() = default;
@@ -60,6 +75,9 @@ class CallObserver {
   // upstream), 1 for a call the app cancelled, the code grpc clients map a
   // relayed RST_STREAM to, or 2 when none was seen.
   virtual void CallEnded(uint32_t started, int grpc_status, absl::Duration elapsed) = 0;
+  // An app connection was cut off for `reason` (after a GOAWAY where the
+  // session could still send one).
+  virtual void AppConnectionCut(AppCutReason reason) = 0;
 };
 
 struct FrameRelayOptions {

@@ -643,6 +643,9 @@ class RecordingObserver : public relay::CallObserver {
     EXPECT_GE(elapsed, absl::ZeroDuration());
     ended_.push_back({paths_.at(started), grpc_status});
   }
+  void AppConnectionCut(relay::AppCutReason) override {
+    ADD_FAILURE() << "a well-behaved app was cut off";
+  }
   // Waits until `n` calls have ended (5 s at most) and returns them.
   std::vector<Ended> AwaitEnded(size_t n) {
     absl::MutexLock lock(&mutex_);
