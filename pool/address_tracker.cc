@@ -20,7 +20,7 @@ std::string Describe(const std::vector<BackendAddress>& addresses) {
 
 }  // namespace
 
-AddressTracker::AddressTracker(ChannelPool& pool, std::unique_ptr<Resolver> resolver,
+AddressTracker::AddressTracker(AddressFollower& pool, std::unique_ptr<Resolver> resolver,
                                AddressTrackerOptions options)
     : pool_(pool), resolver_(std::move(resolver)), options_(options) {}
 
@@ -57,8 +57,8 @@ void AddressTracker::ResolveOnce() {
     pool_.RecordResolution(/*failed=*/true, /*set_changed=*/false);
     if (!failing_) {
       spdlog::warn("pool: cannot resolve {}: {}; keeping the last good {} address{} ({})",
-                   pool_.options().target, std::string(resolved.status().message()),
-                   current_.size(), current_.size() == 1 ? "" : "es",
+                   options_.target, std::string(resolved.status().message()), current_.size(),
+                   current_.size() == 1 ? "" : "es",
                    current_.empty() ? "the target itself" : Describe(current_));
     }
     failing_ = true;
@@ -66,10 +66,10 @@ void AddressTracker::ResolveOnce() {
   }
   const bool changed = *resolved != current_;
   pool_.RecordResolution(/*failed=*/false, /*set_changed=*/changed && !current_.empty());
-  if (failing_) spdlog::info("pool: {} resolves again", pool_.options().target);
+  if (failing_) spdlog::info("pool: {} resolves again", options_.target);
   failing_ = false;
   if (!changed) return;
-  spdlog::info("pool: {} has {} address{}: {}{}", pool_.options().target, resolved->size(),
+  spdlog::info("pool: {} has {} address{}: {}{}", options_.target, resolved->size(),
                resolved->size() == 1 ? "" : "es", Describe(*resolved),
                current_.empty() ? "" : " (was " + Describe(current_) + ")");
   current_ = std::move(*resolved);

@@ -1,29 +1,34 @@
 // Follows the upstream's backend addresses: resolves the target every refresh
 // interval, and at once (at most once a second) when a pooled connection is
-// lost, and moves the pool onto each new address set (ChannelPool::Rebalance:
-// connect new first, then drain the surplus). When a lookup fails or finds
+// lost, and moves the pool onto each new address set (AddressFollower's
+// Rebalance, the grpc++ pool's or the frame forwarder's: connect new first,
+// then drain the surplus). When a lookup fails or finds
 // nothing, the pool keeps the last good set; that is logged once per outage
 // and counted.
 //
-// Ownership and threading: owns its Resolver; the pool must outlive it. Runs
+// Ownership and threading: owns its Resolver; the pool (the follower) must
+// outlive it. Runs
 // on its own thread; RequestResolve() is thread-safe.
 #ifndef POOLSIDE_POOL_ADDRESS_TRACKER_H_
 #define POOLSIDE_POOL_ADDRESS_TRACKER_H_
 
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "pool/channel_pool.h"
+#include "pool/address_follower.h"
 #include "pool/resolver.h"
 #include "pool/upstream_target.h"
 
 namespace poolside {
 
 struct AddressTrackerOptions {
+  // GRPC_UPSTREAM_TARGET, for the logs.
+  std::string target;
   // GRPC_DNS_REFRESH_SECS.
   absl::Duration refresh_interval = absl::Seconds(10);
   // Lookups a lost connection triggers are at least this far apart.
@@ -37,7 +42,7 @@ struct AddressTrackerOptions {
 
 class AddressTracker {
  public:
-  AddressTracker(ChannelPool& pool, std::unique_ptr<Resolver> resolver,
+  AddressTracker(AddressFollower& pool, std::unique_ptr<Resolver> resolver,
                  AddressTrackerOptions options);
   ~AddressTracker();
   AddressTracker(const AddressTracker&) = delete;
@@ -61,7 +66,7 @@ class AddressTracker {
   void ResolveOnce();
 
   // Constant after construction.
-  ChannelPool& pool_;
+  AddressFollower& pool_;
   const std::unique_ptr<Resolver> resolver_;
   const AddressTrackerOptions options_;
 

@@ -34,22 +34,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "pool/address_follower.h"
 #include "pool/channel_factory.h"
 #include "pool/pool_snapshot.h"
 #include "pool/queue_event.h"
 #include "pool/upstream_target.h"
 
 namespace poolside {
-
-// How Rebalance treats the connections it moves: a new one not READY after
-// connect_timeout is logged once (it keeps trying), a draining one still
-// running calls after drain_grace is cut.
-struct RebalanceTiming {
-  // GRPC_CONNECTION_TIMEOUT_SECS.
-  absl::Duration connect_timeout = absl::Seconds(30);
-  // GRPC_SHUTDOWN_GRACE_SECS.
-  absl::Duration drain_grace = absl::Seconds(25);
-};
 
 struct PoolOptions {
   // gRPC target URI of the upstream, used in logs and error messages.
@@ -99,7 +90,7 @@ class PooledChannel {
   std::atomic<bool> cut_{false};
 };
 
-class ChannelPool {
+class ChannelPool : public AddressFollower {
  private:
   struct Slot;
 
@@ -213,12 +204,12 @@ class ChannelPool {
   // A new connection not READY within the connect timeout is logged once and
   // keeps trying; it never displaces a working slot until READY.
   // Returns true while the pool has not settled (call again soon).
-  bool Rebalance(const std::vector<BackendAddress>& backends, RebalanceTiming timing);
+  bool Rebalance(const std::vector<BackendAddress>& backends, RebalanceTiming timing) override;
   // Called on the watcher thread when an active connection leaves READY for
   // TRANSIENT_FAILURE or IDLE (a backend may have gone). Set before Start().
   void SetConnectionLostListener(std::function<void()> listener);
   // What the address tracker reports about resolution, for Snapshot().
-  void RecordResolution(bool failed, bool set_changed);
+  void RecordResolution(bool failed, bool set_changed) override;
 
   // --- For the health monitor. Thread-safe. ---
 

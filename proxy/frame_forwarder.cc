@@ -1,7 +1,9 @@
 #include "proxy/frame_forwarder.h"
 
 #include <grpcpp/support/status.h>
+#include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <future>
 #include <map>
 #include <utility>
@@ -14,6 +16,20 @@
 namespace poolside {
 
 namespace {
+
+absl::StatusOr<std::vector<relay::UpstreamAddress>> RelayUpstreams(
+    const std::vector<BackendAddress>& backends) {
+  std::vector<relay::UpstreamAddress> upstreams;
+  for (const BackendAddress& backend : backends) {
+    absl::StatusOr<HostPort> address = ParseHostPort(backend.label);
+    if (!address.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GRPC_FORWARDER=frames needs IP addresses, not ", backend.label));
+    }
+    upstreams.push_back({address->host, address->port});
+  }
+  return upstreams;
+}
 
 HostileReason HostileReasonOf(relay::AppCutReason reason) {
   switch (reason) {
@@ -58,6 +74,40 @@ class FrameForwarder::MetricsObserver : public relay::CallObserver {
   HostilePeerCounter& hostile_peers_;
 };
 
+// The AddressTracker's view of the relay: each new address set becomes the
+// relay's (which retires the connections to addresses that went), and the
+// lookups' outcomes are kept for Snapshot().
+class FrameForwarder::RelayAddresses : public AddressFollower {
+ public:
+  // Before the tracker starts.
+  void Attach(relay::FrameRelay* relay) { relay_ = relay; }
+
+  bool Rebalance(const std::vector<BackendAddress>& backends, RebalanceTiming) override {
+    absl::StatusOr<std::vector<relay::UpstreamAddress>> upstreams = RelayUpstreams(backends);
+    absl::Status applied = upstreams.ok() ? relay_->SetUpstreams(*upstreams) : upstreams.status();
+    if (!applied.ok())
+      spdlog::warn("frames: addresses not applied: {}", std::string(applied.message()));
+    // The relay settles by itself: nothing to call back for.
+    return false;
+  }
+  void RecordResolution(bool failed, bool set_changed) override {
+    failures_.fetch_add(failed ? 1 : 0, std::memory_order_relaxed);
+    changes_.fetch_add(set_changed ? 1 : 0, std::memory_order_relaxed);
+    failing_.store(failed, std::memory_order_relaxed);
+  }
+  void AddTo(PoolSnapshot& snapshot) const {
+    snapshot.address_set_changes = changes_.load(std::memory_order_relaxed);
+    snapshot.resolution_failures = failures_.load(std::memory_order_relaxed);
+    snapshot.resolution_failing = failing_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  relay::FrameRelay* relay_ = nullptr;
+  std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> changes_{0};
+  std::atomic<bool> failing_{false};
+};
+
 absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwarderOptions options,
                                                                       PoolsideMetrics* metrics) {
   relay::FrameRelayOptions relay_options;
@@ -68,31 +118,39 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
     relay_options.listen_host = "0.0.0.0";
   }
   relay_options.listen_port = listen->port;
-  for (const BackendAddress& backend : options.backends) {
-    absl::StatusOr<HostPort> address = ParseHostPort(backend.label);
-    if (!address.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("GRPC_FORWARDER=frames needs IP addresses, not ", backend.label));
-    }
-    relay_options.upstreams.push_back({address->host, address->port});
+
+  std::unique_ptr<FrameForwarder> forwarder(new FrameForwarder);
+  forwarder->addresses_ = std::make_unique<RelayAddresses>();
+  forwarder->initial_backends_ = std::move(options.backends);
+  if (options.resolver != nullptr) {
+    forwarder->tracker_ = std::make_unique<AddressTracker>(
+        *forwarder->addresses_, std::move(options.resolver), options.tracking);
+    forwarder->initial_backends_ = forwarder->tracker_->ResolveInitial();
+    relay_options.on_upstream_lost = [tracker = forwarder->tracker_.get()] {
+      tracker->RequestResolve();
+    };
   }
+  absl::StatusOr<std::vector<relay::UpstreamAddress>> upstreams =
+      RelayUpstreams(forwarder->initial_backends_);
+  if (!upstreams.ok()) return upstreams.status();
+  relay_options.upstreams = *std::move(upstreams);
   relay_options.upstream_connections = options.connections;
   relay_options.authority = options.authority;
   relay_options.connection_wait = options.connection_wait;
   relay_options.max_streams_per_app_connection =
       static_cast<uint32_t>(options.max_streams_per_app_connection);
 
-  std::unique_ptr<FrameForwarder> forwarder(new FrameForwarder);
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {
-    forwarder->observer_ = std::make_unique<MetricsObserver>(metrics->NewCallRecorder(),
-                                                           metrics->hostile_peers());
+    forwarder->observer_ =
+        std::make_unique<MetricsObserver>(metrics->NewCallRecorder(), metrics->hostile_peers());
     relay_options.observer = forwarder->observer_.get();
   }
   absl::StatusOr<std::unique_ptr<relay::FrameRelay>> relay =
       relay::FrameRelay::Create(relay_options);
   if (!relay.ok()) return relay.status();
   forwarder->relay_ = *std::move(relay);
+  forwarder->addresses_->Attach(forwarder->relay_.get());
   std::promise<void> returned;
   forwarder->run_returned_ = returned.get_future();
   forwarder->thread_ =
@@ -100,6 +158,7 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
         relay->Run();
         returned.set_value();
       });
+  if (forwarder->tracker_ != nullptr) forwarder->tracker_->Start();
   return forwarder;
 }
 
@@ -123,6 +182,7 @@ PoolSnapshot FrameForwarder::Snapshot() const {
     channel.errors = upstream.errors;
     snapshot.connection_errors += upstream.errors;
     snapshot.channels.push_back(channel);
+    if (upstream.address.empty()) continue;  // No address found yet.
     BackendSnapshot& backend = backends[upstream.address];
     backend.address = upstream.address;
     backend.active_connections += upstream.connected ? 1 : 0;
@@ -131,11 +191,14 @@ PoolSnapshot FrameForwarder::Snapshot() const {
   }
   for (auto& [address, backend] : backends) snapshot.backends.push_back(std::move(backend));
   snapshot.connections_created = stats.upstreams.size();
+  addresses_->AddTo(snapshot);
   return snapshot;
 }
 
 void FrameForwarder::Shutdown(absl::Duration grace) {
   if (!thread_.joinable()) return;
+  // It calls the relay: it stops first.
+  if (tracker_ != nullptr) tracker_->Shutdown();
   relay_->Drain();
   run_returned_.wait_for(absl::ToChronoNanoseconds(grace));
   relay_->Stop();

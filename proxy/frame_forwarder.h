@@ -3,11 +3,17 @@
 // frames over the pool's upstream connections, at a fraction of the grpc++
 // forwarder's CPU and memory per call (bench/RESULTS.md, "A frame relay").
 //
+// A DNS target is followed as the grpc++ pool follows it (AddressTracker):
+// resolved every GRPC_DNS_REFRESH_SECS and when a connection is lost, the
+// connections spread over the addresses found, a connection to an address
+// that has gone finishing its streams before it closes.
+//
 // It is opt-in because it does not do everything the grpc++ forwarder does
 // yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
 // cannot honour (TLS upstream, unix sockets, a pool sizing itself, circuit
-// breaking, fair share); health probes, DNS re-resolution, outlier ejection,
-// the PoolAdmin gRPC service and the frame screen's rules do not apply.
+// breaking, fair share); health probes, outlier ejection, the PoolAdmin gRPC
+// service and the frame screen's rules do not apply (nghttp2's own limits
+// do).
 // Request metrics (poolside_requests_total, the duration histogram and
 // poolside_inflight_requests) and the pool gauges are recorded as usual;
 // message counts are not (frames are not decoded into messages).
@@ -26,7 +32,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "metrics/poolside_metrics.h"
+#include "pool/address_tracker.h"
 #include "pool/pool_snapshot.h"
+#include "pool/resolver.h"
 #include "pool/upstream_target.h"
 #include "relay/frame_relay.h"
 
@@ -35,9 +43,13 @@ namespace poolside {
 struct FrameForwarderOptions {
   // "host:port" or "[v6]:port" with an IP literal host.
   std::string listen_addr;
-  // The upstream's resolved addresses; connection i goes to the i-th, in
-  // turn.
+  // A fixed target's addresses; connection i goes to the i-th, in turn.
+  // Ignored when `resolver` is set.
   std::vector<BackendAddress> backends;
+  // A DNS target's resolver: the addresses are looked up at start (a call
+  // waits for a connection while none is found) and followed after.
+  std::unique_ptr<Resolver> resolver;
+  AddressTrackerOptions tracking;
   int connections = 10;
   // How long a call waits for a connection (GRPC_CONNECTION_TIMEOUT_SECS).
   absl::Duration connection_wait = absl::Seconds(30);
@@ -53,6 +65,9 @@ class FrameForwarder {
   // it must outlive the FrameForwarder.
   static absl::StatusOr<std::unique_ptr<FrameForwarder>> Start(FrameForwarderOptions options,
                                                                PoolsideMetrics* metrics);
+  // The addresses the connections go to (resolved at start, for a DNS
+  // target; empty if that lookup failed).
+  const std::vector<BackendAddress>& initial_backends() const { return initial_backends_; }
   ~FrameForwarder();
   FrameForwarder(const FrameForwarder&) = delete;
   FrameForwarder& operator=(const FrameForwarder&) = delete;
@@ -66,9 +81,16 @@ class FrameForwarder {
 
  private:
   class MetricsObserver;
+  // What the AddressTracker moves: the relay's upstream addresses.
+  class RelayAddresses;
   FrameForwarder() = default;
 
   int connections_ = 0;
+  std::vector<BackendAddress> initial_backends_;
+  // Declared before tracker_, which calls it.
+  std::unique_ptr<RelayAddresses> addresses_;
+  // Null for a fixed target. Stopped before the relay goes.
+  std::unique_ptr<AddressTracker> tracker_;
   std::unique_ptr<MetricsObserver> observer_;
   std::unique_ptr<relay::FrameRelay> relay_;
   std::thread thread_;

@@ -89,6 +89,7 @@ std::unique_ptr<poolside::AddressTracker> NewAddressTracker(const poolside::Conf
     return nullptr;
   }
   poolside::AddressTrackerOptions options;
+  options.target = config.upstream_target;
   options.refresh_interval = config.dns_refresh;
   options.rebalance = RebalanceTimingFrom(config);
   return std::make_unique<poolside::AddressTracker>(pool, *std::move(resolver), options);
@@ -177,56 +178,54 @@ std::unique_ptr<poolside::AdminHttpServer> StartAdminHttp(
   return server;
 }
 
-// The upstream's addresses now, for GRPC_FORWARDER=frames (which does not
-// follow DNS yet).
-absl::StatusOr<std::vector<poolside::BackendAddress>> ResolveOnce(const poolside::Config& config) {
-  absl::StatusOr<poolside::UpstreamTarget> target =
-      poolside::ParseUpstreamTarget(config.upstream_target);
-  if (!target.ok()) return target.status();
-  absl::StatusOr<std::unique_ptr<poolside::Resolver>> resolver =
-      poolside::NewResolver(*target, kResolveTimeout);
-  if (!resolver.ok()) return resolver.status();
-  return (*resolver)->Resolve();
-}
-
 // GRPC_FORWARDER=frames: the relay serves the listen port, the admin port
 // reports it; no grpc channel exists (proxy/frame_forwarder.h).
 int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
-  absl::StatusOr<std::vector<poolside::BackendAddress>> backends = ResolveOnce(config);
-  if (!backends.ok()) {
+  absl::StatusOr<poolside::UpstreamTarget> target =
+      poolside::ParseUpstreamTarget(config.upstream_target);
+  if (!target.ok()) {
     std::fprintf(stderr, "poolside: GRPC_UPSTREAM_TARGET: %s\n",
-                 std::string(backends.status().message()).c_str());
+                 std::string(target.status().message()).c_str());
     return 1;
+  }
+  poolside::FrameForwarderOptions options;
+  if (target->kind == poolside::UpstreamTarget::Kind::kDns) {
+    absl::StatusOr<std::unique_ptr<poolside::Resolver>> resolver =
+        poolside::NewResolver(*target, kResolveTimeout);
+    if (!resolver.ok()) {
+      std::fprintf(stderr, "poolside: GRPC_UPSTREAM_TARGET: %s\n",
+                   std::string(resolver.status().message()).c_str());
+      return 1;
+    }
+    options.resolver = *std::move(resolver);
+    options.tracking.target = config.upstream_target;
+    options.tracking.refresh_interval = config.dns_refresh;
+    options.tracking.rebalance = RebalanceTimingFrom(config);
+  } else {
+    options.backends = target->addresses;
   }
   poolside::MetricsOptions metrics_options;
   metrics_options.version = POOLSIDE_VERSION;
   metrics_options.max_methods = config.metrics_max_methods;
   poolside::PoolsideMetrics metrics(metrics_options);
-  poolside::FrameForwarderOptions options;
   options.listen_addr = config.listen_addr;
-  options.backends = *std::move(backends);
   options.connections = config.pool_size;
   options.connection_wait = config.connection_timeout;
   options.authority = config.upstream_authority;
-  if (options.authority.empty()) {
-    absl::StatusOr<poolside::UpstreamTarget> target =
-        poolside::ParseUpstreamTarget(config.upstream_target);
-    if (target.ok()) options.authority = target->default_authority;
-  }
+  if (options.authority.empty()) options.authority = target->default_authority;
   options.max_streams_per_app_connection = config.max_streams_per_app_connection;
   absl::StatusOr<std::unique_ptr<poolside::FrameForwarder>> forwarder =
-      poolside::FrameForwarder::Start(options, &metrics);
+      poolside::FrameForwarder::Start(std::move(options), &metrics);
   if (!forwarder.ok()) {
     std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
                  std::string(forwarder.status().message()).c_str());
     return 1;
   }
+  poolside::FrameForwarder& relay = **forwarder;
   spdlog::info(
       "forwarder: HTTP/2 frames (GRPC_FORWARDER=frames), {} connections over {} "
       "address(es)",
-      config.pool_size, options.backends.size());
-
-  poolside::FrameForwarder& relay = **forwarder;
+      config.pool_size, relay.initial_backends().size());
   std::unique_ptr<poolside::AdminHttpServer> admin_http =
       StartAdminHttp(config, metrics, [&relay] { return relay.Snapshot(); });
   if (admin_http == nullptr) return 1;

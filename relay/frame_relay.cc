@@ -17,6 +17,8 @@
 #include <chrono>
 #include <cstring>
 #include <list>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -133,6 +135,9 @@ struct Connection {
   // A GOAWAY ending the session is queued: once it is written (or cannot be),
   // the connection is closed.
   bool cut = false;
+  // An upstream connection taken out of rotation (its address left the
+  // list), closed, waiting to be freed.
+  bool retired_closed = false;
   // Streams with a side on this connection; the count is read by Stats()
   // on other threads.
   IntrusiveList<RelayStream> streams;
@@ -226,6 +231,32 @@ absl::StatusOr<sockaddr_storage> ParseAddress(const std::string& host, int port,
   return address;
 }
 
+// An upstream address, parsed.
+struct ParsedUpstream {
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  // "10.0.0.7:50051", "[::1]:50051": for Stats() and for telling addresses
+  // apart.
+  std::string text;
+};
+
+absl::StatusOr<std::vector<ParsedUpstream>> ParseUpstreams(
+    const std::vector<UpstreamAddress>& upstreams) {
+  std::vector<ParsedUpstream> parsed;
+  for (const UpstreamAddress& upstream : upstreams) {
+    ParsedUpstream entry;
+    absl::StatusOr<sockaddr_storage> address =
+        ParseAddress(upstream.host, upstream.port, &entry.length);
+    if (!address.ok()) return address.status();
+    entry.address = *address;
+    entry.text = upstream.host.find(':') == std::string::npos
+                     ? absl::StrCat(upstream.host, ":", upstream.port)
+                     : absl::StrCat("[", upstream.host, "]:", upstream.port);
+    parsed.push_back(std::move(entry));
+  }
+  return parsed;
+}
+
 void SetNoDelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -293,6 +324,7 @@ class FrameRelay::Loop {
     Wake();
   }
   FrameRelayStats Stats() const;
+  absl::Status SetUpstreams(const std::vector<UpstreamAddress>& upstreams);
 
  private:
   void Wake() {
@@ -301,6 +333,18 @@ class FrameRelay::Loop {
   }
   void OnWake();
   void StartDraining();
+
+  // Upstream connections.
+  std::unique_ptr<Connection> NewUpstreamConnection();
+  // Splits the connections evenly over `upstreams` (not empty), moving as
+  // few as it can; one whose address changes while it is open retires
+  // (retiring_) and a new one takes its place.
+  void ApplyUpstreams(const std::vector<ParsedUpstream>& upstreams);
+  // A retired connection whose streams are done (or that broke) is closed,
+  // and freed later, when dirty_ is empty.
+  void CloseIdleRetired();
+  void FreeClosedRetired();
+  void CountLostUpstream(Connection& upstream);
 
   // Socket events.
   void Accept();
@@ -378,7 +422,18 @@ class FrameRelay::Loop {
   int port_ = 0;
   nghttp2_session_callbacks* callbacks_ = nullptr;
   nghttp2_option* session_options_ = nullptr;
+  // Which connections are in upstreams_, and their address_text, change
+  // only on Run()'s thread and under slots_mutex_, which Stats() takes.
+  mutable std::mutex slots_mutex_;
   std::vector<std::unique_ptr<Connection>> upstreams_;
+  // Out of rotation since their address left the list; each is closed once
+  // its streams end.
+  std::list<std::unique_ptr<Connection>> retiring_;
+  // The addresses SetUpstreams gave last (all of them, parsed), until Run()
+  // applies them.
+  std::mutex pending_mutex_;
+  std::vector<std::string> given_upstreams_;
+  std::optional<std::vector<ParsedUpstream>> pending_upstreams_;
   std::list<std::unique_ptr<Connection>> apps_;
   std::vector<Connection*> dirty_;
   size_t next_upstream_ = 0;
@@ -401,6 +456,7 @@ class FrameRelay::Loop {
 FrameRelay::Loop::~Loop() {
   for (auto& app : apps_) Close(*app);
   for (auto& upstream : upstreams_) Close(*upstream);
+  for (auto& upstream : retiring_) Close(*upstream);
   if (callbacks_ != nullptr) nghttp2_session_callbacks_del(callbacks_);
   if (session_options_ != nullptr) nghttp2_option_del(session_options_);
   for (int fd : {epoll_fd_, listen_fd_, wake_fd_}) {
@@ -409,14 +465,8 @@ FrameRelay::Loop::~Loop() {
 }
 
 absl::Status FrameRelay::Loop::Init() {
-  if (options_.upstreams.empty()) return absl::InvalidArgumentError("no upstream address");
-  std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
-  for (const UpstreamAddress& upstream : options_.upstreams) {
-    socklen_t length = 0;
-    absl::StatusOr<sockaddr_storage> address = ParseAddress(upstream.host, upstream.port, &length);
-    if (!address.ok()) return address.status();
-    addresses.push_back({*address, length});
-  }
+  absl::StatusOr<std::vector<ParsedUpstream>> upstreams = ParseUpstreams(options_.upstreams);
+  if (!upstreams.ok()) return upstreams.status();
   socklen_t listen_length = 0;
   absl::StatusOr<sockaddr_storage> listen =
       ParseAddress(options_.listen_host, options_.listen_port, &listen_length);
@@ -463,20 +513,97 @@ absl::Status FrameRelay::Loop::Init() {
   nghttp2_option_set_no_closed_streams(session_options_, 1);
 
   for (int i = 0; i < std::max(1, options_.upstream_connections); ++i) {
-    auto upstream_connection = std::make_unique<Connection>();
-    upstream_connection->loop = this;
-    upstream_connection->side = Side::kUpstream;
-    const size_t which = static_cast<size_t>(i) % addresses.size();
-    const UpstreamAddress& upstream = options_.upstreams[which];
-    upstream_connection->address = addresses[which].first;
-    upstream_connection->address_length = addresses[which].second;
-    upstream_connection->address_text = upstream.host.find(':') == std::string::npos
-                                            ? absl::StrCat(upstream.host, ":", upstream.port)
-                                            : absl::StrCat("[", upstream.host, "]:", upstream.port);
-    Connect(*upstream_connection);
-    upstreams_.push_back(std::move(upstream_connection));
+    upstreams_.push_back(NewUpstreamConnection());
   }
+  for (const ParsedUpstream& upstream : *upstreams) given_upstreams_.push_back(upstream.text);
+  if (!upstreams->empty()) ApplyUpstreams(*upstreams);
   return absl::OkStatus();
+}
+
+std::unique_ptr<Connection> FrameRelay::Loop::NewUpstreamConnection() {
+  auto upstream = std::make_unique<Connection>();
+  upstream->loop = this;
+  upstream->side = Side::kUpstream;
+  return upstream;
+}
+
+absl::Status FrameRelay::Loop::SetUpstreams(const std::vector<UpstreamAddress>& upstreams) {
+  if (upstreams.empty()) return absl::InvalidArgumentError("no upstream address");
+  absl::StatusOr<std::vector<ParsedUpstream>> parsed = ParseUpstreams(upstreams);
+  if (!parsed.ok()) return parsed.status();
+  std::vector<std::string> given;
+  for (const ParsedUpstream& upstream : *parsed) given.push_back(upstream.text);
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    if (given == given_upstreams_) return absl::OkStatus();
+    given_upstreams_ = std::move(given);
+    pending_upstreams_ = *std::move(parsed);
+  }
+  Wake();
+  return absl::OkStatus();
+}
+
+void FrameRelay::Loop::ApplyUpstreams(const std::vector<ParsedUpstream>& upstreams) {
+  // Each address's share of the connections, the first ones taking one more
+  // when they do not divide evenly.
+  const size_t count = upstreams_.size();
+  std::vector<size_t> share(upstreams.size(), count / upstreams.size());
+  for (size_t i = 0; i < count % upstreams.size(); ++i) ++share[i];
+  auto listed = [&upstreams](const std::string& text) {
+    for (size_t i = 0; i < upstreams.size(); ++i) {
+      if (upstreams[i].text == text) return i;
+    }
+    return upstreams.size();
+  };
+  // Connections already on a listed address stay, up to its share: a change
+  // moves as few connections as it can.
+  std::vector<bool> stays(count, false);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t at = listed(upstreams_[i]->address_text);
+    if (at < upstreams.size() && share[at] > 0) {
+      --share[at];
+      stays[i] = true;
+    }
+  }
+  std::lock_guard<std::mutex> lock(slots_mutex_);
+  for (size_t i = 0; i < count; ++i) {
+    if (stays[i]) continue;
+    // The address furthest from its share (the first, on a tie): a fresh
+    // split interleaves the addresses, connection i to address i mod n.
+    const size_t next =
+        static_cast<size_t>(std::max_element(share.begin(), share.end()) - share.begin());
+    --share[next];
+    const ParsedUpstream& wanted = upstreams[next];
+    std::unique_ptr<Connection>& slot = upstreams_[i];
+    if (slot->fd >= 0 || !slot->streams.empty()) {
+      // Its streams finish where they are; new ones go to its successor.
+      retiring_.push_back(std::move(slot));
+      slot = NewUpstreamConnection();
+    }
+    slot->address = wanted.address;
+    slot->address_length = wanted.length;
+    slot->address_text = wanted.text;
+    Connect(*slot);
+  }
+}
+
+void FrameRelay::Loop::CloseIdleRetired() {
+  for (auto& upstream : retiring_) {
+    if (upstream->session != nullptr && !upstream->dead && !upstream->streams.empty()) continue;
+    // Freed by FreeClosedRetired, once no dirty_ entry can point at it.
+    Close(*upstream);
+    upstream->retired_closed = true;
+  }
+}
+
+void FrameRelay::Loop::FreeClosedRetired() {
+  retiring_.remove_if(
+      [](const std::unique_ptr<Connection>& upstream) { return upstream->retired_closed; });
+}
+
+void FrameRelay::Loop::CountLostUpstream(Connection& upstream) {
+  upstream.errors.fetch_add(1, std::memory_order_relaxed);
+  if (options_.on_upstream_lost) options_.on_upstream_lost();
 }
 
 nghttp2_session* FrameRelay::Loop::NewSession(Connection& connection) {
@@ -513,7 +640,7 @@ void FrameRelay::Loop::Connect(Connection& upstream) {
   if (result != 0 && errno != EINPROGRESS) {
     close(upstream.fd);
     upstream.fd = -1;
-    upstream.errors.fetch_add(1, std::memory_order_relaxed);
+    CountLostUpstream(upstream);
     upstream.reconnect_at = Clock::now() + kReconnectDelay;
     return;
   }
@@ -683,6 +810,12 @@ void FrameRelay::Loop::OnWake() {
   (void)!read(wake_fd_, &count, sizeof(count));
   if (stop_requested_.load()) stopping_ = true;
   if (drain_requested_.load() && !draining_) StartDraining();
+  std::optional<std::vector<ParsedUpstream>> upstreams;
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    upstreams.swap(pending_upstreams_);
+  }
+  if (upstreams.has_value()) ApplyUpstreams(*upstreams);
 }
 
 void FrameRelay::Loop::StartDraining() {
@@ -703,6 +836,7 @@ void FrameRelay::Loop::StartDraining() {
 
 FrameRelayStats FrameRelay::Loop::Stats() const {
   FrameRelayStats stats;
+  std::lock_guard<std::mutex> lock(slots_mutex_);
   for (const auto& upstream : upstreams_) {
     FrameRelayStats::Upstream entry;
     entry.address = upstream->address_text;
@@ -765,7 +899,7 @@ void FrameRelay::Loop::Run() {
     dirty_.clear();
     for (auto& upstream : upstreams_) {
       if (!upstream->dead) continue;
-      upstream->errors.fetch_add(1, std::memory_order_relaxed);
+      CountLostUpstream(*upstream);
       Close(*upstream);
       upstream->dead = false;
       upstream->reconnect_at = Clock::now() + kReconnectDelay;
@@ -778,9 +912,11 @@ void FrameRelay::Loop::Run() {
         ++it;
       }
     }
+    CloseIdleRetired();
     // Closing gave other connections work (resets, answers).
     for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
     dirty_.clear();
+    FreeClosedRetired();
     ReleaseHeapWhenIdle();
     if (draining_ && apps_.empty()) stopping_ = true;
   }
@@ -1271,5 +1407,8 @@ void FrameRelay::Run() { loop_->Run(); }
 void FrameRelay::Stop() { loop_->Stop(); }
 void FrameRelay::Drain() { loop_->Drain(); }
 FrameRelayStats FrameRelay::Stats() const { return loop_->Stats(); }
+absl::Status FrameRelay::SetUpstreams(const std::vector<UpstreamAddress>& upstreams) {
+  return loop_->SetUpstreams(upstreams);
+}
 
 }  // namespace poolside::relay

@@ -22,7 +22,11 @@
 // A call that finds no upstream connection up waits connection_wait for one,
 // then is answered here, trailers-only, UNAVAILABLE.
 //
-// What it does not do (yet): TLS, health probes, DNS re-resolution.
+// The upstream's addresses may change while it runs (SetUpstreams, as DNS
+// changes them): a connection whose address is no longer listed is replaced
+// at once by one to a listed address, and closes once its streams are done.
+//
+// What it does not do (yet): TLS, health probes.
 // It serves bench/frame_hop, the "frame-hop" yardstick of bench/compare.
 //
 // Threading: Run() drives everything on the calling thread (one epoll loop);
@@ -32,10 +36,12 @@
 #define POOLSIDE_RELAY_FRAME_RELAY_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -81,8 +87,9 @@ class CallObserver {
 };
 
 struct FrameRelayOptions {
-  // The upstream's addresses (plaintext HTTP/2); upstream connection i goes
-  // to upstreams[i % upstreams.size()].
+  // The upstream's addresses (plaintext HTTP/2); the connections are split
+  // evenly over them (the first ones take one more when they do not divide).
+  // Empty: none connects until SetUpstreams gives addresses.
   std::vector<UpstreamAddress> upstreams;
   // Where apps connect; port 0 picks a free one (FrameRelay::port()).
   std::string listen_host = "127.0.0.1";
@@ -103,6 +110,9 @@ struct FrameRelayOptions {
   std::string authority;
   // Null: nobody is told.
   CallObserver* observer = nullptr;
+  // Called on Run()'s thread when an upstream connection is lost or fails to
+  // connect (its address may have gone); may be empty.
+  std::function<void()> on_upstream_lost;
 };
 
 // A moment's view of the relay, for gauges and readiness.
@@ -142,6 +152,12 @@ class FrameRelay {
   void Drain();
   // Thread-safe.
   FrameRelayStats Stats() const;
+  // Thread-safe: the upstream's addresses from now on (not empty; IP
+  // literals). The connections are split over them again, moving as few as
+  // it can: a connection moved takes no new stream and is closed once its
+  // streams end; a connection to its new address takes its place at once. InvalidArgument, and
+  // nothing changes, for an empty list or one that is not all IP literals.
+  absl::Status SetUpstreams(const std::vector<UpstreamAddress>& upstreams);
   // The most request bytes kept for a replay.
   static constexpr size_t kMaxReplayBytes = 256 << 10;
 

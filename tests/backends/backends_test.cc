@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/e2e_test_base.h"
+#include "tests/support/admin_http.h"
 #include "tests/support/dns_responder.h"
 #include "tests/support/generic_client.h"
 #include "tests/support/sanitizer.h"
@@ -190,6 +191,19 @@ class BackendsTest : public E2eTest {
     std::vector<size_t> connections;
     for (auto& upstream : upstreams_) {
       connections.push_back(upstream->DistinctPeers(kUnaryMethod).size());
+    }
+    return connections;
+  }
+
+  // Polls ConnectionsPerUpstream until it is `wanted` or kSettleTimeout
+  // passes; the last answer.
+  std::vector<size_t> AwaitConnectionsPerUpstream(const Load& load,
+                                                  const std::vector<size_t>& wanted) {
+    const absl::Time deadline = absl::Now() + kSettleTimeout;
+    std::vector<size_t> connections;
+    while (absl::Now() < deadline) {
+      connections = ConnectionsPerUpstream(load);
+      if (connections == wanted) break;
     }
     return connections;
   }
@@ -498,6 +512,92 @@ TEST_F(BackendsTest, NameThatNeverResolvedStartsOnTheTargetItself) {
       UnaryCall(CreateTestChannel(poolside_->listen_target()), kUnaryMethod, "hi");
   EXPECT_TRUE(result.status.ok()) << result;
   EXPECT_EQ(upstreams_[1]->Calls(kUnaryMethod).size(), 1u);
+}
+
+// GRPC_FORWARDER=frames follows DNS as the grpc++ pool does (the same
+// AddressTracker): each change moves as few connections as it can, a moved
+// connection finishes its calls before it closes, and no call fails.
+TEST_F(BackendsTest, FrameForwarderFollowsScaleOutAndScaleInUnderLoadWithoutFailingCalls) {
+  dns_->SetAddresses({kHosts[0], kHosts[1]});
+  Environment env = DnsEnvironment(6);
+  env["GRPC_FORWARDER"] = "frames";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  Load load(poolside_->listen_target(), 16);
+  EXPECT_EQ(AwaitConnectionsPerUpstream(load, {3, 3, 0}), (std::vector<size_t>{3, 3, 0}));
+
+  dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
+  EXPECT_EQ(AwaitConnectionsPerUpstream(load, {2, 2, 2}), (std::vector<size_t>{2, 2, 2}));
+  EXPECT_EQ(load.Failed(), 0) << "scale out failed calls: " << load.FirstFailures();
+
+  dns_->SetAddresses({kHosts[0], kHosts[1]});
+  EXPECT_EQ(AwaitConnectionsPerUpstream(load, {3, 3, 0}), (std::vector<size_t>{3, 3, 0}));
+  upstreams_[2]->Shutdown(absl::Seconds(5));
+  EXPECT_EQ(ConnectionsPerUpstream(load), (std::vector<size_t>{3, 3, 0}));
+  load.Stop();
+  EXPECT_EQ(load.Failed(), 0) << load.FirstFailures();
+  const absl::StatusOr<std::string> metrics = HttpGet(poolside_->admin_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(MetricValue(*metrics, "poolside_pool_address_set_changes_total"), 2);
+}
+
+// With the frame forwarder, a name that does not resolve at start leaves
+// poolside up and unready; once it resolves, calls go to its addresses.
+TEST_F(BackendsTest, FrameForwarderWaitsForANameThatResolvesLate) {
+  dns_->SetFailure(DnsResponder::Failure::kServerFailure);
+  Environment env = DnsEnvironment(2);
+  env["GRPC_FORWARDER"] = "frames";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  EXPECT_FALSE(HttpGet(poolside_->admin_port(), "/readyz").ok());
+  dns_->SetFailure(DnsResponder::Failure::kNone);
+  dns_->SetAddresses({kHosts[1]});
+  CallOptions options;
+  options.timeout = absl::Seconds(15);
+  const CallResult result =
+      UnaryCall(CreateTestChannel(poolside_->listen_target()), kUnaryMethod, "hi", options);
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_EQ(upstreams_[1]->Calls(kUnaryMethod).size(), 1u);
+}
+
+// The frame forwarder under rolling restarts: a stream the restarting
+// upstream refused (past its GOAWAY) is replayed on another connection, and
+// a call that finds no connection up waits for one, so none fails
+// UNAVAILABLE but the write race's (which hits the relay's writes into the
+// closing socket as it hits grpc's).
+TEST_F(BackendsTest, FrameForwarderRollingRestartsOfOneUpstreamFailNoCallWithUnavailable) {
+  dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
+  Environment env = DnsEnvironment(6);
+  env["GRPC_FORWARDER"] = "frames";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  RestartUpstreamThriceUnderLoad(poolside_->listen_target(), *upstreams_[0],
+                                 /*successes_after=*/200);
+}
+
+TEST_F(BackendsTest, FrameForwarderRollingRestartsOfTheOnlyUpstreamFailNoCallWithUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", Address(0)},
+                                         {"GRPC_CONNECTION_POOL_SIZE", "4"},
+                                         {"GRPC_FORWARDER", "frames"},
+                                         {"GRPC_SHUTDOWN_GRACE_SECS", "5"}}));
+  RestartUpstreamThriceUnderLoad(poolside_->listen_target(), *upstreams_[0],
+                                 /*successes_after=*/2000);
+}
+
+// With an hour between refreshes, only a lost connection can make the frame
+// forwarder look the name up again.
+TEST_F(BackendsTest, FrameForwarderLostConnectionResolvesTheNameAgainAtOnce) {
+  dns_->SetAddresses({kHosts[0], kHosts[1], kHosts[2]});
+  Environment env = DnsEnvironment(6);
+  env["GRPC_DNS_REFRESH_SECS"] = "3600";
+  env["GRPC_FORWARDER"] = "frames";
+  ASSERT_NO_FATAL_FAILURE(StartPoolside(env));
+  Load load(poolside_->listen_target(), 16);
+  EXPECT_EQ(AwaitConnectionsPerUpstream(load, {2, 2, 2}), (std::vector<size_t>{2, 2, 2}));
+  const int64_t queries_before = dns_->queries();
+  dns_->SetAddresses({kHosts[0], kHosts[1]});
+  upstreams_[2]->Shutdown(absl::Seconds(1));
+  EXPECT_EQ(AwaitConnectionsPerUpstream(load, {3, 3, 0}), (std::vector<size_t>{3, 3, 0}));
+  EXPECT_GT(dns_->queries(), queries_before);
+  load.Stop();
+  EXPECT_EQ(load.Failed(), 0) << load.FirstFailures();
 }
 
 }  // namespace

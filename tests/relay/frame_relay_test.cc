@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -26,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -100,7 +102,7 @@ class RunningRelay {
   }
 
   int port() const { return port_; }
-  const FrameRelay& relay() const { return *relay_; }
+  FrameRelay& relay() const { return *relay_; }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
 
  private:
@@ -549,7 +551,8 @@ bool AwaitConnected(const FrameRelay& relay, absl::Duration timeout) {
   return false;
 }
 
-// Connection i goes to address i % n: every backend gets its share, as
+// The connections are split evenly over the addresses, interleaved
+// (connection i to address i mod n): every backend gets its share, as
 // poolside's pool spreads over every resolved address.
 TEST(FrameRelaySpreadTest, ConnectionsSpreadOverEveryUpstreamAddress) {
   TestUpstream first;
@@ -733,6 +736,146 @@ TEST(FrameRelayDrainTest, TheCallInFlightFinishesThenRunReturns) {
   EXPECT_FALSE(PortAcceptsConnections((*relay)->port()));
   (*relay)->Stop();
   loop.join();
+  upstream.Shutdown();
+}
+
+// The addresses each upstream connection goes to, as Stats() reports them.
+std::vector<std::string> Addresses(const FrameRelay& relay) {
+  std::vector<std::string> addresses;
+  for (const auto& upstream : relay.Stats().upstreams) addresses.push_back(upstream.address);
+  return addresses;
+}
+
+// Polls until every upstream connection is up and goes to one of `wanted`,
+// or `timeout` passes; whether they all did.
+bool AwaitAllOn(const FrameRelay& relay, const std::set<std::string>& wanted,
+                absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    bool all = true;
+    for (const auto& upstream : relay.Stats().upstreams) {
+      all = all && upstream.connected && wanted.count(upstream.address) > 0;
+    }
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// DNS moved the upstream: new calls go to the new address at once, and the
+// call in flight on the old one finishes there, unharmed.
+TEST(FrameRelayAddressTest, NewAddressesTakeNewCallsWhileTheCallInFlightFinishes) {
+  TestUpstream old_upstream;
+  TestUpstream new_upstream;
+  ASSERT_TRUE(old_upstream.Start().ok());
+  ASSERT_TRUE(new_upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", old_upstream.port()}};
+  options.upstream_connections = 2;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  CallOptions slow;
+  slow.metadata = {{"x-sleep-ms", "1000"}};
+  std::future<CallResult> in_flight = std::async(
+      std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "stay", slow); });
+  ASSERT_TRUE(old_upstream.WaitForCalls(1, absl::Seconds(5)));
+
+  const std::string new_address = absl::StrCat("127.0.0.1:", new_upstream.port());
+  ASSERT_TRUE((*relay)->relay().SetUpstreams({{"127.0.0.1", new_upstream.port()}}).ok());
+  ASSERT_TRUE(AwaitAllOn((*relay)->relay(), {new_address}, absl::Seconds(5)))
+      << absl::StrJoin(Addresses((*relay)->relay()), ",");
+  for (int i = 0; i < 10; ++i) {
+    const CallResult result = UnaryCall(channel, kUnaryMethod, "moved");
+    EXPECT_TRUE(result.status.ok()) << result;
+  }
+  EXPECT_EQ(new_upstream.Calls(kUnaryMethod).size(), 10u);
+  EXPECT_EQ(old_upstream.Calls(kUnaryMethod).size(), 1u);
+  const CallResult result = in_flight.get();
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre("stay"));
+  (*relay)->Stop();
+  old_upstream.Shutdown();
+  new_upstream.Shutdown();
+}
+
+// A third address takes its share from the others, moving one connection
+// of four, not every connection whose i mod n changed.
+TEST(FrameRelayAddressTest, AnAddedAddressMovesAsFewConnectionsAsItCan) {
+  std::vector<std::unique_ptr<TestUpstream>> upstreams;
+  for (int i = 0; i < 3; ++i) {
+    upstreams.push_back(std::make_unique<TestUpstream>());
+    ASSERT_TRUE(upstreams.back()->Start().ok());
+  }
+  auto address = [&upstreams](int i) { return absl::StrCat("127.0.0.1:", upstreams[i]->port()); };
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstreams[0]->port()}, {"127.0.0.1", upstreams[1]->port()}};
+  options.upstream_connections = 4;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::vector<std::string> before = Addresses((*relay)->relay());
+
+  ASSERT_TRUE((*relay)
+                  ->relay()
+                  .SetUpstreams({{"127.0.0.1", upstreams[0]->port()},
+                                 {"127.0.0.1", upstreams[1]->port()},
+                                 {"127.0.0.1", upstreams[2]->port()}})
+                  .ok());
+  ASSERT_TRUE(
+      AwaitAllOn((*relay)->relay(), {address(0), address(1), address(2)}, absl::Seconds(5)));
+  const std::vector<std::string> after = Addresses((*relay)->relay());
+  ASSERT_EQ(after.size(), 4u);
+  int moved = 0;
+  std::map<std::string, int> per_address;
+  for (size_t i = 0; i < after.size(); ++i) {
+    moved += after[i] != before[i] ? 1 : 0;
+    ++per_address[after[i]];
+  }
+  EXPECT_EQ(moved, 1) << absl::StrJoin(before, ",") << " -> " << absl::StrJoin(after, ",");
+  EXPECT_EQ(per_address[address(0)], 2);
+  EXPECT_EQ(per_address[address(1)], 1);
+  EXPECT_EQ(per_address[address(2)], 1);
+  (*relay)->Stop();
+  for (auto& upstream : upstreams) upstream->Shutdown();
+}
+
+// A relay may start before DNS has answered: a call waits for the first
+// address, then goes through.
+TEST(FrameRelayAddressTest, ACallWaitsForTheFirstAddressThenPasses) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstream_connections = 2;
+  options.connection_wait = absl::Seconds(10);
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  std::future<CallResult> waiting = std::async(
+      std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "first address?"); });
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout);
+  ASSERT_TRUE((*relay)->relay().SetUpstreams({{"127.0.0.1", upstream.port()}}).ok());
+  const CallResult result = waiting.get();
+  EXPECT_TRUE(result.status.ok()) << result;
+  EXPECT_THAT(result.responses, ElementsAre("first address?"));
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+TEST(FrameRelayAddressTest, AnEmptyOrNonLiteralListIsRefusedAndChangesNothing) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  EXPECT_EQ((*relay)->relay().SetUpstreams({}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*relay)->relay().SetUpstreams({{"upstream.example", 80}}).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  EXPECT_TRUE(UnaryCall(CreateTestChannel((*relay)->target()), kUnaryMethod, "same").status.ok());
+  (*relay)->Stop();
   upstream.Shutdown();
 }
 
