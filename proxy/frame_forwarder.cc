@@ -139,6 +139,7 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   relay_options.connection_wait = options.connection_wait;
   relay_options.max_streams_per_app_connection =
       static_cast<uint32_t>(options.max_streams_per_app_connection);
+  relay_options.health = options.health;
 
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {
@@ -176,7 +177,7 @@ PoolSnapshot FrameForwarder::Snapshot() const {
     channel.phase = SlotPhase::kActive;
     channel.backend = upstream.address;
     channel.state = upstream.connected ? GRPC_CHANNEL_READY : GRPC_CHANNEL_TRANSIENT_FAILURE;
-    channel.healthy = upstream.connected;
+    channel.healthy = upstream.connected && upstream.healthy;
     channel.outstanding_calls = upstream.open_streams;
     channel.calls_started = upstream.streams_started;
     channel.errors = upstream.errors;

@@ -11,9 +11,10 @@
 // It is opt-in because it does not do everything the grpc++ forwarder does
 // yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
 // cannot honour (TLS upstream, unix sockets, a pool sizing itself, circuit
-// breaking, fair share); health probes, outlier ejection, the PoolAdmin gRPC
-// service and the frame screen's rules do not apply (nghttp2's own limits
-// do).
+// breaking, fair share); outlier ejection, replacing a connection that keeps
+// failing its probes, the PoolAdmin gRPC service and the frame screen's
+// rules do not apply (nghttp2's own limits do). Health probes are the
+// relay's own (relay::HealthProbeOptions).
 // Request metrics (poolside_requests_total, the duration histogram and
 // poolside_inflight_requests) and the pool gauges are recorded as usual;
 // message counts are not (frames are not decoded into messages).
@@ -57,6 +58,9 @@ struct FrameForwarderOptions {
   // own, as the grpc++ forwarder sends).
   std::string authority;
   int max_streams_per_app_connection = 1000;
+  // grpc.health.v1 probes on each connection (GRPC_HEALTH_CHECK_*); a zero
+  // interval turns them off (GRPC_HEALTH_CHECK_MODE=connectivity).
+  relay::HealthProbeOptions health;
 };
 
 class FrameForwarder {

@@ -214,6 +214,12 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
   options.authority = config.upstream_authority;
   if (options.authority.empty()) options.authority = target->default_authority;
   options.max_streams_per_app_connection = config.max_streams_per_app_connection;
+  if (config.health_check_mode == "grpc") {
+    options.health.interval = config.health_check_interval;
+    options.health.service = config.health_check_service;
+    options.health.timeout = absl::Milliseconds(config.health_check_timeout_ms);
+    options.health.unhealthy_threshold = config.health_check_unhealthy_threshold;
+  }
   absl::StatusOr<std::unique_ptr<poolside::FrameForwarder>> forwarder =
       poolside::FrameForwarder::Start(std::move(options), &metrics);
   if (!forwarder.ok()) {

@@ -149,6 +149,16 @@ struct Connection {
   sockaddr_storage address{};
   socklen_t address_length = 0;
   std::atomic<bool> connected{false};
+  // The health probe in flight (-1: none), its deadline, what it answered;
+  // and the verdict so far.
+  int32_t probe_id = -1;
+  Clock::time_point probe_deadline;
+  bool probe_timed_out = false;
+  size_t probe_sent = 0;
+  std::string probe_answer;
+  int probe_grpc_status = -1;
+  int failed_probes = 0;
+  std::atomic<bool> healthy{true};
   std::atomic<uint64_t> streams_started{0};
   std::atomic<uint64_t> errors{0};
 };
@@ -257,6 +267,77 @@ absl::StatusOr<std::vector<ParsedUpstream>> ParseUpstreams(
   return parsed;
 }
 
+constexpr char kHealthCheckPath[] = "/grpc.health.v1.Health/Check";
+constexpr int kGrpcUnimplemented = 12;
+// Of a probe's answer, what is kept: a HealthCheckResponse is 2 bytes.
+constexpr size_t kMaxProbeAnswer = 256;
+
+void AppendVarint(uint64_t value, std::string& out) {
+  while (value >= 0x80) {
+    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
+    value >>= 7;
+  }
+  out.push_back(static_cast<char>(value));
+}
+
+// Reads a varint at `at`, moving it past; false at the end of `bytes`.
+bool ReadVarint(absl::string_view bytes, size_t& at, uint64_t& value) {
+  value = 0;
+  for (int shift = 0; at < bytes.size() && shift < 64; shift += 7) {
+    const auto byte = static_cast<uint8_t>(bytes[at++]);
+    value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// grpc.health.v1.HealthCheckRequest{service} as one uncompressed gRPC
+// message, its 5-byte prefix included.
+std::string HealthCheckRequestMessage(const std::string& service) {
+  std::string body;
+  if (!service.empty()) {
+    body.push_back(0x0a);  // Field 1, length-delimited.
+    AppendVarint(service.size(), body);
+    body += service;
+  }
+  const auto length = static_cast<uint32_t>(body.size());
+  std::string message = {0, static_cast<char>(length >> 24), static_cast<char>(length >> 16),
+                         static_cast<char>(length >> 8), static_cast<char>(length)};
+  return message + body;
+}
+
+// Whether `message` (one gRPC message, prefix included) is a
+// HealthCheckResponse whose status (field 1) is SERVING (1).
+bool IsServing(absl::string_view message) {
+  if (message.size() < 5 || message[0] != 0) return false;  // Short, or compressed.
+  const absl::string_view body = message.substr(5);
+  uint64_t status = 0;
+  for (size_t at = 0; at < body.size();) {
+    uint64_t tag = 0;
+    uint64_t value = 0;
+    if (!ReadVarint(body, at, tag)) return false;
+    switch (tag & 7) {
+      case 0:  // Varint.
+        if (!ReadVarint(body, at, value)) return false;
+        if (tag >> 3 == 1) status = value;
+        break;
+      case 1:  // 64-bit.
+        at += 8;
+        break;
+      case 2:  // Length-delimited.
+        if (!ReadVarint(body, at, value)) return false;
+        at += value;
+        break;
+      case 5:  // 32-bit.
+        at += 4;
+        break;
+      default:
+        return false;
+    }
+  }
+  return status == 1;
+}
+
 void SetNoDelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -346,6 +427,12 @@ class FrameRelay::Loop {
   void FreeClosedRetired();
   void CountLostUpstream(Connection& upstream);
 
+  // Health probes: one grpc.health.v1 Check per connection up, every
+  // interval.
+  void SendProbes(Clock::time_point now);
+  void ExpireProbes(Clock::time_point now);
+  void FinishProbe(Connection& upstream, uint32_t error_code);
+
   // Socket events.
   void Accept();
   void Connect(Connection& upstream);
@@ -405,6 +492,8 @@ class FrameRelay::Loop {
                             nghttp2_data_source* source, void* user_data);
   static ssize_t ReadDownward(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
                               nghttp2_data_source* source, void* user_data);
+  static ssize_t ReadProbe(nghttp2_session*, int32_t, uint8_t* buffer, size_t length,
+                           uint32_t* flags, nghttp2_data_source* source, void*);
 
   // A socket's unsent bytes past which nghttp2 is told to wait.
   static constexpr size_t kMaxOutput = 256 << 10;
@@ -437,6 +526,11 @@ class FrameRelay::Loop {
   std::list<std::unique_ptr<Connection>> apps_;
   std::vector<Connection*> dirty_;
   size_t next_upstream_ = 0;
+  // Health probes: whether they are sent (not once the upstream has said it
+  // has no health service), when next, and the request's one message.
+  bool probing_ = false;
+  Clock::time_point next_probes_ = Clock::time_point::max();
+  std::string probe_message_;
   // Streams waiting for a connection (RelayStream::wait_link).
   IntrusiveList<RelayStream> waiting_;
   int64_t live_streams_ = 0;
@@ -514,6 +608,11 @@ absl::Status FrameRelay::Loop::Init() {
 
   for (int i = 0; i < std::max(1, options_.upstream_connections); ++i) {
     upstreams_.push_back(NewUpstreamConnection());
+  }
+  if (options_.health.interval > absl::ZeroDuration()) {
+    probing_ = true;
+    probe_message_ = HealthCheckRequestMessage(options_.health.service);
+    next_probes_ = Clock::now() + absl::ToChronoNanoseconds(options_.health.interval);
   }
   for (const ParsedUpstream& upstream : *upstreams) given_upstreams_.push_back(upstream.text);
   if (!upstreams->empty()) ApplyUpstreams(*upstreams);
@@ -802,6 +901,8 @@ void FrameRelay::Loop::Close(Connection& connection) {
     app_connections_.fetch_sub(1, std::memory_order_relaxed);
   } else {
     connection.connected.store(false, std::memory_order_relaxed);
+    // Its session is gone, the probe with it: neither passed nor failed.
+    connection.probe_id = -1;
   }
 }
 
@@ -841,6 +942,7 @@ FrameRelayStats FrameRelay::Loop::Stats() const {
     FrameRelayStats::Upstream entry;
     entry.address = upstream->address_text;
     entry.connected = upstream->connected.load(std::memory_order_relaxed);
+    entry.healthy = upstream->healthy.load(std::memory_order_relaxed);
     entry.open_streams = upstream->open_streams.load(std::memory_order_relaxed);
     entry.streams_started = upstream->streams_started.load(std::memory_order_relaxed);
     entry.errors = upstream->errors.load(std::memory_order_relaxed);
@@ -863,9 +965,18 @@ void FrameRelay::Loop::Run() {
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
       timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
     }
-    if (!waiting_.empty()) {
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
-          waiting_.oldest()->wait_until - now);
+    std::vector<Clock::time_point> wakes;
+    if (!waiting_.empty()) wakes.push_back(waiting_.oldest()->wait_until);
+    if (probing_) {
+      wakes.push_back(next_probes_);
+      for (auto& upstream : upstreams_) {
+        if (upstream->probe_id >= 0 && !upstream->probe_timed_out) {
+          wakes.push_back(upstream->probe_deadline);
+        }
+      }
+    }
+    for (Clock::time_point wake : wakes) {
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()) + 1);
       timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
     }
@@ -893,6 +1004,10 @@ void FrameRelay::Loop::Run() {
       if (upstream->reconnect_at <= now) Connect(*upstream);
     }
     FailOverdueWaits(now);
+    if (probing_) {
+      ExpireProbes(now);
+      if (now >= next_probes_) SendProbes(now);
+    }
     // Flushing one connection may give others work (a window opened, a
     // stream reset): until none is left.
     for (size_t i = 0; i < dirty_.size(); ++i) Flush(*dirty_[i]);
@@ -1025,7 +1140,18 @@ int FrameRelay::Loop::OnBeginHeaders(nghttp2_session* session, const nghttp2_fra
 }
 
 int FrameRelay::Loop::OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
-                               nghttp2_rcbuf* name, nghttp2_rcbuf* value, uint8_t, void*) {
+                               nghttp2_rcbuf* name, nghttp2_rcbuf* value, uint8_t,
+                               void* user_data) {
+  Connection& connection = ConnectionOf(user_data);
+  if (connection.side == Side::kUpstream && frame->hd.stream_id == connection.probe_id) {
+    nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+    if (absl::string_view(reinterpret_cast<const char*>(n.base), n.len) == "grpc-status") {
+      nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+      connection.probe_grpc_status =
+          ParseGrpcStatus(absl::string_view(reinterpret_cast<const char*>(v.base), v.len));
+    }
+    return 0;
+  }
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
   if (stream != nullptr) stream->receiving.Add(name, value);
@@ -1142,6 +1268,14 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
   bool upward = connection.side == Side::kApp;
+  if (!upward && stream_id == connection.probe_id) {
+    std::string& answer = connection.probe_answer;
+    answer.append(reinterpret_cast<const char*>(data),
+                  std::min(length, kMaxProbeAnswer - std::min(kMaxProbeAnswer, answer.size())));
+    nghttp2_session_consume(session, stream_id, length);
+    loop->MarkDirty(connection);
+    return 0;
+  }
   if (stream != nullptr && stream->wait_link.linked) {
     // Kept for when a connection is up; the stream's window bounds them.
     stream->upward.Append(data, length);
@@ -1163,6 +1297,10 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
                                     uint32_t error_code, void* user_data) {
   Loop* loop = LoopOf(user_data);
   Connection& connection = ConnectionOf(user_data);
+  if (connection.side == Side::kUpstream && stream_id == connection.probe_id) {
+    loop->FinishProbe(connection, error_code);
+    return 0;
+  }
   auto* stream =
       static_cast<RelayStream*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (stream == nullptr) return 0;
@@ -1175,7 +1313,9 @@ int FrameRelay::Loop::OnStreamClose(nghttp2_session* session, int32_t stream_id,
 }
 
 Connection* FrameRelay::Loop::PickUpstream() {
-  Connection* best = nullptr;
+  // [0]: the least busy healthy connection; [1]: the least busy failing its
+  // probes, used only while no healthy one is up.
+  Connection* best[2] = {nullptr, nullptr};
   size_t count = upstreams_.size();
   if (count == 0) return nullptr;
   for (size_t i = 0; i < count; ++i) {
@@ -1184,10 +1324,103 @@ Connection* FrameRelay::Loop::PickUpstream() {
         !nghttp2_session_check_request_allowed(candidate->session)) {
       continue;
     }
-    if (best == nullptr || candidate->open_streams < best->open_streams) best = candidate;
+    Connection*& tier = best[candidate->healthy.load(std::memory_order_relaxed) ? 0 : 1];
+    if (tier == nullptr || candidate->open_streams < tier->open_streams) tier = candidate;
   }
   next_upstream_ = (next_upstream_ + 1) % count;
-  return best;
+  return best[0] != nullptr ? best[0] : best[1];
+}
+
+void FrameRelay::Loop::SendProbes(Clock::time_point now) {
+  next_probes_ = now + absl::ToChronoNanoseconds(options_.health.interval);
+  const int64_t timeout_ms =
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.health.timeout));
+  const std::string grpc_timeout = absl::StrCat(std::min<int64_t>(timeout_ms, 99999999), "m");
+  for (auto& upstream : upstreams_) {
+    if (upstream->session == nullptr || upstream->dead || upstream->probe_id >= 0 ||
+        !nghttp2_session_check_request_allowed(upstream->session)) {
+      continue;
+    }
+    const std::string& authority =
+        options_.authority.empty() ? upstream->address_text : options_.authority;
+    const std::pair<absl::string_view, absl::string_view> fields[] = {
+        {":method", "POST"},
+        {":scheme", "http"},
+        {":path", kHealthCheckPath},
+        {":authority", authority},
+        {"content-type", "application/grpc"},
+        {"te", "trailers"},
+        {"grpc-timeout", grpc_timeout}};
+    std::vector<nghttp2_nv> nv;
+    for (const auto& [name, value] : fields) {
+      nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+                    reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
+                    value.size(), NGHTTP2_NV_FLAG_NONE});
+    }
+    nghttp2_data_provider provider{};
+    provider.source.ptr = upstream.get();
+    provider.read_callback = ReadProbe;
+    const int32_t id = nghttp2_submit_request(upstream->session, nullptr, nv.data(), nv.size(),
+                                              &provider, nullptr);
+    if (id < 0) continue;
+    upstream->probe_id = id;
+    upstream->probe_deadline = now + absl::ToChronoNanoseconds(options_.health.timeout);
+    upstream->probe_timed_out = false;
+    upstream->probe_sent = 0;
+    upstream->probe_answer.clear();
+    upstream->probe_grpc_status = -1;
+    MarkDirty(*upstream);
+  }
+}
+
+void FrameRelay::Loop::ExpireProbes(Clock::time_point now) {
+  for (auto& upstream : upstreams_) {
+    if (upstream->probe_id < 0 || upstream->probe_timed_out || now < upstream->probe_deadline) {
+      continue;
+    }
+    // Failed when the reset closes the stream (FinishProbe).
+    upstream->probe_timed_out = true;
+    nghttp2_submit_rst_stream(upstream->session, NGHTTP2_FLAG_NONE, upstream->probe_id,
+                              NGHTTP2_CANCEL);
+    MarkDirty(*upstream);
+  }
+}
+
+void FrameRelay::Loop::FinishProbe(Connection& upstream, uint32_t error_code) {
+  upstream.probe_id = -1;
+  if (!upstream.probe_timed_out && upstream.probe_grpc_status == kGrpcUnimplemented) {
+    // No health service upstream: connections are judged by being up, as
+    // poolside's HealthMonitor judges them then.
+    probing_ = false;
+    next_probes_ = Clock::time_point::max();
+    for (auto& connection : upstreams_) {
+      connection->failed_probes = 0;
+      connection->healthy.store(true, std::memory_order_relaxed);
+    }
+    return;
+  }
+  const bool passed = !upstream.probe_timed_out && error_code == NGHTTP2_NO_ERROR &&
+                      upstream.probe_grpc_status == 0 && IsServing(upstream.probe_answer);
+  upstream.probe_answer.clear();
+  if (passed) {
+    upstream.failed_probes = 0;
+    upstream.healthy.store(true, std::memory_order_relaxed);
+    return;
+  }
+  if (++upstream.failed_probes >= options_.health.unhealthy_threshold) {
+    upstream.healthy.store(false, std::memory_order_relaxed);
+  }
+}
+
+ssize_t FrameRelay::Loop::ReadProbe(nghttp2_session*, int32_t, uint8_t* buffer, size_t length,
+                                    uint32_t* flags, nghttp2_data_source* source, void*) {
+  auto& upstream = *static_cast<Connection*>(source->ptr);
+  const std::string& message = upstream.loop->probe_message_;
+  const size_t take = std::min(length, message.size() - upstream.probe_sent);
+  std::memcpy(buffer, message.data() + upstream.probe_sent, take);
+  upstream.probe_sent += take;
+  if (upstream.probe_sent == message.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(take);
 }
 
 void FrameRelay::Loop::StartUpstream(RelayStream* stream, bool request_ended) {

@@ -26,7 +26,11 @@
 // changes them): a connection whose address is no longer listed is replaced
 // at once by one to a listed address, and closes once its streams are done.
 //
-// What it does not do (yet): TLS, health probes.
+// Each upstream connection may be probed with grpc.health.v1.Health/Check
+// (HealthProbeOptions): one that fails `unhealthy_threshold` probes in a row
+// takes new streams only while no healthy one is up.
+//
+// What it does not do (yet): TLS.
 // It serves bench/frame_hop, the "frame-hop" yardstick of bench/compare.
 //
 // Threading: Run() drives everything on the calling thread (one epoll loop);
@@ -86,6 +90,20 @@ class CallObserver {
   virtual void AppConnectionCut(AppCutReason reason) = 0;
 };
 
+// grpc.health.v1 probes, sent by the relay itself on each upstream
+// connection, as poolside's HealthMonitor sends them over each grpc channel.
+struct HealthProbeOptions {
+  // Zero: no probes (a connection is healthy while it is up).
+  absl::Duration interval = absl::ZeroDuration();
+  // The grpc.health.v1 service name; empty means the server as a whole.
+  std::string service;
+  // A probe not answered within this fails.
+  absl::Duration timeout = absl::Seconds(1);
+  // Consecutive failed probes that make a connection unhealthy; one passing
+  // probe makes it healthy again.
+  int unhealthy_threshold = 2;
+};
+
 struct FrameRelayOptions {
   // The upstream's addresses (plaintext HTTP/2); the connections are split
   // evenly over them (the first ones take one more when they do not divide).
@@ -113,6 +131,9 @@ struct FrameRelayOptions {
   // Called on Run()'s thread when an upstream connection is lost or fails to
   // connect (its address may have gone); may be empty.
   std::function<void()> on_upstream_lost;
+  // An upstream that answers UNIMPLEMENTED has no health service: probing
+  // stops, and connections are judged by being up.
+  HealthProbeOptions health;
 };
 
 // A moment's view of the relay, for gauges and readiness.
@@ -120,6 +141,8 @@ struct FrameRelayStats {
   struct Upstream {
     std::string address;
     bool connected = false;
+    // Passing health probes (always, when none are sent).
+    bool healthy = true;
     int64_t open_streams = 0;
     uint64_t streams_started = 0;
     // Connects that failed and connections lost.

@@ -126,6 +126,43 @@ TEST_F(FramesModeTest, ACallWaitsForTheUpstreamToComeUp) {
   late.Shutdown();
 }
 
+// GRPC_HEALTH_CHECK_*: the relay probes each connection with
+// grpc.health.v1; an upstream that says NOT_SERVING makes poolside unready
+// (calls still go through: no healthy connection is left to prefer), and
+// ready again once it serves.
+TEST(FramesModeHealthTest, NotServingUpstreamMakesPoolsideUnreadyUntilItServes) {
+  TestUpstream::Options options;
+  options.health_service = true;
+  TestUpstream upstream(options);
+  ASSERT_TRUE(upstream.Start().ok());
+  PoolsideProcess poolside({{"GRPC_UPSTREAM_TARGET", upstream.target()},
+                            {"GRPC_FORWARDER", "frames"},
+                            {"GRPC_CONNECTION_POOL_SIZE", "2"},
+                            {"GRPC_HEALTH_CHECK_INTERVAL_SECS", "1"}});
+  ASSERT_TRUE(poolside.Start().ok());
+  auto await_ready = [&poolside](bool wanted) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      if (HttpGet(poolside.admin_port(), "/readyz").ok() == wanted) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  };
+  ASSERT_TRUE(await_ready(true));
+  upstream.SetHealthServing(false);
+  ASSERT_TRUE(await_ready(false));
+  EXPECT_EQ(
+      AwaitMetric(poolside.admin_port(), "poolside_pool_active_connections", 0, absl::Seconds(5)),
+      0);
+  EXPECT_TRUE(
+      UnaryCall(CreateTestChannel(poolside.listen_target()), kUnaryMethod, "anyway").status.ok());
+  upstream.SetHealthServing(true);
+  EXPECT_TRUE(await_ready(true));
+  poolside.Terminate();
+  EXPECT_EQ(poolside.WaitForExit(absl::Seconds(10)), 0);
+  upstream.Shutdown();
+}
+
 TEST(FramesModeConfigTest, SettingsItCannotHonourAreRefusedWithExitTwo) {
   const PoolsideProcess::ExitResult result =
       PoolsideProcess::RunToExit({{"GRPC_UPSTREAM_TARGET", "127.0.0.1:1"},

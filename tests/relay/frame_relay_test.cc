@@ -747,16 +747,18 @@ std::vector<std::string> Addresses(const FrameRelay& relay) {
 }
 
 // Polls until every upstream connection is up and goes to one of `wanted`,
-// or `timeout` passes; whether they all did.
+// each of which has one, or `timeout` passes; whether that happened.
 bool AwaitAllOn(const FrameRelay& relay, const std::set<std::string>& wanted,
                 absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     bool all = true;
+    std::set<std::string> used;
     for (const auto& upstream : relay.Stats().upstreams) {
       all = all && upstream.connected && wanted.count(upstream.address) > 0;
+      used.insert(upstream.address);
     }
-    if (all) return true;
+    if (all && used == wanted) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
@@ -875,6 +877,112 @@ TEST(FrameRelayAddressTest, AnEmptyOrNonLiteralListIsRefusedAndChangesNothing) {
             absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
   EXPECT_TRUE(UnaryCall(CreateTestChannel((*relay)->target()), kUnaryMethod, "same").status.ok());
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
+
+// Polls until the upstream connections' health is `wanted`, in Stats()
+// order, or `timeout` passes; whether it was.
+bool AwaitHealth(const FrameRelay& relay, const std::vector<bool>& wanted, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::vector<bool> health;
+    for (const auto& upstream : relay.Stats().upstreams) {
+      health.push_back(upstream.connected && upstream.healthy);
+    }
+    if (health == wanted) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// The relay probes each connection with grpc.health.v1 itself: a connection
+// to an upstream that says NOT_SERVING takes no call while a healthy one is
+// up, and takes calls again once it serves.
+TEST(FrameRelayHealthTest, ANotServingUpstreamTakesNoCallsUntilItServesAgain) {
+  TestUpstream::Options upstream_options;
+  upstream_options.health_service = true;
+  TestUpstream serving(upstream_options);
+  TestUpstream failing(upstream_options);
+  ASSERT_TRUE(serving.Start().ok());
+  ASSERT_TRUE(failing.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", serving.port()}, {"127.0.0.1", failing.port()}};
+  options.upstream_connections = 2;
+  options.health.interval = absl::Milliseconds(50);
+  options.health.unhealthy_threshold = 2;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitHealth((*relay)->relay(), {true, true}, absl::Seconds(5)));
+
+  failing.SetHealthServing(false);
+  ASSERT_TRUE(AwaitHealth((*relay)->relay(), {true, false}, absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  for (int i = 0; i < 20; ++i) {
+    const CallResult result = UnaryCall(channel, kUnaryMethod, "healthy only");
+    EXPECT_TRUE(result.status.ok()) << result;
+  }
+  EXPECT_EQ(serving.Calls(kUnaryMethod).size(), 20u);
+  EXPECT_THAT(failing.Calls(kUnaryMethod), IsEmpty());
+
+  failing.SetHealthServing(true);
+  ASSERT_TRUE(AwaitHealth((*relay)->relay(), {true, true}, absl::Seconds(5)));
+  // Overlapping calls (each held 100 ms) fill both connections again.
+  CallOptions slow;
+  slow.metadata = {{"x-sleep-ms", "100"}};
+  std::vector<std::future<CallResult>> calls;
+  for (int i = 0; i < 10; ++i) {
+    calls.push_back(std::async(std::launch::async,
+                               [&] { return UnaryCall(channel, kUnaryMethod, "both", slow); }));
+  }
+  for (auto& call : calls) EXPECT_TRUE(call.get().status.ok());
+  EXPECT_FALSE(failing.Calls(kUnaryMethod).empty());
+  (*relay)->Stop();
+  serving.Shutdown();
+  failing.Shutdown();
+}
+
+// While every connection fails its probes, calls still go to them: a hop
+// that refused everything would fail more calls than the upstream does.
+TEST(FrameRelayHealthTest, CallsStillGoThroughWhileNoConnectionIsHealthy) {
+  TestUpstream::Options upstream_options;
+  upstream_options.health_service = true;
+  TestUpstream upstream(upstream_options);
+  ASSERT_TRUE(upstream.Start().ok());
+  upstream.SetHealthServing(false);
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.upstream_connections = 2;
+  options.health.interval = absl::Milliseconds(50);
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitHealth((*relay)->relay(), {false, false}, absl::Seconds(5)));
+  const CallResult result =
+      UnaryCall(CreateTestChannel((*relay)->target()), kUnaryMethod, "anyway");
+  EXPECT_TRUE(result.status.ok()) << result;
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+// An upstream without grpc.health.v1 (UNIMPLEMENTED) is probed once per
+// connection, then judged by its connections being up, as poolside's
+// HealthMonitor does.
+TEST(FrameRelayHealthTest, AnUpstreamWithoutAHealthServiceIsNotProbedAgain) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.upstream_connections = 2;
+  options.health.interval = absl::Milliseconds(50);
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(upstream.WaitForDone(1, absl::Seconds(5), kHealthCheckMethod));
+  absl::SleepFor(absl::Milliseconds(500));  // Ten intervals.
+  EXPECT_LE(upstream.Calls(kHealthCheckMethod).size(), 2u);
+  EXPECT_TRUE(AwaitHealth((*relay)->relay(), {true, true}, absl::Seconds(1)));
+  EXPECT_TRUE(UnaryCall(CreateTestChannel((*relay)->target()), kUnaryMethod, "up").status.ok());
   (*relay)->Stop();
   upstream.Shutdown();
 }

@@ -2,6 +2,7 @@
 
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
 #include <cstdint>
@@ -375,6 +376,7 @@ TestUpstream::TestUpstream(Options options)
     : host_(options.host),
       max_receive_message_size_(options.max_receive_message_size),
       max_concurrent_streams_(options.max_concurrent_streams),
+      health_service_(options.health_service),
       recorder_(std::make_unique<Recorder>()),
       port_(options.port) {}
 
@@ -397,7 +399,11 @@ absl::Status TestUpstream::Start() {
   if (max_concurrent_streams_ > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_concurrent_streams_);
   }
+  // grpc reads this process-wide switch as each server is built: on for
+  // this one only.
+  if (health_service_) grpc::EnableDefaultHealthCheckService(true);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (health_service_) grpc::EnableDefaultHealthCheckService(false);
   if (server == nullptr || selected_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("test upstream: cannot listen on ", host_, ":", port_));
@@ -415,6 +421,12 @@ void TestUpstream::Shutdown(absl::Duration grace) {
   server_->Wait();
   server_.reset();
   service_.reset();
+}
+
+void TestUpstream::SetHealthServing(bool serving) {
+  absl::MutexLock lock(&mutex_);
+  if (server_ == nullptr || server_->GetHealthCheckService() == nullptr) return;
+  server_->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 int TestUpstream::port() const {

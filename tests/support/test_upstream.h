@@ -102,6 +102,10 @@ class TestUpstream {
     // HTTP/2 MAX_CONCURRENT_STREAMS the server announces; 0 keeps gRPC's
     // default (no limit).
     int max_concurrent_streams = 0;
+    // grpc's own grpc.health.v1 service (SERVING until SetHealthServing),
+    // instead of answering health checks UNIMPLEMENTED like any other
+    // unknown method.
+    bool health_service = false;
   };
 
   TestUpstream() : TestUpstream(Options()) {}
@@ -119,6 +123,10 @@ class TestUpstream {
   // cancels the rest and returns when every call is over. No-op if not
   // serving.
   void Shutdown(absl::Duration grace = absl::ZeroDuration());
+
+  // What the health service answers (Options::health_service); no-op
+  // without it or while not serving.
+  void SetHealthServing(bool serving);
 
   // The port served (or last served); 0 before the first Start().
   int port() const;
@@ -153,6 +161,7 @@ class TestUpstream {
   const std::string host_;
   const int max_receive_message_size_;
   const int max_concurrent_streams_;
+  const bool health_service_;
   // Thread-safe; outlives every call (Shutdown() waits for them).
   const std::unique_ptr<Recorder> recorder_;
 
