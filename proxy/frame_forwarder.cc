@@ -68,6 +68,9 @@ class FrameForwarder::MetricsObserver : public relay::CallObserver {
   void AppConnectionCut(relay::AppCutReason reason) override {
     hostile_peers_.Count(PeerSide::kApp, HostileReasonOf(reason));
   }
+  void MessageRelayed(bool upward, uint32_t length) override {
+    recorder_->RecordMessage(upward ? Direction::kUpstream : Direction::kDownstream, length);
+  }
 
  private:
   std::unique_ptr<CallRecorder> recorder_;
@@ -140,6 +143,7 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   relay_options.max_streams_per_app_connection =
       static_cast<uint32_t>(options.max_streams_per_app_connection);
   relay_options.health = options.health;
+  relay_options.max_message_bytes = options.max_message_bytes;
 
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {

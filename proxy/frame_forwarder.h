@@ -15,9 +15,10 @@
 // failing its probes, the PoolAdmin gRPC service and the frame screen's
 // rules do not apply (nghttp2's own limits do). Health probes are the
 // relay's own (relay::HealthProbeOptions).
-// Request metrics (poolside_requests_total, the duration histogram and
-// poolside_inflight_requests) and the pool gauges are recorded as usual;
-// message counts are not (frames are not decoded into messages).
+// Request metrics (poolside_requests_total, the duration histogram,
+// poolside_inflight_requests and the message and byte counts) and the pool
+// gauges are recorded as usual: the relay reads each gRPC message's 5-byte
+// prefix as the bytes pass, which also holds GRPC_MAX_MESSAGE_BYTES.
 //
 // Threading: Start, Snapshot and Shutdown from any thread; the relay runs on
 // a thread of its own.
@@ -58,6 +59,8 @@ struct FrameForwarderOptions {
   // own, as the grpc++ forwarder sends).
   std::string authority;
   int max_streams_per_app_connection = 1000;
+  // GRPC_MAX_MESSAGE_BYTES, both ways; 0: no limit.
+  uint32_t max_message_bytes = 0;
   // grpc.health.v1 probes on each connection (GRPC_HEALTH_CHECK_*); a zero
   // interval turns them off (GRPC_HEALTH_CHECK_MODE=connectivity).
   relay::HealthProbeOptions health;

@@ -115,6 +115,44 @@ class HeaderBlock {
   std::vector<std::pair<nghttp2_rcbuf*, nghttp2_rcbuf*>> fields_;
 };
 
+// Where one direction of a stream is in its gRPC messages (a 5-byte prefix:
+// compressed flag, then the length, big-endian; then the body): read from
+// the DATA bytes as they pass, for GRPC_MAX_MESSAGE_BYTES and the message
+// counts, without holding any of them.
+class MessageCursor {
+ public:
+  // Walks `length` more bytes, calling on_message(length) at each message's
+  // prefix; false (and stops) at a message longer than `max_length` (0: no
+  // limit).
+  template <typename OnMessage>
+  bool Advance(const uint8_t* data, size_t length, uint32_t max_length, OnMessage on_message) {
+    while (length > 0) {
+      if (body_left_ > 0) {
+        const size_t skipped = std::min<size_t>(body_left_, length);
+        body_left_ -= skipped;
+        data += skipped;
+        length -= skipped;
+        continue;
+      }
+      prefix_[prefix_have_++] = *data++;
+      --length;
+      if (prefix_have_ < sizeof(prefix_)) continue;
+      prefix_have_ = 0;
+      const uint32_t message_length = (uint32_t{prefix_[1]} << 24) | (uint32_t{prefix_[2]} << 16) |
+                                      (uint32_t{prefix_[3]} << 8) | prefix_[4];
+      if (max_length > 0 && message_length > max_length) return false;
+      on_message(message_length);
+      body_left_ = message_length;
+    }
+    return true;
+  }
+
+ private:
+  uint32_t body_left_ = 0;
+  uint8_t prefix_have_ = 0;
+  uint8_t prefix_[5] = {};
+};
+
 struct RelayStream;
 
 enum class Side { kApp, kUpstream };
@@ -181,6 +219,11 @@ struct RelayStream {
   // Upstream -> app bytes not yet written to the app.
   ByteQueue downward;
   bool downward_ended = false;
+  // Each direction's place in its gRPC messages; and whether one was too
+  // long (the call is over: later bytes are dropped).
+  MessageCursor upward_messages;
+  MessageCursor downward_messages;
+  bool message_too_large = false;
   // The block being received (request headers, response headers, trailers),
   // and the upstream's trailers waiting for the downward bytes to drain.
   HeaderBlock receiving;
@@ -343,15 +386,15 @@ void SetNoDelay(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-// A gRPC answer made here: trailers only.
-std::vector<nghttp2_nv> UnavailableAnswer() {
-  static constexpr std::pair<const char*, const char*> kFields[] = {
-      {":status", "200"},
-      {"content-type", "application/grpc"},
-      {"grpc-status", "14"},
-      {"grpc-message", "frame relay: no upstream connection"}};
+// A gRPC answer made here: trailers only, `status` and `message` static
+// strings.
+std::vector<nghttp2_nv> TrailersOnlyAnswer(const char* status, const char* message) {
+  const std::pair<const char*, const char*> fields[] = {{":status", "200"},
+                                                        {"content-type", "application/grpc"},
+                                                        {"grpc-status", status},
+                                                        {"grpc-message", message}};
   std::vector<nghttp2_nv> nv;
-  for (const auto& [name, value] : kFields) {
+  for (const auto& [name, value] : fields) {
     nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
                   reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name),
                   std::strlen(value),
@@ -469,6 +512,11 @@ class FrameRelay::Loop {
   void FailDownward(RelayStream* stream);
   void CloseAppSide(RelayStream* stream, uint32_t error_code);
   void CloseUpstreamSide(RelayStream* stream, uint32_t error_code);
+  // Takes the stream off its upstream connection, giving back the
+  // connection window its unsent downward bytes hold.
+  void DetachUpstream(RelayStream* stream);
+  // A message in either direction is longer than options_.max_message_bytes.
+  void FailMessageTooLarge(RelayStream* stream);
   void MaybeFree(RelayStream* stream);
   void ReleaseHeapWhenIdle();
 
@@ -1276,6 +1324,25 @@ int FrameRelay::Loop::OnDataChunk(nghttp2_session* session, uint8_t, int32_t str
     loop->MarkDirty(connection);
     return 0;
   }
+  if (stream != nullptr && stream->message_too_large) {
+    nghttp2_session_consume(session, stream_id, length);
+    return 0;
+  }
+  if (stream != nullptr && stream->app != nullptr && (upward || stream->response_started)) {
+    CallObserver* observer = loop->options_.observer;
+    const bool within_limit = (upward ? stream->upward_messages : stream->downward_messages)
+                                  .Advance(data, length, loop->options_.max_message_bytes,
+                                           [observer, upward](uint32_t message_length) {
+                                             if (observer != nullptr) {
+                                               observer->MessageRelayed(upward, message_length);
+                                             }
+                                           });
+    if (!within_limit) {
+      nghttp2_session_consume(session, stream_id, length);
+      loop->FailMessageTooLarge(stream);
+      return 0;
+    }
+  }
   if (stream != nullptr && stream->wait_link.linked) {
     // Kept for when a connection is up; the stream's window bounds them.
     stream->upward.Append(data, length);
@@ -1490,7 +1557,7 @@ void FrameRelay::Loop::DropUpward(RelayStream* stream, bool app_stream_open) {
 void FrameRelay::Loop::FailDownward(RelayStream* stream) {
   if (stream->app == nullptr) return;
   if (!stream->response_started) {
-    std::vector<nghttp2_nv> nv = UnavailableAnswer();
+    std::vector<nghttp2_nv> nv = TrailersOnlyAnswer("14", "frame relay: no upstream connection");
     stream->response_started = true;
     stream->downward_ended = true;
     stream->grpc_status = 14;
@@ -1542,9 +1609,8 @@ void FrameRelay::Loop::CloseAppSide(RelayStream* stream, uint32_t error_code) {
   MaybeFree(stream);
 }
 
-void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_code) {
+void FrameRelay::Loop::DetachUpstream(RelayStream* stream) {
   Connection* upstream = stream->upstream;
-  if (upstream == nullptr) return;
   Unlink(*upstream, stream);
   stream->upstream = nullptr;
   if (upstream->session != nullptr) {
@@ -1554,6 +1620,42 @@ void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_cod
     // returns now.
     nghttp2_session_consume_connection(upstream->session, stream->downward.size());
   }
+}
+
+void FrameRelay::Loop::FailMessageTooLarge(RelayStream* stream) {
+  // As grpc ends a call whose message passes its limit: the upstream's
+  // stream is cancelled, the app told RESOURCE_EXHAUSTED.
+  stream->message_too_large = true;
+  StopKeepingRequest(stream);
+  Unpark(stream);
+  if (Connection* upstream = stream->upstream) {
+    nghttp2_submit_rst_stream(upstream->session, NGHTTP2_FLAG_NONE, stream->upstream_id,
+                              NGHTTP2_CANCEL);
+    MarkDirty(*upstream);
+    DetachUpstream(stream);
+  }
+  DropUpward(stream, /*app_stream_open=*/true);
+  stream->grpc_status = 8;
+  if (!stream->response_started) {
+    std::vector<nghttp2_nv> nv =
+        TrailersOnlyAnswer("8", "poolside: message larger than GRPC_MAX_MESSAGE_BYTES");
+    stream->response_started = true;
+    stream->downward_ended = true;
+    nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
+  } else {
+    // Part of the answer is out: a reset the app's grpc reads as
+    // RESOURCE_EXHAUSTED.
+    stream->downward.Pop(stream->downward.size());
+    stream->trailers.Clear();
+    nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
+                              NGHTTP2_ENHANCE_YOUR_CALM);
+  }
+  MarkDirty(*stream->app);
+}
+
+void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_code) {
+  if (stream->upstream == nullptr) return;
+  DetachUpstream(stream);
   if (stream->app == nullptr) {
     MaybeFree(stream);
     return;

@@ -88,6 +88,9 @@ class CallObserver {
   // An app connection was cut off for `reason` (after a GOAWAY where the
   // session could still send one).
   virtual void AppConnectionCut(AppCutReason reason) = 0;
+  // A gRPC message of `length` bytes began on its way to the upstream
+  // (`upward`) or to the app.
+  virtual void MessageRelayed(bool upward, uint32_t length) = 0;
 };
 
 // grpc.health.v1 probes, sent by the relay itself on each upstream
@@ -121,6 +124,10 @@ struct FrameRelayOptions {
   // How long a call that finds no upstream connection up waits for one
   // before it is answered UNAVAILABLE; zero answers at once.
   absl::Duration connection_wait = absl::ZeroDuration();
+  // The longest gRPC message either side may send (GRPC_MAX_MESSAGE_BYTES):
+  // a longer one ends its call RESOURCE_EXHAUSTED, as grpc ends it. Zero:
+  // no limit.
+  uint32_t max_message_bytes = 0;
   // SETTINGS_MAX_CONCURRENT_STREAMS offered to each app connection.
   uint32_t max_streams_per_app_connection = 1 << 20;
   // Replaces each request's :authority when not empty (as grpc's channel

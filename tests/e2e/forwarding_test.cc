@@ -446,14 +446,16 @@ TEST_P(ForwardingTest, UpstreamSeesItsOwnTargetAsAuthority) {
 }
 
 // Message size limits apply on both sides of poolside (only meaningful
-// through it: the upstream's own limit is left at gRPC's default, 4 MiB).
-class MessageSizeTest : public E2eTest {
+// through it: the upstream's own limit is left at gRPC's default, 4 MiB),
+// with either forwarder (the parameter: GRPC_FORWARDER).
+class MessageSizeTest : public E2eTest, public ::testing::WithParamInterface<std::string> {
  protected:
   static constexpr size_t kLimit = 1 << 20;
 
   void SetUp() override {
     ASSERT_TRUE(upstream_.Start().ok());
     ASSERT_NO_FATAL_FAILURE(StartPoolside({{"GRPC_UPSTREAM_TARGET", upstream_.target()},
+                                           {"GRPC_FORWARDER", GetParam()},
                                            {"GRPC_MAX_MESSAGE_BYTES", absl::StrCat(kLimit)}}));
     channel_ = CreateTestChannel(poolside_->listen_target());
   }
@@ -463,14 +465,14 @@ class MessageSizeTest : public E2eTest {
   std::mt19937 rng_{7};
 };
 
-TEST_F(MessageSizeTest, MessageExactlyAtTheLimitPassesBothWays) {
+TEST_P(MessageSizeTest, MessageExactlyAtTheLimitPassesBothWays) {
   const std::string request = RandomBytes(kLimit, rng_);
   const CallResult result = UnaryCall(channel_, kUnaryMethod, request);
   ASSERT_TRUE(result.status.ok()) << result;
   EXPECT_TRUE(result.responses == std::vector<std::string>{request});
 }
 
-TEST_F(MessageSizeTest, RequestOneByteOverTheLimitFailsWithResourceExhausted) {
+TEST_P(MessageSizeTest, RequestOneByteOverTheLimitFailsWithResourceExhausted) {
   const CallResult result = UnaryCall(channel_, kUnaryMethod, RandomBytes(kLimit + 1, rng_));
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << result;
   // Whatever reached the upstream, no call there succeeded with it.
@@ -479,7 +481,7 @@ TEST_F(MessageSizeTest, RequestOneByteOverTheLimitFailsWithResourceExhausted) {
   }
 }
 
-TEST_F(MessageSizeTest, ResponseOneByteOverTheLimitFailsWithResourceExhausted) {
+TEST_P(MessageSizeTest, ResponseOneByteOverTheLimitFailsWithResourceExhausted) {
   // Two requests under the limit; the upstream answers with both at once.
   const std::vector<std::string> requests = {RandomBytes(kLimit / 2, rng_),
                                              RandomBytes(kLimit / 2 + 1, rng_)};
@@ -488,13 +490,18 @@ TEST_F(MessageSizeTest, ResponseOneByteOverTheLimitFailsWithResourceExhausted) {
   EXPECT_TRUE(result.responses.empty());
 }
 
-TEST_F(MessageSizeTest, ResponseExactlyAtTheLimitPasses) {
+TEST_P(MessageSizeTest, ResponseExactlyAtTheLimitPasses) {
   const std::vector<std::string> requests = {RandomBytes(kLimit / 2, rng_),
                                              RandomBytes(kLimit / 2, rng_)};
   const CallResult result = StreamingCall(channel_, kClientStreamMethod, requests);
   ASSERT_TRUE(result.status.ok()) << result;
   EXPECT_TRUE(result.responses == std::vector<std::string>{requests[0] + requests[1]});
 }
+
+INSTANTIATE_TEST_SUITE_P(Forwarders, MessageSizeTest, ::testing::Values("grpc", "frames"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 // gRPC's own default limit is 4 MiB each way; poolside's default is 64 MiB.
 TEST(DefaultMessageSizeTest, MessagesOverGrpcsDefaultLimitPassByDefault) {

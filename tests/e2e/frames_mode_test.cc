@@ -81,6 +81,13 @@ TEST_F(FramesModeTest, RequestMetricsAndPoolGaugesReachTheSidePort) {
   EXPECT_EQ(MetricValue(*metrics, "poolside_pool_connections"), 3);
   EXPECT_EQ(MetricValue(*metrics, "poolside_pool_active_connections"), 3);
   EXPECT_EQ(MetricValue(*metrics, "poolside_inflight_requests"), 0);
+  // The relay reads each message's prefix as it passes: six requests, seven
+  // payload bytes.
+  EXPECT_EQ(MetricValue(*metrics, "poolside_forwarded_messages_total{direction=\"upstream\"}"), 6);
+  EXPECT_EQ(MetricValue(*metrics, "poolside_forwarded_bytes_total{direction=\"upstream\"}"), 7);
+  EXPECT_GE(MetricValue(*metrics, "poolside_forwarded_messages_total{direction=\"downstream\"}")
+                .value_or(0),
+            5);
   const absl::StatusOr<std::string> ready = HttpGet(poolside_->admin_port(), "/readyz");
   EXPECT_TRUE(ready.ok()) << ready.status();
 }

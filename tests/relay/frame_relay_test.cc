@@ -649,6 +649,19 @@ class RecordingObserver : public relay::CallObserver {
   void AppConnectionCut(relay::AppCutReason) override {
     ADD_FAILURE() << "a well-behaved app was cut off";
   }
+  void MessageRelayed(bool upward, uint32_t length) override {
+    absl::MutexLock lock(&mutex_);
+    (upward ? upward_lengths_ : downward_lengths_).push_back(length);
+  }
+  // The lengths of the messages relayed each way so far.
+  std::vector<uint32_t> UpwardLengths() {
+    absl::MutexLock lock(&mutex_);
+    return upward_lengths_;
+  }
+  std::vector<uint32_t> DownwardLengths() {
+    absl::MutexLock lock(&mutex_);
+    return downward_lengths_;
+  }
   // Waits until `n` calls have ended (5 s at most) and returns them.
   std::vector<Ended> AwaitEnded(size_t n) {
     absl::MutexLock lock(&mutex_);
@@ -661,7 +674,65 @@ class RecordingObserver : public relay::CallObserver {
   absl::Mutex mutex_;
   std::vector<std::string> paths_;
   std::vector<Ended> ended_;
+  std::vector<uint32_t> upward_lengths_;
+  std::vector<uint32_t> downward_lengths_;
 };
+
+// Messages are counted as they pass, each with its length, however DATA
+// frames split them: a 100,000-byte message spans several.
+TEST(FrameRelayObserverTest, EachMessageIsReportedWithItsLengthBothWays) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  RecordingObserver observer;
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.observer = &observer;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const CallResult result =
+      StreamingCall(CreateTestChannel((*relay)->target()), kBidiMethod,
+                    {"abc", std::string(100000, 'x'), "", std::string(17, 'y')});
+  ASSERT_TRUE(result.status.ok()) << result;
+  ASSERT_EQ(observer.AwaitEnded(1).size(), 1u);
+  EXPECT_THAT(observer.UpwardLengths(), ElementsAre(3, 100000, 0, 17));
+  EXPECT_THAT(observer.DownwardLengths(), ElementsAre(3, 100000, 0, 17));
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+// GRPC_MAX_MESSAGE_BYTES in the relay: a message over the limit, either
+// way, ends its call RESOURCE_EXHAUSTED, as grpc ends it; messages at the
+// limit pass, and the connection serves on.
+TEST(FrameRelayLimitTest, AMessageOverTheLimitEitherWayEndsItsCallResourceExhausted) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.max_message_bytes = 1024;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+
+  const CallResult at_limit = UnaryCall(channel, kUnaryMethod, std::string(1024, 'a'));
+  EXPECT_TRUE(at_limit.status.ok()) << at_limit;
+  // Upward: the request is too long.
+  const CallResult request_too_long = UnaryCall(channel, kUnaryMethod, std::string(1025, 'b'));
+  EXPECT_EQ(request_too_long.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << request_too_long;
+  // Downward: two requests within the limit, one answer (their concatenation)
+  // past it.
+  const CallResult answer_too_long =
+      StreamingCall(channel, kClientStreamMethod, {std::string(800, 'c'), std::string(800, 'd')});
+  EXPECT_EQ(answer_too_long.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << answer_too_long;
+  EXPECT_THAT(answer_too_long.responses, IsEmpty());
+  const CallResult after = UnaryCall(channel, kUnaryMethod, "still here");
+  EXPECT_TRUE(after.status.ok()) << after;
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
 
 TEST(FrameRelayObserverTest, EachCallIsReportedOnceWithTheStatusTheAppSaw) {
   TestUpstream upstream;
