@@ -321,7 +321,6 @@ absl::Status CheckForwarderSupports(const Config& config) {
       {absl::StartsWith(config.listen_addr, "unix:"), "a unix: GRPC_LISTEN_ADDR"},
       {absl::StartsWith(config.upstream_target, "unix:"), "a unix: GRPC_UPSTREAM_TARGET"},
       {config.pool_min > 0, "GRPC_CONNECTION_POOL_MIN (a pool sizing itself)"},
-      {config.max_concurrent_requests > 0, "GRPC_MAX_CONCURRENT_REQUESTS"},
       {config.app_connection_max_share_percent < 100, "GRPC_APP_CONNECTION_MAX_SHARE_PERCENT"},
   };
   for (const auto& [set, what] : unsupported) {

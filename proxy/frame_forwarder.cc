@@ -54,8 +54,8 @@ HostileReason HostileReasonOf(relay::AppCutReason reason) {
 // off, as poolside_hostile_peer_total{side="app"}.
 class FrameForwarder::MetricsObserver : public relay::CallObserver {
  public:
-  MetricsObserver(std::unique_ptr<CallRecorder> recorder, HostilePeerCounter& hostile_peers)
-      : recorder_(std::move(recorder)), hostile_peers_(hostile_peers) {}
+  explicit MetricsObserver(PoolsideMetrics& metrics)
+      : recorder_(metrics.NewCallRecorder()), metrics_(metrics) {}
 
   uint32_t CallStarted(absl::string_view path) override {
     recorder_->CallStarted();
@@ -66,7 +66,12 @@ class FrameForwarder::MetricsObserver : public relay::CallObserver {
     recorder_->CallEnded();
   }
   void AppConnectionCut(relay::AppCutReason reason) override {
-    hostile_peers_.Count(PeerSide::kApp, HostileReasonOf(reason));
+    metrics_.hostile_peers().Count(PeerSide::kApp, HostileReasonOf(reason));
+  }
+  void CallOverLimit(relay::CallLimit limit) override {
+    (limit == relay::CallLimit::kConcurrent ? metrics_.concurrency_overflows()
+                                            : metrics_.pending_overflows())
+        .Increment();
   }
   void MessageRelayed(bool upward, uint32_t length) override {
     recorder_->RecordMessage(upward ? Direction::kUpstream : Direction::kDownstream, length);
@@ -74,7 +79,7 @@ class FrameForwarder::MetricsObserver : public relay::CallObserver {
 
  private:
   std::unique_ptr<CallRecorder> recorder_;
-  HostilePeerCounter& hostile_peers_;
+  PoolsideMetrics& metrics_;
 };
 
 // The AddressTracker's view of the relay: each new address set becomes the
@@ -144,11 +149,12 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
       static_cast<uint32_t>(options.max_streams_per_app_connection);
   relay_options.health = options.health;
   relay_options.max_message_bytes = options.max_message_bytes;
+  relay_options.max_concurrent_calls = options.max_concurrent_requests;
+  relay_options.max_waiting_calls = options.max_pending_requests;
 
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {
-    forwarder->observer_ =
-        std::make_unique<MetricsObserver>(metrics->NewCallRecorder(), metrics->hostile_peers());
+    forwarder->observer_ = std::make_unique<MetricsObserver>(*metrics);
     relay_options.observer = forwarder->observer_.get();
   }
   absl::StatusOr<std::unique_ptr<relay::FrameRelay>> relay =

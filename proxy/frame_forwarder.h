@@ -10,8 +10,8 @@
 //
 // It is opt-in because it does not do everything the grpc++ forwarder does
 // yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
-// cannot honour (TLS upstream, unix sockets, a pool sizing itself, circuit
-// breaking, fair share); outlier ejection, replacing a connection that keeps
+// cannot honour (TLS upstream, unix sockets, a pool sizing itself, the
+// fair share); outlier ejection, replacing a connection that keeps
 // failing its probes, the PoolAdmin gRPC service and the frame screen's
 // rules do not apply (nghttp2's own limits do). Health probes are the
 // relay's own (relay::HealthProbeOptions).
@@ -59,6 +59,10 @@ struct FrameForwarderOptions {
   // own, as the grpc++ forwarder sends).
   std::string authority;
   int max_streams_per_app_connection = 1000;
+  // Circuit breaking: GRPC_MAX_CONCURRENT_REQUESTS (0: no limit) and
+  // GRPC_MAX_PENDING_REQUESTS.
+  int max_concurrent_requests = 0;
+  int max_pending_requests = 1024;
   // GRPC_MAX_MESSAGE_BYTES, both ways; 0: no limit.
   uint32_t max_message_bytes = 0;
   // grpc.health.v1 probes on each connection (GRPC_HEALTH_CHECK_*); a zero

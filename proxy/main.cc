@@ -215,6 +215,8 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
   if (options.authority.empty()) options.authority = target->default_authority;
   options.max_streams_per_app_connection = config.max_streams_per_app_connection;
   options.max_message_bytes = static_cast<uint32_t>(config.max_message_bytes);
+  options.max_concurrent_requests = config.max_concurrent_requests;
+  options.max_pending_requests = config.max_pending_requests;
   if (config.health_check_mode == "grpc") {
     options.health.interval = config.health_check_interval;
     options.health.service = config.health_check_service;

@@ -176,6 +176,10 @@ struct Connection {
   // An upstream connection taken out of rotation (its address left the
   // list), closed, waiting to be freed.
   bool retired_closed = false;
+  // A cut app connection whose session is over: its GOAWAY written, FIN
+  // sent, what the peer still sends read and dropped until linger_until.
+  bool lingering = false;
+  Clock::time_point linger_until;
   // Streams with a side on this connection; the count is read by Stats()
   // on other threads.
   IntrusiveList<RelayStream> streams;
@@ -238,6 +242,8 @@ struct RelayStream {
   // (Loop::Park), until wait_until.
   IntrusiveLink<RelayStream> wait_link;
   Clock::time_point wait_until;
+  // Counted in Loop::admitted_calls_ (GRPC_MAX_CONCURRENT_REQUESTS).
+  bool admitted = false;
   // For the CallObserver.
   uint32_t observer_token = 0;
   Clock::time_point started_at;
@@ -488,6 +494,12 @@ class FrameRelay::Loop {
   // an app is told why it is cut off, ENHANCE_YOUR_CALM for a flood.
   void CutOff(Connection& connection, int error);
   void Close(Connection& connection);
+  // Ends the session: every stream's other side is told, nghttp2's state
+  // freed; the socket stays.
+  void EndSession(Connection& connection);
+  // A cut app connection: its session ends, its socket lingers (below).
+  void StartLinger(Connection& app);
+  void DiscardLingering(Connection& app);
   void Watch(Connection& connection, uint32_t events, int op);
 
   // Streams.
@@ -509,7 +521,13 @@ class FrameRelay::Loop {
   // Drops the app's bytes not yet written upstream, and gives their share of
   // the app's window back.
   void DropUpward(RelayStream* stream, bool app_stream_open);
-  void FailDownward(RelayStream* stream);
+  // The app's answer fails: trailers-only UNAVAILABLE with `message` if none
+  // has begun, else a reset.
+  void FailDownward(RelayStream* stream, const char* message);
+  // Answers the app trailers-only (`status_text` is `grpc_status` as text;
+  // both strings static or the Loop's).
+  void AnswerHere(RelayStream* stream, int grpc_status, const char* status_text,
+                  const char* message);
   void CloseAppSide(RelayStream* stream, uint32_t error_code);
   void CloseUpstreamSide(RelayStream* stream, uint32_t error_code);
   // Takes the stream off its upstream connection, giving back the
@@ -546,6 +564,9 @@ class FrameRelay::Loop {
   // A socket's unsent bytes past which nghttp2 is told to wait.
   static constexpr size_t kMaxOutput = 256 << 10;
   static constexpr auto kReconnectDelay = std::chrono::milliseconds(200);
+  // How long a cut app connection's socket stays open for its GOAWAY to
+  // reach the peer.
+  static constexpr auto kLingerTime = std::chrono::seconds(1);
   // The connection window each side offers: bounds what one connection's
   // streams may buffer here in all.
   static constexpr int32_t kConnectionWindow = 16 << 20;
@@ -579,13 +600,23 @@ class FrameRelay::Loop {
   bool probing_ = false;
   Clock::time_point next_probes_ = Clock::time_point::max();
   std::string probe_message_;
-  // Streams waiting for a connection (RelayStream::wait_link).
+  // Streams waiting for a connection (RelayStream::wait_link), and how many.
   IntrusiveList<RelayStream> waiting_;
+  int waiting_count_ = 0;
+  // Calls admitted and not over on the app's side; and what a call past
+  // either limit is told.
+  int admitted_calls_ = 0;
+  std::string concurrency_refusal_;
+  std::string waiting_refusal_;
+  // What a call that found no connection up is told.
+  std::string no_connection_refusal_;
   int64_t live_streams_ = 0;
   int64_t freed_since_trim_ = 0;
   static constexpr int64_t kStreamsPerTrim = 1024;
   bool stopping_ = false;
   bool draining_ = false;
+  // App connections lingering (StartLinger).
+  int lingering_ = 0;
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> drain_requested_{false};
   std::atomic<int64_t> app_connections_{0};
@@ -657,6 +688,16 @@ absl::Status FrameRelay::Loop::Init() {
   for (int i = 0; i < std::max(1, options_.upstream_connections); ++i) {
     upstreams_.push_back(NewUpstreamConnection());
   }
+  concurrency_refusal_ = absl::StrCat("poolside: GRPC_MAX_CONCURRENT_REQUESTS (",
+                                      options_.max_concurrent_calls, ") calls already in flight");
+  waiting_refusal_ =
+      absl::StrCat("poolside: GRPC_MAX_PENDING_REQUESTS (", options_.max_waiting_calls,
+                   ") calls already waiting for an upstream connection");
+  no_connection_refusal_ =
+      options_.connection_wait > absl::ZeroDuration()
+          ? absl::StrCat("poolside: no upstream connection became ready within ",
+                         absl::FormatDuration(options_.connection_wait))
+          : "poolside: no upstream connection is up";
   if (options_.health.interval > absl::ZeroDuration()) {
     probing_ = true;
     probe_message_ = HealthCheckRequestMessage(options_.health.service);
@@ -923,7 +964,32 @@ void FrameRelay::Loop::Flush(Connection& connection) {
   }
 }
 
-void FrameRelay::Loop::Close(Connection& connection) {
+void FrameRelay::Loop::StartLinger(Connection& app) {
+  EndSession(app);
+  // Closing a socket with bytes unread makes the kernel reset it, and the
+  // peer may lose the GOAWAY still in its receive queue: send FIN after it,
+  // and read (discarding) until the peer closes or kLingerTime passes.
+  shutdown(app.fd, SHUT_WR);
+  app.lingering = true;
+  app.dead = false;
+  app.linger_until = Clock::now() + kLingerTime;
+  ++lingering_;
+  Watch(app, EPOLLIN, EPOLL_CTL_MOD);
+}
+
+void FrameRelay::Loop::DiscardLingering(Connection& app) {
+  uint8_t buffer[16 << 10];
+  for (int reads = 0; reads < 4; ++reads) {
+    const ssize_t got = read(app.fd, buffer, sizeof(buffer));
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (got <= 0) {
+      app.dead = true;
+      return;
+    }
+  }
+}
+
+void FrameRelay::Loop::EndSession(Connection& connection) {
   // nghttp2_session_del calls no stream callbacks: each stream's other side
   // is told here. Each Close*Side unlinks the stream from this list before
   // it may free it, so the head is always a live stream.
@@ -937,6 +1003,14 @@ void FrameRelay::Loop::Close(Connection& connection) {
   }
   if (connection.session != nullptr) nghttp2_session_del(connection.session);
   connection.session = nullptr;
+}
+
+void FrameRelay::Loop::Close(Connection& connection) {
+  EndSession(connection);
+  if (connection.lingering) {
+    connection.lingering = false;
+    --lingering_;
+  }
   if (connection.fd >= 0) {
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.fd, nullptr);
     close(connection.fd);
@@ -1023,6 +1097,12 @@ void FrameRelay::Loop::Run() {
         }
       }
     }
+    if (lingering_ > 0) {
+      // Rare (cut connections only), and at most kLingerTime each.
+      for (const auto& app : apps_) {
+        if (app->lingering) wakes.push_back(app->linger_until);
+      }
+    }
     for (Clock::time_point wake : wakes) {
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
       int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()) + 1);
@@ -1041,6 +1121,10 @@ void FrameRelay::Loop::Run() {
       }
       auto& connection = *static_cast<Connection*>(tag);
       if (connection.dead) continue;
+      if (connection.lingering) {
+        DiscardLingering(connection);
+        continue;
+      }
       if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) OnWritable(connection);
       if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) && !connection.connecting &&
           !connection.cut && connection.session != nullptr) {
@@ -1068,11 +1152,16 @@ void FrameRelay::Loop::Run() {
       upstream->reconnect_at = Clock::now() + kReconnectDelay;
     }
     for (auto it = apps_.begin(); it != apps_.end();) {
-      if ((*it)->dead) {
-        Close(**it);
-        it = apps_.erase(it);
-      } else {
+      Connection& app = **it;
+      if (app.lingering && app.linger_until <= now) app.dead = true;
+      if (!app.dead) {
         ++it;
+      } else if (app.cut && !app.lingering && app.fd >= 0) {
+        StartLinger(app);
+        ++it;
+      } else {
+        Close(app);
+        it = apps_.erase(it);
       }
     }
     CloseIdleRetired();
@@ -1493,6 +1582,16 @@ ssize_t FrameRelay::Loop::ReadProbe(nghttp2_session*, int32_t, uint8_t* buffer, 
 void FrameRelay::Loop::StartUpstream(RelayStream* stream, bool request_ended) {
   stream->upward_ended = request_ended;
   stream->request_has_body = !request_ended;
+  if (options_.max_concurrent_calls > 0 && admitted_calls_ >= options_.max_concurrent_calls) {
+    // Circuit breaking, as the grpc++ forwarder does it: at once, and counted.
+    if (options_.observer != nullptr) options_.observer->CallOverLimit(CallLimit::kConcurrent);
+    stream->receiving.Clear();
+    stream->replayable = false;
+    AnswerHere(stream, 8, "8", concurrency_refusal_.c_str());
+    return;
+  }
+  stream->admitted = true;
+  ++admitted_calls_;
   stream->request.Swap(stream->receiving);
   stream->receiving.Clear();
   SubmitUpstream(stream);
@@ -1526,7 +1625,7 @@ void FrameRelay::Loop::SubmitUpstream(RelayStream* stream) {
   if (id < 0) {
     StopKeepingRequest(stream);
     DropUpward(stream, /*app_stream_open=*/true);
-    FailDownward(stream);
+    FailDownward(stream, no_connection_refusal_.c_str());
     return;
   }
   stream->upstream = upstream;
@@ -1554,14 +1653,20 @@ void FrameRelay::Loop::DropUpward(RelayStream* stream, bool app_stream_open) {
   stream->upward_credited_again = 0;
 }
 
-void FrameRelay::Loop::FailDownward(RelayStream* stream) {
+void FrameRelay::Loop::AnswerHere(RelayStream* stream, int grpc_status, const char* status_text,
+                                  const char* message) {
+  std::vector<nghttp2_nv> nv = TrailersOnlyAnswer(status_text, message);
+  stream->response_started = true;
+  stream->downward_ended = true;
+  stream->grpc_status = grpc_status;
+  nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
+  MarkDirty(*stream->app);
+}
+
+void FrameRelay::Loop::FailDownward(RelayStream* stream, const char* message) {
   if (stream->app == nullptr) return;
   if (!stream->response_started) {
-    std::vector<nghttp2_nv> nv = TrailersOnlyAnswer("14", "frame relay: no upstream connection");
-    stream->response_started = true;
-    stream->downward_ended = true;
-    stream->grpc_status = 14;
-    nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
+    AnswerHere(stream, 14, "14", message);
   } else {
     stream->grpc_status = GrpcStatusOfReset(NGHTTP2_INTERNAL_ERROR);
     nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id,
@@ -1584,6 +1689,7 @@ void FrameRelay::Loop::CloseAppSide(RelayStream* stream, uint32_t error_code) {
   if (app == nullptr) return;
   Unpark(stream);
   EndCall(stream, error_code);
+  if (stream->admitted) --admitted_calls_;
   // The app's bytes not yet written upstream never will be: the upstream
   // stream is reset below.
   DropUpward(stream, /*app_stream_open=*/false);
@@ -1637,11 +1743,7 @@ void FrameRelay::Loop::FailMessageTooLarge(RelayStream* stream) {
   DropUpward(stream, /*app_stream_open=*/true);
   stream->grpc_status = 8;
   if (!stream->response_started) {
-    std::vector<nghttp2_nv> nv =
-        TrailersOnlyAnswer("8", "poolside: message larger than GRPC_MAX_MESSAGE_BYTES");
-    stream->response_started = true;
-    stream->downward_ended = true;
-    nghttp2_submit_response(stream->app->session, stream->app_id, nv.data(), nv.size(), nullptr);
+    AnswerHere(stream, 8, "8", "poolside: message larger than GRPC_MAX_MESSAGE_BYTES");
   } else {
     // Part of the answer is out: a reset the app's grpc reads as
     // RESOURCE_EXHAUSTED.
@@ -1678,18 +1780,28 @@ void FrameRelay::Loop::CloseUpstreamSide(RelayStream* stream, uint32_t error_cod
     nghttp2_submit_rst_stream(stream->app->session, NGHTTP2_FLAG_NONE, stream->app_id, error_code);
     MarkDirty(*stream->app);
   } else if (!stream->downward_ended) {
-    FailDownward(stream);
+    FailDownward(stream, "poolside: the upstream connection was lost before the upstream answered");
   }
 }
 
 void FrameRelay::Loop::Park(RelayStream* stream) {
+  if (waiting_count_ >= options_.max_waiting_calls) {
+    if (options_.observer != nullptr) options_.observer->CallOverLimit(CallLimit::kWaiting);
+    StopKeepingRequest(stream);
+    DropUpward(stream, /*app_stream_open=*/true);
+    AnswerHere(stream, 14, "14", waiting_refusal_.c_str());
+    return;
+  }
+  ++waiting_count_;
   stream->wait_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                           absl::ToChronoNanoseconds(options_.connection_wait));
   waiting_.Add(stream, &RelayStream::wait_link);
 }
 
 void FrameRelay::Loop::Unpark(RelayStream* stream) {
+  if (!stream->wait_link.linked) return;
   waiting_.Remove(stream, &RelayStream::wait_link);
+  --waiting_count_;
 }
 
 void FrameRelay::Loop::StartWaitingStreams() {
@@ -1708,7 +1820,7 @@ void FrameRelay::Loop::FailOverdueWaits(Clock::time_point now) {
     Unpark(stream);
     StopKeepingRequest(stream);
     DropUpward(stream, /*app_stream_open=*/true);
-    FailDownward(stream);
+    FailDownward(stream, no_connection_refusal_.c_str());
   }
 }
 

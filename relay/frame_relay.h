@@ -72,6 +72,14 @@ enum class AppCutReason {
   kMalformed,
 };
 
+// Which circuit-breaking limit turned a call away.
+enum class CallLimit {
+  // FrameRelayOptions::max_concurrent_calls: answered RESOURCE_EXHAUSTED.
+  kConcurrent,
+  // FrameRelayOptions::max_waiting_calls: answered UNAVAILABLE.
+  kWaiting,
+};
+
 // Told of every call the relay forwards, and of every app connection it cuts
 // off, on the relay's thread.
 class CallObserver {
@@ -91,6 +99,9 @@ class CallObserver {
   // A gRPC message of `length` bytes began on its way to the upstream
   // (`upward`) or to the app.
   virtual void MessageRelayed(bool upward, uint32_t length) = 0;
+  // A call was turned away by `limit` (CallStarted and CallEnded are told of
+  // it too).
+  virtual void CallOverLimit(CallLimit limit) = 0;
 };
 
 // grpc.health.v1 probes, sent by the relay itself on each upstream
@@ -124,6 +135,12 @@ struct FrameRelayOptions {
   // How long a call that finds no upstream connection up waits for one
   // before it is answered UNAVAILABLE; zero answers at once.
   absl::Duration connection_wait = absl::ZeroDuration();
+  // Circuit breaking, as the grpc++ forwarder does it: calls forwarded at
+  // once (GRPC_MAX_CONCURRENT_REQUESTS; 0: no limit), past which a call is
+  // answered RESOURCE_EXHAUSTED; and calls waiting for a connection
+  // (GRPC_MAX_PENDING_REQUESTS), past which UNAVAILABLE.
+  int max_concurrent_calls = 0;
+  int max_waiting_calls = 1024;
   // The longest gRPC message either side may send (GRPC_MAX_MESSAGE_BYTES):
   // a longer one ends its call RESOURCE_EXHAUSTED, as grpc ends it. Zero:
   // no limit.

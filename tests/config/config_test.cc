@@ -654,7 +654,6 @@ TEST(ConfigTest, FramesForwarderRefusesEverySettingItCannotHonour) {
       {[](Config& c) { c.listen_addr = "unix:///tmp/poolside.sock"; }, "GRPC_LISTEN_ADDR"},
       {[](Config& c) { c.upstream_target = "unix:///tmp/app.sock"; }, "GRPC_UPSTREAM_TARGET"},
       {[](Config& c) { c.pool_min = 1; }, "GRPC_CONNECTION_POOL_MIN"},
-      {[](Config& c) { c.max_concurrent_requests = 10; }, "GRPC_MAX_CONCURRENT_REQUESTS"},
       {[](Config& c) { c.app_connection_max_share_percent = 50; },
        "GRPC_APP_CONNECTION_MAX_SHARE_PERCENT"},
   };

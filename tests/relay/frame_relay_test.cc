@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -649,6 +650,15 @@ class RecordingObserver : public relay::CallObserver {
   void AppConnectionCut(relay::AppCutReason) override {
     ADD_FAILURE() << "a well-behaved app was cut off";
   }
+  void CallOverLimit(relay::CallLimit limit) override {
+    absl::MutexLock lock(&mutex_);
+    ++over_limit_[limit == relay::CallLimit::kConcurrent ? 0 : 1];
+  }
+  // Calls turned away: [0] by the concurrency limit, [1] by the waiting one.
+  std::array<int, 2> OverLimit() {
+    absl::MutexLock lock(&mutex_);
+    return over_limit_;
+  }
   void MessageRelayed(bool upward, uint32_t length) override {
     absl::MutexLock lock(&mutex_);
     (upward ? upward_lengths_ : downward_lengths_).push_back(length);
@@ -676,6 +686,7 @@ class RecordingObserver : public relay::CallObserver {
   std::vector<Ended> ended_;
   std::vector<uint32_t> upward_lengths_;
   std::vector<uint32_t> downward_lengths_;
+  std::array<int, 2> over_limit_ = {0, 0};
 };
 
 // Messages are counted as they pass, each with its length, however DATA
@@ -1056,6 +1067,72 @@ TEST(FrameRelayHealthTest, AnUpstreamWithoutAHealthServiceIsNotProbedAgain) {
   EXPECT_TRUE(UnaryCall(CreateTestChannel((*relay)->target()), kUnaryMethod, "up").status.ok());
   (*relay)->Stop();
   upstream.Shutdown();
+}
+
+// Circuit breaking (GRPC_MAX_CONCURRENT_REQUESTS): a call past the limit is
+// answered RESOURCE_EXHAUSTED at once and counted; the calls in flight are
+// untouched, and a place that frees takes the next call.
+TEST(FrameRelayLimitTest, ACallPastTheConcurrencyLimitIsRefusedAtOnce) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  RecordingObserver observer;
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.max_concurrent_calls = 2;
+  options.observer = &observer;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  CallOptions slow;
+  slow.metadata = {{"x-sleep-ms", "1000"}};
+  std::vector<std::future<CallResult>> in_flight;
+  for (int i = 0; i < 2; ++i) {
+    in_flight.push_back(std::async(
+        std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "in flight", slow); }));
+  }
+  ASSERT_TRUE(upstream.WaitForCalls(2, absl::Seconds(5), kUnaryMethod));
+  const absl::Time start = absl::Now();
+  const CallResult refused = UnaryCall(channel, kUnaryMethod, "one too many");
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused;
+  EXPECT_THAT(refused.status.error_message(), ::testing::HasSubstr("GRPC_MAX_CONCURRENT_REQUESTS"));
+  EXPECT_EQ(upstream.Calls(kUnaryMethod).size(), 2u);
+  for (auto& call : in_flight) EXPECT_TRUE(call.get().status.ok());
+  EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "room again").status.ok());
+  EXPECT_EQ(observer.OverLimit(), (std::array<int, 2>{1, 0}));
+  (*relay)->Stop();
+  upstream.Shutdown();
+}
+
+// GRPC_MAX_PENDING_REQUESTS: while no connection is up, calls wait for one
+// up to the limit; the next is answered UNAVAILABLE at once and counted.
+TEST(FrameRelayLimitTest, ACallPastTheWaitingLimitIsRefusedAtOnce) {
+  const int dead_port = PickFreePort();
+  ASSERT_GT(dead_port, 0);
+  RecordingObserver observer;
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", dead_port}};
+  options.connection_wait = absl::Seconds(1);
+  options.max_waiting_calls = 1;
+  options.observer = &observer;
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  std::future<CallResult> waiting =
+      std::async(std::launch::async, [&] { return UnaryCall(channel, kUnaryMethod, "waits"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const absl::Time start = absl::Now();
+  const CallResult refused = UnaryCall(channel, kUnaryMethod, "no room to wait");
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE) << refused;
+  EXPECT_THAT(refused.status.error_message(), ::testing::HasSubstr("GRPC_MAX_PENDING_REQUESTS"));
+  // The waiting call had its full wait, then UNAVAILABLE of its own.
+  const CallResult waited = waiting.get();
+  EXPECT_EQ(waited.status.error_code(), grpc::StatusCode::UNAVAILABLE) << waited;
+  EXPECT_THAT(waited.status.error_message(), ::testing::HasSubstr("became ready within 1s"));
+  EXPECT_EQ(observer.OverLimit(), (std::array<int, 2>{0, 1}));
+  (*relay)->Stop();
 }
 
 }  // namespace

@@ -21,11 +21,15 @@ CallOptions Sleeping(int milliseconds) {
   return options;
 }
 
-TEST(CircuitBreakingTest, CallsPastTheConcurrencyLimitFailAtOnceWithResourceExhausted) {
+// Both forwarders break circuits alike; the parameter is GRPC_FORWARDER.
+class CircuitBreakingTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CircuitBreakingTest, CallsPastTheConcurrencyLimitFailAtOnceWithResourceExhausted) {
   TestUpstream upstream;
   ASSERT_TRUE(upstream.Start().ok());
-  PoolsideProcess poolside(
-      {{"GRPC_UPSTREAM_TARGET", upstream.target()}, {"GRPC_MAX_CONCURRENT_REQUESTS", "4"}});
+  PoolsideProcess poolside({{"GRPC_UPSTREAM_TARGET", upstream.target()},
+                            {"GRPC_FORWARDER", GetParam()},
+                            {"GRPC_MAX_CONCURRENT_REQUESTS", "4"}});
   ASSERT_TRUE(poolside.Start().ok());
   ASSERT_TRUE(poolside.WaitUntilServing(kStartTimeout).ok());
   auto channel = CreateTestChannel(poolside.listen_target());
@@ -47,9 +51,10 @@ TEST(CircuitBreakingTest, CallsPastTheConcurrencyLimitFailAtOnceWithResourceExha
   EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "after").status.ok());
 }
 
-TEST(CircuitBreakingTest, CallsPastThePendingLimitFailAtOnceWithUnavailable) {
+TEST_P(CircuitBreakingTest, CallsPastThePendingLimitFailAtOnceWithUnavailable) {
   const int port = PickFreePort();  // Nothing listens: every call waits.
   PoolsideProcess poolside({{"GRPC_UPSTREAM_TARGET", "127.0.0.1:" + std::to_string(port)},
+                            {"GRPC_FORWARDER", GetParam()},
                             {"GRPC_MAX_PENDING_REQUESTS", "2"},
                             {"GRPC_CONNECTION_TIMEOUT_SECS", "3"}});
   ASSERT_TRUE(poolside.Start().ok());
@@ -75,6 +80,11 @@ TEST(CircuitBreakingTest, CallsPastThePendingLimitFailAtOnceWithUnavailable) {
         << result;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Forwarders, CircuitBreakingTest, ::testing::Values("grpc", "frames"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 TEST(OutlierEjectionTest, EjectsAChannelAfterConsecutiveUnavailableButNeverTheLastOne) {
   TestUpstream upstream;
