@@ -317,7 +317,6 @@ absl::Status CheckVariableCombinations(const Config& config) {
 absl::Status CheckForwarderSupports(const Config& config) {
   if (config.forwarder != "frames") return absl::OkStatus();
   const std::pair<bool, absl::string_view> unsupported[] = {
-      {config.upstream_tls, "GRPC_UPSTREAM_TLS=true"},
       {absl::StartsWith(config.listen_addr, "unix:"), "a unix: GRPC_LISTEN_ADDR"},
       {absl::StartsWith(config.upstream_target, "unix:"), "a unix: GRPC_UPSTREAM_TARGET"},
       {config.pool_min > 0, "GRPC_CONNECTION_POOL_MIN (a pool sizing itself)"},

@@ -148,6 +148,11 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   relay_options.max_streams_per_app_connection =
       static_cast<uint32_t>(options.max_streams_per_app_connection);
   relay_options.health = options.health;
+  relay_options.tls = options.tls;
+  relay_options.connect_timeout = options.connect_timeout;
+  relay_options.log = [](bool problem, const std::string& line) {
+    spdlog::log(problem ? spdlog::level::warn : spdlog::level::info, "frames: {}", line);
+  };
   relay_options.max_message_bytes = options.max_message_bytes;
   relay_options.max_concurrent_calls = options.max_concurrent_requests;
   relay_options.max_waiting_calls = options.max_pending_requests;

@@ -10,12 +10,10 @@
 //
 // It is opt-in because it does not do everything the grpc++ forwarder does
 // yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
-// cannot honour (TLS upstream, unix sockets, a pool sizing itself, the
-// fair share); outlier ejection, replacing a connection that keeps
-// failing its probes, the PoolAdmin gRPC service and the frame screen's
-// rules do not apply (nghttp2's own limits do). Health probes are the
-// relay's own (relay::HealthProbeOptions).
-// Request metrics (poolside_requests_total, the duration histogram,
+// cannot honour (unix sockets, a pool sizing itself, the fair share); outlier ejection, replacing a
+// connection that keeps failing its probes, the PoolAdmin gRPC service and the frame screen's rules
+// do not apply (nghttp2's own limits do). Health probes are the relay's own
+// (relay::HealthProbeOptions). Request metrics (poolside_requests_total, the duration histogram,
 // poolside_inflight_requests and the message and byte counts) and the pool
 // gauges are recorded as usual: the relay reads each gRPC message's 5-byte
 // prefix as the bytes pass, which also holds GRPC_MAX_MESSAGE_BYTES.
@@ -68,6 +66,10 @@ struct FrameForwarderOptions {
   // grpc.health.v1 probes on each connection (GRPC_HEALTH_CHECK_*); a zero
   // interval turns them off (GRPC_HEALTH_CHECK_MODE=connectivity).
   relay::HealthProbeOptions health;
+  // GRPC_UPSTREAM_TLS and its files.
+  relay::UpstreamTlsOptions tls;
+  // GRPC_CONNECTION_TIMEOUT_SECS also bounds each connect and handshake.
+  absl::Duration connect_timeout = absl::Seconds(30);
 };
 
 class FrameForwarder {

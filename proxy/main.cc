@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "admin/admin_http_server.h"
@@ -217,6 +219,23 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
   options.max_message_bytes = static_cast<uint32_t>(config.max_message_bytes);
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;
+  options.connect_timeout = config.connection_timeout;
+  if (config.upstream_tls) {
+    options.tls.enabled = true;
+    options.tls.ca_file = config.upstream_ca_file;
+    options.tls.cert_file = config.upstream_cert_file;
+    options.tls.key_file = config.upstream_key_file;
+    // The name the certificate is checked against: the override, else the
+    // target's host, as one grpc channel to the target checks it.
+    options.tls.server_name = config.upstream_server_name;
+    if (options.tls.server_name.empty()) {
+      absl::StatusOr<poolside::HostPort> authority =
+          poolside::ParseHostPort(target->kind == poolside::UpstreamTarget::Kind::kDns
+                                      ? absl::StrCat(target->host, ":", target->port)
+                                      : target->addresses.front().label);
+      if (authority.ok()) options.tls.server_name = authority->host;
+    }
+  }
   if (config.health_check_mode == "grpc") {
     options.health.interval = config.health_check_interval;
     options.health.service = config.health_check_service;
@@ -226,8 +245,11 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
   absl::StatusOr<std::unique_ptr<poolside::FrameForwarder>> forwarder =
       poolside::FrameForwarder::Start(std::move(options), &metrics);
   if (!forwarder.ok()) {
-    std::fprintf(stderr, "poolside: GRPC_LISTEN_ADDR: %s\n",
-                 std::string(forwarder.status().message()).c_str());
+    // TLS files name themselves; anything else is the listening socket.
+    const std::string message(forwarder.status().message());
+    std::fprintf(stderr, "poolside: %s%s\n",
+                 absl::StartsWith(message, "TLS") ? "GRPC_UPSTREAM_TLS: " : "GRPC_LISTEN_ADDR: ",
+                 message.c_str());
     return 1;
   }
   poolside::FrameForwarder& relay = **forwarder;

@@ -26,6 +26,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/intrusive_list.h"
+#include "relay/grpc_wire.h"
+#include "relay/upstream_tls.h"
 
 namespace poolside::relay {
 namespace {
@@ -115,44 +117,6 @@ class HeaderBlock {
   std::vector<std::pair<nghttp2_rcbuf*, nghttp2_rcbuf*>> fields_;
 };
 
-// Where one direction of a stream is in its gRPC messages (a 5-byte prefix:
-// compressed flag, then the length, big-endian; then the body): read from
-// the DATA bytes as they pass, for GRPC_MAX_MESSAGE_BYTES and the message
-// counts, without holding any of them.
-class MessageCursor {
- public:
-  // Walks `length` more bytes, calling on_message(length) at each message's
-  // prefix; false (and stops) at a message longer than `max_length` (0: no
-  // limit).
-  template <typename OnMessage>
-  bool Advance(const uint8_t* data, size_t length, uint32_t max_length, OnMessage on_message) {
-    while (length > 0) {
-      if (body_left_ > 0) {
-        const size_t skipped = std::min<size_t>(body_left_, length);
-        body_left_ -= skipped;
-        data += skipped;
-        length -= skipped;
-        continue;
-      }
-      prefix_[prefix_have_++] = *data++;
-      --length;
-      if (prefix_have_ < sizeof(prefix_)) continue;
-      prefix_have_ = 0;
-      const uint32_t message_length = (uint32_t{prefix_[1]} << 24) | (uint32_t{prefix_[2]} << 16) |
-                                      (uint32_t{prefix_[3]} << 8) | prefix_[4];
-      if (max_length > 0 && message_length > max_length) return false;
-      on_message(message_length);
-      body_left_ = message_length;
-    }
-    return true;
-  }
-
- private:
-  uint32_t body_left_ = 0;
-  uint8_t prefix_have_ = 0;
-  uint8_t prefix_[5] = {};
-};
-
 struct RelayStream;
 
 enum class Side { kApp, kUpstream };
@@ -186,6 +150,17 @@ struct Connection {
   std::atomic<int64_t> open_streams{0};
   // Upstream connections only: where to, and what Stats() reports.
   bool connecting = false;
+  // TLS (FrameRelayOptions::tls): the connection's SSL, and whether its
+  // handshake is under way (the session starts once it is done); whether
+  // OpenSSL holds bytes read that nghttp2 has not had yet.
+  SSL* ssl = nullptr;
+  bool handshaking = false;
+  bool tls_read_pending = false;
+  // When a connect (and handshake) in progress is given up.
+  Clock::time_point connect_deadline = Clock::time_point::max();
+  // The last failure logged for this connection: the same one is not
+  // logged again until the connection has come up.
+  std::string last_error;
   Clock::time_point reconnect_at = Clock::time_point::max();
   std::string address_text;
   sockaddr_storage address{};
@@ -321,72 +296,6 @@ constexpr int kGrpcUnimplemented = 12;
 // Of a probe's answer, what is kept: a HealthCheckResponse is 2 bytes.
 constexpr size_t kMaxProbeAnswer = 256;
 
-void AppendVarint(uint64_t value, std::string& out) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-// Reads a varint at `at`, moving it past; false at the end of `bytes`.
-bool ReadVarint(absl::string_view bytes, size_t& at, uint64_t& value) {
-  value = 0;
-  for (int shift = 0; at < bytes.size() && shift < 64; shift += 7) {
-    const auto byte = static_cast<uint8_t>(bytes[at++]);
-    value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-    if ((byte & 0x80) == 0) return true;
-  }
-  return false;
-}
-
-// grpc.health.v1.HealthCheckRequest{service} as one uncompressed gRPC
-// message, its 5-byte prefix included.
-std::string HealthCheckRequestMessage(const std::string& service) {
-  std::string body;
-  if (!service.empty()) {
-    body.push_back(0x0a);  // Field 1, length-delimited.
-    AppendVarint(service.size(), body);
-    body += service;
-  }
-  const auto length = static_cast<uint32_t>(body.size());
-  std::string message = {0, static_cast<char>(length >> 24), static_cast<char>(length >> 16),
-                         static_cast<char>(length >> 8), static_cast<char>(length)};
-  return message + body;
-}
-
-// Whether `message` (one gRPC message, prefix included) is a
-// HealthCheckResponse whose status (field 1) is SERVING (1).
-bool IsServing(absl::string_view message) {
-  if (message.size() < 5 || message[0] != 0) return false;  // Short, or compressed.
-  const absl::string_view body = message.substr(5);
-  uint64_t status = 0;
-  for (size_t at = 0; at < body.size();) {
-    uint64_t tag = 0;
-    uint64_t value = 0;
-    if (!ReadVarint(body, at, tag)) return false;
-    switch (tag & 7) {
-      case 0:  // Varint.
-        if (!ReadVarint(body, at, value)) return false;
-        if (tag >> 3 == 1) status = value;
-        break;
-      case 1:  // 64-bit.
-        at += 8;
-        break;
-      case 2:  // Length-delimited.
-        if (!ReadVarint(body, at, value)) return false;
-        at += value;
-        break;
-      case 5:  // 32-bit.
-        at += 4;
-        break;
-      default:
-        return false;
-    }
-  }
-  return status == 1;
-}
-
 void SetNoDelay(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -423,16 +332,6 @@ int GrpcStatusOfReset(uint32_t code) {
     default:
       return 13;  // INTERNAL
   }
-}
-
-int ParseGrpcStatus(absl::string_view text) {
-  int code = 0;
-  if (text.empty() || text.size() > 2) return 2;  // UNKNOWN
-  for (char c : text) {
-    if (c < '0' || c > '9') return 2;
-    code = code * 10 + (c - '0');
-  }
-  return code;
 }
 
 }  // namespace
@@ -486,6 +385,18 @@ class FrameRelay::Loop {
   void Accept();
   void Connect(Connection& upstream);
   void OnConnected(Connection& upstream);
+  void ContinueHandshake(Connection& upstream);
+  // The connection is up (TCP, and TLS when on): its HTTP/2 session starts.
+  void StartSession(Connection& upstream);
+  // Logs `error` for `upstream` unless it is the one logged last.
+  void ReportUpstreamError(Connection& upstream, const std::string& error);
+  void Log(bool problem, const std::string& line) const {
+    if (options_.log) options_.log(problem, line);
+  }
+  // TLS files changed: every upstream connection is replaced (each old one
+  // finishes its streams).
+  void CheckCredentials(Clock::time_point now);
+  void ReplaceUpstream(std::unique_ptr<Connection>& slot);
   void OnReadable(Connection& connection);
   void OnWritable(Connection& connection);
   void Flush(Connection& connection);
@@ -595,6 +506,9 @@ class FrameRelay::Loop {
   std::list<std::unique_ptr<Connection>> apps_;
   std::vector<Connection*> dirty_;
   size_t next_upstream_ = 0;
+  // Null unless options_.tls.enabled; and when its files are looked at next.
+  std::unique_ptr<UpstreamTls> tls_;
+  Clock::time_point next_credential_check_ = Clock::time_point::max();
   // Health probes: whether they are sent (not once the upstream has said it
   // has no health service), when next, and the request's one message.
   bool probing_ = false;
@@ -640,6 +554,12 @@ FrameRelay::Loop::~Loop() {
 absl::Status FrameRelay::Loop::Init() {
   absl::StatusOr<std::vector<ParsedUpstream>> upstreams = ParseUpstreams(options_.upstreams);
   if (!upstreams.ok()) return upstreams.status();
+  if (options_.tls.enabled) {
+    absl::StatusOr<std::unique_ptr<UpstreamTls>> tls = UpstreamTls::Create(options_.tls);
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+    next_credential_check_ = Clock::now() + absl::ToChronoNanoseconds(options_.credential_poll);
+  }
   socklen_t listen_length = 0;
   absl::StatusOr<sockaddr_storage> listen =
       ParseAddress(options_.listen_host, options_.listen_port, &listen_length);
@@ -834,6 +754,7 @@ void FrameRelay::Loop::Connect(Connection& upstream) {
   }
   SetNoDelay(upstream.fd);
   upstream.connecting = true;
+  upstream.connect_deadline = Clock::now() + absl::ToChronoNanoseconds(options_.connect_timeout);
   Watch(upstream, EPOLLOUT, EPOLL_CTL_ADD);
 }
 
@@ -843,14 +764,95 @@ void FrameRelay::Loop::OnConnected(Connection& upstream) {
   getsockopt(upstream.fd, SOL_SOCKET, SO_ERROR, &error, &length);
   upstream.connecting = false;
   if (error != 0) {
+    ReportUpstreamError(upstream, absl::StrCat("connect: ", std::strerror(error)));
     upstream.dead = true;  // Closed and counted as an error by Run().
     return;
+  }
+  if (tls_ == nullptr) {
+    StartSession(upstream);
+    return;
+  }
+  upstream.ssl = tls_->NewConnection(upstream.fd);
+  if (upstream.ssl == nullptr) {
+    ReportUpstreamError(upstream, "TLS: cannot start a TLS connection");
+    upstream.dead = true;
+    return;
+  }
+  upstream.handshaking = true;
+  ContinueHandshake(upstream);
+}
+
+void FrameRelay::Loop::ContinueHandshake(Connection& upstream) {
+  const int result = SSL_do_handshake(upstream.ssl);
+  if (result == 1) {
+    upstream.handshaking = false;
+    if (!UpstreamTls::NegotiatedHttp2(upstream.ssl)) {
+      ReportUpstreamError(upstream, "TLS: the upstream chose a protocol other than h2 (ALPN)");
+      upstream.dead = true;
+      return;
+    }
+    StartSession(upstream);
+    return;
+  }
+  switch (SSL_get_error(upstream.ssl, result)) {
+    case SSL_ERROR_WANT_READ:
+      Watch(upstream, EPOLLIN, EPOLL_CTL_MOD);
+      return;
+    case SSL_ERROR_WANT_WRITE:
+      Watch(upstream, EPOLLOUT, EPOLL_CTL_MOD);
+      return;
+    default:
+      ReportUpstreamError(upstream,
+                          absl::StrCat("TLS handshake with ", upstream.address_text,
+                                       " failed: ", UpstreamTls::Describe(upstream.ssl, result)));
+      upstream.dead = true;
+  }
+}
+
+void FrameRelay::Loop::StartSession(Connection& upstream) {
+  upstream.connect_deadline = Clock::time_point::max();
+  if (!upstream.last_error.empty()) {
+    Log(false, absl::StrCat("upstream ", upstream.address_text, ": connected again"));
+    upstream.last_error.clear();
   }
   upstream.session = NewSession(upstream);
   upstream.connected.store(true, std::memory_order_relaxed);
   Watch(upstream, EPOLLIN, EPOLL_CTL_MOD);
   MarkDirty(upstream);
   StartWaitingStreams();
+}
+
+void FrameRelay::Loop::ReportUpstreamError(Connection& upstream, const std::string& error) {
+  if (error == upstream.last_error) return;
+  upstream.last_error = error;
+  Log(true, absl::StrCat("upstream ", upstream.address_text, ": ", error));
+}
+
+void FrameRelay::Loop::CheckCredentials(Clock::time_point now) {
+  next_credential_check_ = now + absl::ToChronoNanoseconds(options_.credential_poll);
+  absl::StatusOr<bool> changed = tls_->ReloadIfChanged();
+  if (!changed.ok()) {
+    // Caught half-way through a rotation, most likely: tried again next time.
+    Log(true, absl::StrCat("TLS files changed but do not load yet: ", changed.status().message()));
+    return;
+  }
+  if (!*changed) return;
+  Log(false, absl::StrCat("TLS files changed: rolling ", upstreams_.size(), " connections"));
+  std::lock_guard<std::mutex> lock(slots_mutex_);
+  for (auto& slot : upstreams_) ReplaceUpstream(slot);
+}
+
+void FrameRelay::Loop::ReplaceUpstream(std::unique_ptr<Connection>& slot) {
+  std::unique_ptr<Connection> replacement = NewUpstreamConnection();
+  replacement->address = slot->address;
+  replacement->address_length = slot->address_length;
+  replacement->address_text = slot->address_text;
+  if (slot->fd >= 0 || !slot->streams.empty()) {
+    // Its streams finish where they are; new ones go to its successor.
+    retiring_.push_back(std::move(slot));
+  }
+  slot = std::move(replacement);
+  if (slot->address_length > 0) Connect(*slot);
 }
 
 void FrameRelay::Loop::Accept() {
@@ -878,6 +880,33 @@ void FrameRelay::Loop::MarkDirty(Connection& connection) {
 
 void FrameRelay::Loop::OnReadable(Connection& connection) {
   uint8_t buffer[64 << 10];
+  if (connection.ssl != nullptr) {
+    // OpenSSL may hold decrypted bytes epoll knows nothing of: read until it
+    // wants the socket, or leave the rest for the next round.
+    connection.tls_read_pending = false;
+    for (int reads = 0; reads < 16 && !connection.dead; ++reads) {
+      const int got = SSL_read(connection.ssl, buffer, sizeof(buffer));
+      if (got <= 0) {
+        const int error = SSL_get_error(connection.ssl, got);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return;
+        if (error != SSL_ERROR_ZERO_RETURN) {
+          ReportUpstreamError(connection,
+                              absl::StrCat("TLS: ", UpstreamTls::Describe(connection.ssl, got)));
+        }
+        connection.dead = true;
+        return;
+      }
+      const ssize_t taken =
+          nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got));
+      if (taken < 0) {
+        CutOff(connection, static_cast<int>(taken));
+        return;
+      }
+      MarkDirty(connection);
+    }
+    connection.tls_read_pending = SSL_pending(connection.ssl) > 0;
+    return;
+  }
   for (int reads = 0; reads < 4 && !connection.dead && !connection.cut; ++reads) {
     ssize_t got = read(connection.fd, buffer, sizeof(buffer));
     if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
@@ -923,6 +952,10 @@ void FrameRelay::Loop::OnWritable(Connection& connection) {
     OnConnected(connection);
     return;
   }
+  if (connection.handshaking) {
+    ContinueHandshake(connection);
+    return;
+  }
   MarkDirty(connection);
 }
 
@@ -935,6 +968,18 @@ void FrameRelay::Loop::Flush(Connection& connection) {
       return;
     }
     while (!connection.output.empty()) {
+      if (connection.ssl != nullptr) {
+        const int length = static_cast<int>(std::min<size_t>(connection.output.size(), 1 << 30));
+        const int wrote = SSL_write(connection.ssl, connection.output.data(), length);
+        if (wrote > 0) {
+          connection.output.Pop(static_cast<size_t>(wrote));
+          continue;
+        }
+        const int error = SSL_get_error(connection.ssl, wrote);
+        if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) break;
+        connection.dead = true;
+        return;
+      }
       ssize_t wrote = write(connection.fd, connection.output.data(), connection.output.size());
       if (wrote < 0 && errno == EINTR) continue;
       if (wrote < 0 && errno == EAGAIN) break;
@@ -1016,6 +1061,11 @@ void FrameRelay::Loop::Close(Connection& connection) {
     close(connection.fd);
   }
   connection.fd = -1;
+  if (connection.ssl != nullptr) SSL_free(connection.ssl);
+  connection.ssl = nullptr;
+  connection.handshaking = false;
+  connection.tls_read_pending = false;
+  connection.connect_deadline = Clock::time_point::max();
   connection.output.Pop(connection.output.size());
   connection.waiting_writable = false;
   connection.connecting = false;
@@ -1078,35 +1128,39 @@ FrameRelayStats FrameRelay::Loop::Stats() const {
 void FrameRelay::Loop::Run() {
   epoll_event events[256];
   while (!stopping_) {
-    int timeout_ms = -1;
+    // epoll_wait sleeps until the nearest timer: no allocation, one pass
+    // over the (few) upstream connections.
     Clock::time_point now = Clock::now();
+    Clock::time_point wake = Clock::time_point::max();
+    auto wake_by = [&wake](Clock::time_point at) { wake = std::min(wake, at); };
+    if (!waiting_.empty()) wake_by(waiting_.oldest()->wait_until);
+    if (probing_) wake_by(next_probes_);
+    if (tls_ != nullptr) wake_by(next_credential_check_);
     for (auto& upstream : upstreams_) {
-      if (upstream->reconnect_at == Clock::time_point::max()) continue;
-      auto wait =
-          std::chrono::duration_cast<std::chrono::milliseconds>(upstream->reconnect_at - now);
-      int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()));
-      timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
-    }
-    std::vector<Clock::time_point> wakes;
-    if (!waiting_.empty()) wakes.push_back(waiting_.oldest()->wait_until);
-    if (probing_) {
-      wakes.push_back(next_probes_);
-      for (auto& upstream : upstreams_) {
-        if (upstream->probe_id >= 0 && !upstream->probe_timed_out) {
-          wakes.push_back(upstream->probe_deadline);
-        }
+      wake_by(upstream->reconnect_at);
+      wake_by(upstream->connect_deadline);
+      if (upstream->tls_read_pending) wake_by(now);
+      if (upstream->probe_id >= 0 && !upstream->probe_timed_out) {
+        wake_by(upstream->probe_deadline);
       }
+    }
+    for (auto& upstream : retiring_) {
+      if (upstream->tls_read_pending) wake_by(now);
     }
     if (lingering_ > 0) {
       // Rare (cut connections only), and at most kLingerTime each.
       for (const auto& app : apps_) {
-        if (app->lingering) wakes.push_back(app->linger_until);
+        if (app->lingering) wake_by(app->linger_until);
       }
     }
-    for (Clock::time_point wake : wakes) {
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
-      int wait_ms = static_cast<int>(std::max<int64_t>(0, wait.count()) + 1);
-      timeout_ms = timeout_ms < 0 ? wait_ms : std::min(timeout_ms, wait_ms);
+    int timeout_ms = -1;
+    if (wake <= now) {
+      timeout_ms = 0;
+    } else if (wake != Clock::time_point::max()) {
+      // Rounded up, so that the loop wakes at or after the timer, never just
+      // before it.
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - now);
+      timeout_ms = static_cast<int>(std::min<int64_t>(wait.count(), 1 << 30));
     }
     int ready = epoll_wait(epoll_fd_, events, 256, timeout_ms);
     for (int i = 0; i < ready; ++i) {
@@ -1125,6 +1179,10 @@ void FrameRelay::Loop::Run() {
         DiscardLingering(connection);
         continue;
       }
+      if (connection.handshaking) {
+        ContinueHandshake(connection);
+        continue;
+      }
       if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) OnWritable(connection);
       if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) && !connection.connecting &&
           !connection.cut && connection.session != nullptr) {
@@ -1133,8 +1191,18 @@ void FrameRelay::Loop::Run() {
     }
     now = Clock::now();
     for (auto& upstream : upstreams_) {
+      if (upstream->tls_read_pending && !upstream->dead) OnReadable(*upstream);
+      if (upstream->connect_deadline <= now && !upstream->dead) {
+        ReportUpstreamError(
+            *upstream, upstream->handshaking ? "TLS handshake timed out" : "connect timed out");
+        upstream->dead = true;
+      }
       if (upstream->reconnect_at <= now) Connect(*upstream);
     }
+    for (auto& upstream : retiring_) {
+      if (upstream->tls_read_pending && !upstream->dead) OnReadable(*upstream);
+    }
+    if (tls_ != nullptr && now >= next_credential_check_) CheckCredentials(now);
     FailOverdueWaits(now);
     if (probing_) {
       ExpireProbes(now);

@@ -30,7 +30,10 @@
 // (HealthProbeOptions): one that fails `unhealthy_threshold` probes in a row
 // takes new streams only while no healthy one is up.
 //
-// What it does not do (yet): TLS.
+// Upstream connections may speak TLS (relay/upstream_tls.h): certificate and
+// name checked, ALPN h2, client certificates for mutual TLS; when the files
+// change, every connection is replaced (each old one finishing its streams).
+//
 // It serves bench/frame_hop, the "frame-hop" yardstick of bench/compare.
 //
 // Threading: Run() drives everything on the calling thread (one epoll loop);
@@ -49,6 +52,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "relay/upstream_tls.h"
 
 namespace poolside::relay {
 
@@ -158,6 +162,17 @@ struct FrameRelayOptions {
   // An upstream that answers UNIMPLEMENTED has no health service: probing
   // stops, and connections are judged by being up.
   HealthProbeOptions health;
+  // TLS to the upstream; its files are looked at every credential_poll.
+  UpstreamTlsOptions tls;
+  absl::Duration credential_poll = absl::Seconds(2);
+  // A connect (TCP, and the TLS handshake) not done within this is given up
+  // and tried again.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Told what an operator wants to know, on Run()'s thread: problems (an
+  // upstream failing to connect, and why, once until it connects again;
+  // TLS files that do not load) with `problem` set, and events (connected
+  // again, TLS files rolled over). May be empty.
+  std::function<void(bool problem, const std::string& line)> log;
 };
 
 // A moment's view of the relay, for gauges and readiness.

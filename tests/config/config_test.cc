@@ -650,7 +650,6 @@ TEST(ConfigTest, FramesForwarderRefusesEverySettingItCannotHonour) {
   frames.forwarder = "frames";
   EXPECT_TRUE(CheckForwarderSupports(frames).ok());
   const std::vector<std::pair<std::function<void(Config&)>, std::string>> refused = {
-      {[](Config& c) { c.upstream_tls = true; }, "GRPC_UPSTREAM_TLS"},
       {[](Config& c) { c.listen_addr = "unix:///tmp/poolside.sock"; }, "GRPC_LISTEN_ADDR"},
       {[](Config& c) { c.upstream_target = "unix:///tmp/app.sock"; }, "GRPC_UPSTREAM_TARGET"},
       {[](Config& c) { c.pool_min = 1; }, "GRPC_CONNECTION_POOL_MIN"},

@@ -174,11 +174,11 @@ TEST(FramesModeConfigTest, SettingsItCannotHonourAreRefusedWithExitTwo) {
   const PoolsideProcess::ExitResult result =
       PoolsideProcess::RunToExit({{"GRPC_UPSTREAM_TARGET", "127.0.0.1:1"},
                                   {"GRPC_FORWARDER", "frames"},
-                                  {"GRPC_UPSTREAM_TLS", "true"}},
+                                  {"GRPC_CONNECTION_POOL_MIN", "1"}},
                                  {}, absl::Seconds(10));
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_THAT(result.stderr_output,
-              HasSubstr("GRPC_FORWARDER=frames does not support GRPC_UPSTREAM_TLS=true yet"));
+              HasSubstr("GRPC_FORWARDER=frames does not support GRPC_CONNECTION_POOL_MIN"));
   // One line.
   EXPECT_EQ(std::count(result.stderr_output.begin(), result.stderr_output.end(), '\n'), 1)
       << result.stderr_output;

@@ -1,6 +1,7 @@
 // poolside speaking TLS and mTLS to a real TLS upstream, with certificates
 // made by openssl at test time: verification, server names, refusal without
-// a client certificate, and certificate rotation without a restart.
+// a client certificate, and certificate rotation without a restart; with
+// either forwarder.
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/e2e_test_base.h"
+#include "tests/support/admin_http.h"
 #include "tests/support/dns_responder.h"
 #include "tests/support/files.h"
 #include "tests/support/generic_client.h"
@@ -142,7 +144,9 @@ CallResult Echo(const std::shared_ptr<grpc::Channel>& channel, const std::string
   return UnaryCall(channel, "/tls.Echo/Unary", message);
 }
 
-class TlsUpstreamTest : public ::testing::Test {
+// The parameter is GRPC_FORWARDER: both forwarders speak TLS to the
+// upstream, each with its own TLS stack (grpc's; the relay's OpenSSL).
+class TlsUpstreamTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     ASSERT_TRUE(certs_.MakeCa("ca"));
@@ -159,6 +163,7 @@ class TlsUpstreamTest : public ::testing::Test {
   // REQUIRES: StartUpstream.
   Environment TlsEnvironment() {
     return {{"GRPC_UPSTREAM_TARGET", upstream_->target()},
+            {"GRPC_FORWARDER", GetParam()},
             {"GRPC_UPSTREAM_TLS", "true"},
             {"GRPC_UPSTREAM_CA_FILE", certs_.Path("ca.pem")},
             {"GRPC_UPSTREAM_SERVER_NAME", "upstream.test"},
@@ -195,7 +200,7 @@ class TlsUpstreamTest : public ::testing::Test {
   std::unique_ptr<PoolsideProcess> poolside_;
 };
 
-TEST_F(TlsUpstreamTest, ForwardsOverTlsVerifyingTheServerName) {
+TEST_P(TlsUpstreamTest, ForwardsOverTlsVerifyingTheServerName) {
   StartUpstream(/*client_ca=*/"");
   ASSERT_NO_FATAL_FAILURE(StartPoolside(TlsEnvironment()));
 
@@ -206,7 +211,7 @@ TEST_F(TlsUpstreamTest, ForwardsOverTlsVerifyingTheServerName) {
 
 // poolside resolves the name and connects to its address, yet checks the
 // certificate against the name, as one channel to the name would.
-TEST_F(TlsUpstreamTest, ResolvedNameIsStillTheNameTheCertificateIsCheckedAgainst) {
+TEST_P(TlsUpstreamTest, ResolvedNameIsStillTheNameTheCertificateIsCheckedAgainst) {
   StartUpstream(/*client_ca=*/"");
   DnsResponder dns("upstream.test");
   ASSERT_TRUE(dns.Start().ok());
@@ -225,7 +230,7 @@ TEST_F(TlsUpstreamTest, ResolvedNameIsStillTheNameTheCertificateIsCheckedAgainst
   EXPECT_EQ(poolside_->WaitForExit(absl::Seconds(30)), 0);
 }
 
-TEST_F(TlsUpstreamTest, ForwardsWithMutualTls) {
+TEST_P(TlsUpstreamTest, ForwardsWithMutualTls) {
   StartUpstream(/*client_ca=*/"ca");
   ASSERT_NO_FATAL_FAILURE(StartPoolside(MutualTlsEnvironment()));
 
@@ -233,7 +238,7 @@ TEST_F(TlsUpstreamTest, ForwardsWithMutualTls) {
   EXPECT_TRUE(result.status.ok()) << result << Tail(poolside_->Stderr());
 }
 
-TEST_F(TlsUpstreamTest, UpstreamRequiringAClientCertificateIsUnavailableWithoutOne) {
+TEST_P(TlsUpstreamTest, UpstreamRequiringAClientCertificateIsUnavailableWithoutOne) {
   StartUpstream(/*client_ca=*/"ca");
   ASSERT_NO_FATAL_FAILURE(StartPoolside(TlsEnvironment()));
 
@@ -241,7 +246,7 @@ TEST_F(TlsUpstreamTest, UpstreamRequiringAClientCertificateIsUnavailableWithoutO
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
 }
 
-TEST_F(TlsUpstreamTest, WrongCaFailsLoudlyAndMakesThePoolUnhealthy) {
+TEST_P(TlsUpstreamTest, WrongCaFailsLoudlyAndMakesThePoolUnhealthy) {
   ASSERT_TRUE(certs_.MakeCa("other-ca"));
   StartUpstream(/*client_ca=*/"");
   Environment env = TlsEnvironment();
@@ -251,10 +256,15 @@ TEST_F(TlsUpstreamTest, WrongCaFailsLoudlyAndMakesThePoolUnhealthy) {
 
   const CallResult result = Echo(channel, "x");
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
-  const auto health = AdminHealthCheck(channel);
-  ASSERT_TRUE(health.ok());
-  EXPECT_EQ(health->status(), "unhealthy");
-  // The health monitor names the cause once the channels turn unhealthy.
+  if (GetParam() == "frames") {
+    // The frame forwarder serves no PoolAdmin: its readiness says the same.
+    EXPECT_FALSE(HttpGet(poolside_->admin_port(), "/readyz").ok());
+  } else {
+    const auto health = AdminHealthCheck(channel);
+    ASSERT_TRUE(health.ok());
+    EXPECT_EQ(health->status(), "unhealthy");
+  }
+  // The health monitor (the relay, with frames) names the cause.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (poolside_->Stderr().find("certificate verify failed") == std::string::npos &&
          absl::Now() < deadline) {
@@ -264,7 +274,7 @@ TEST_F(TlsUpstreamTest, WrongCaFailsLoudlyAndMakesThePoolUnhealthy) {
       << "the log must say why: " << Tail(poolside_->Stderr());
 }
 
-TEST_F(TlsUpstreamTest, WrongServerNameFails) {
+TEST_P(TlsUpstreamTest, WrongServerNameFails) {
   StartUpstream(/*client_ca=*/"");
   Environment env = TlsEnvironment();
   env["GRPC_UPSTREAM_SERVER_NAME"] = "someone-else.test";
@@ -274,7 +284,7 @@ TEST_F(TlsUpstreamTest, WrongServerNameFails) {
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result;
 }
 
-TEST_F(TlsUpstreamTest, RotatedClientCertificateRollsConnectionsWithoutFailingCalls) {
+TEST_P(TlsUpstreamTest, RotatedClientCertificateRollsConnectionsWithoutFailingCalls) {
   ASSERT_TRUE(certs_.MakeLeaf("client-2", "ca", "client.test"));
   StartUpstream(/*client_ca=*/"ca");
   ASSERT_NO_FATAL_FAILURE(StartPoolside(MutualTlsEnvironment()));
@@ -295,6 +305,11 @@ TEST_F(TlsUpstreamTest, RotatedClientCertificateRollsConnectionsWithoutFailingCa
   EXPECT_EQ(failed, 0);
   EXPECT_NE(poolside_->Stderr().find("rolling 2 connections"), std::string::npos);
 }
+
+INSTANTIATE_TEST_SUITE_P(Forwarders, TlsUpstreamTest, ::testing::Values("grpc", "frames"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace poolside::test
