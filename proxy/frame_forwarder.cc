@@ -1,6 +1,7 @@
 #include "proxy/frame_forwarder.h"
 
 #include <grpcpp/support/status.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -171,6 +172,7 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   forwarder->run_returned_ = returned.get_future();
   forwarder->thread_ =
       std::thread([relay = forwarder->relay_.get(), returned = std::move(returned)]() mutable {
+        pthread_setname_np(pthread_self(), "ps-relay");
         relay->Run();
         returned.set_value();
       });

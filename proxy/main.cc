@@ -280,14 +280,16 @@ int Run(poolside::Config config) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  poolside::RouteGrpcLogsToSpdlog();
-  poolside::StartGrpcRuntime();
   spdlog::info("poolside {} starting", POOLSIDE_VERSION);
   for (absl::string_view line :
        absl::StrSplit(poolside::DescribeConfig(config), '\n', absl::SkipEmpty())) {
     spdlog::info("config: {}", std::string(line));
   }
+  // The frame forwarder uses no grpc at all: grpc's own threads (its timer,
+  // its resolver executor) are not started for it.
   if (config.forwarder == "frames") return RunFrames(config, stop_signals);
+  poolside::RouteGrpcLogsToSpdlog();
+  poolside::StartGrpcRuntime();
   if (config.worker_threads > 0) {
     spdlog::info("worker threads: {} (GRPC_WORKER_THREADS)", config.worker_threads);
   } else {
