@@ -398,6 +398,9 @@ class FrameRelay::Loop {
   void CheckCredentials(Clock::time_point now);
   void ReplaceUpstream(std::unique_ptr<Connection>& slot);
   void OnReadable(Connection& connection);
+  // Hands bytes read from `connection` to its session; false once the
+  // session refused them (the connection is then cut off).
+  bool Feed(Connection& connection, const uint8_t* data, size_t length);
   void OnWritable(Connection& connection);
   void Flush(Connection& connection);
   void MarkDirty(Connection& connection);
@@ -878,6 +881,16 @@ void FrameRelay::Loop::MarkDirty(Connection& connection) {
   dirty_.push_back(&connection);
 }
 
+bool FrameRelay::Loop::Feed(Connection& connection, const uint8_t* data, size_t length) {
+  const ssize_t taken = nghttp2_session_mem_recv(connection.session, data, length);
+  if (taken < 0) {
+    CutOff(connection, static_cast<int>(taken));
+    return false;
+  }
+  MarkDirty(connection);
+  return true;
+}
+
 void FrameRelay::Loop::OnReadable(Connection& connection) {
   uint8_t buffer[64 << 10];
   if (connection.ssl != nullptr) {
@@ -896,13 +909,7 @@ void FrameRelay::Loop::OnReadable(Connection& connection) {
         connection.dead = true;
         return;
       }
-      const ssize_t taken =
-          nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got));
-      if (taken < 0) {
-        CutOff(connection, static_cast<int>(taken));
-        return;
-      }
-      MarkDirty(connection);
+      if (!Feed(connection, buffer, static_cast<size_t>(got))) return;
     }
     connection.tls_read_pending = SSL_pending(connection.ssl) > 0;
     return;
@@ -914,13 +921,7 @@ void FrameRelay::Loop::OnReadable(Connection& connection) {
       connection.dead = true;
       break;
     }
-    const ssize_t taken =
-        nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(got));
-    if (taken < 0) {
-      CutOff(connection, static_cast<int>(taken));
-      break;
-    }
-    MarkDirty(connection);
+    if (!Feed(connection, buffer, static_cast<size_t>(got))) break;
     if (static_cast<size_t>(got) < sizeof(buffer)) break;
   }
 }

@@ -552,6 +552,21 @@ bool AwaitConnected(const FrameRelay& relay, absl::Duration timeout) {
   return false;
 }
 
+// Starts a relay with `options` and waits for every upstream connection to
+// be up; null, with the reason recorded as a failure, if either fails.
+std::unique_ptr<RunningRelay> ConnectedRelay(const FrameRelayOptions& options) {
+  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
+  if (!relay.ok()) {
+    ADD_FAILURE() << relay.status();
+    return nullptr;
+  }
+  if (!AwaitConnected((*relay)->relay(), absl::Seconds(5))) {
+    ADD_FAILURE() << "the relay's upstream connections did not come up";
+    return nullptr;
+  }
+  return *std::move(relay);
+}
+
 // The connections are split evenly over the addresses, interleaved
 // (connection i to address i mod n): every backend gets its share, as
 // poolside's pool spreads over every resolved address.
@@ -563,17 +578,16 @@ TEST(FrameRelaySpreadTest, ConnectionsSpreadOverEveryUpstreamAddress) {
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", first.port()}, {"127.0.0.1", second.port()}};
   options.upstream_connections = 4;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const relay::FrameRelayStats stats = (*relay)->relay().Stats();
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const relay::FrameRelayStats stats = relay->relay().Stats();
   ASSERT_EQ(stats.upstreams.size(), 4u);
   EXPECT_EQ(stats.upstreams[0].address, absl::StrCat("127.0.0.1:", first.port()));
   EXPECT_EQ(stats.upstreams[1].address, absl::StrCat("127.0.0.1:", second.port()));
   EXPECT_EQ(stats.upstreams[2].address, stats.upstreams[0].address);
 
   // Calls that overlap (each held 100 ms upstream) fill every connection.
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
   CallOptions call_options;
   call_options.metadata = {{"x-sleep-ms", "100"}};
   std::vector<std::future<CallResult>> calls;
@@ -588,7 +602,7 @@ TEST(FrameRelaySpreadTest, ConnectionsSpreadOverEveryUpstreamAddress) {
   }
   EXPECT_EQ(first.DistinctPeers(kUnaryMethod).size(), 2u);
   EXPECT_EQ(second.DistinctPeers(kUnaryMethod).size(), 2u);
-  (*relay)->Stop();
+  relay->Stop();
   first.Shutdown();
   second.Shutdown();
 }
@@ -609,11 +623,10 @@ TEST(FrameRelayReplayTest, ACallTheUpstreamRefusedIsSentAgainOnAnotherConnection
   options.upstreams = {{"127.0.0.1", std::atoi(line->substr(5).c_str())},
                        {"127.0.0.1", serving.port()}};
   options.upstream_connections = 2;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
 
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
   std::mt19937 rng(7);
   const std::string request = RandomBytes(100000, rng);
   CallOptions call_options;
@@ -622,8 +635,8 @@ TEST(FrameRelayReplayTest, ACallTheUpstreamRefusedIsSentAgainOnAnotherConnection
   ASSERT_TRUE(result.status.ok()) << result;
   EXPECT_THAT(result.responses, ElementsAre(request));
   EXPECT_EQ(serving.Calls().size(), 1u);
-  EXPECT_EQ((*relay)->relay().Stats().replayed_streams, 1u);
-  (*relay)->Stop();
+  EXPECT_EQ(relay->relay().Stats().replayed_streams, 1u);
+  relay->Stop();
   serving.Shutdown();
   refusing.Signal(SIGTERM);
   refusing.WaitForExit(absl::Seconds(5));
@@ -698,17 +711,16 @@ TEST(FrameRelayObserverTest, EachMessageIsReportedWithItsLengthBothWays) {
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", upstream.port()}};
   options.observer = &observer;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
   const CallResult result =
-      StreamingCall(CreateTestChannel((*relay)->target()), kBidiMethod,
+      StreamingCall(CreateTestChannel(relay->target()), kBidiMethod,
                     {"abc", std::string(100000, 'x'), "", std::string(17, 'y')});
   ASSERT_TRUE(result.status.ok()) << result;
   ASSERT_EQ(observer.AwaitEnded(1).size(), 1u);
   EXPECT_THAT(observer.UpwardLengths(), ElementsAre(3, 100000, 0, 17));
   EXPECT_THAT(observer.DownwardLengths(), ElementsAre(3, 100000, 0, 17));
-  (*relay)->Stop();
+  relay->Stop();
   upstream.Shutdown();
 }
 
@@ -721,10 +733,9 @@ TEST(FrameRelayLimitTest, AMessageOverTheLimitEitherWayEndsItsCallResourceExhaus
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", upstream.port()}};
   options.max_message_bytes = 1024;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
 
   const CallResult at_limit = UnaryCall(channel, kUnaryMethod, std::string(1024, 'a'));
   EXPECT_TRUE(at_limit.status.ok()) << at_limit;
@@ -741,7 +752,7 @@ TEST(FrameRelayLimitTest, AMessageOverTheLimitEitherWayEndsItsCallResourceExhaus
   EXPECT_THAT(answer_too_long.responses, IsEmpty());
   const CallResult after = UnaryCall(channel, kUnaryMethod, "still here");
   EXPECT_TRUE(after.status.ok()) << after;
-  (*relay)->Stop();
+  relay->Stop();
   upstream.Shutdown();
 }
 
@@ -752,10 +763,9 @@ TEST(FrameRelayObserverTest, EachCallIsReportedOnceWithTheStatusTheAppSaw) {
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", upstream.port()}};
   options.observer = &observer;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
 
   EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "ok").status.ok());
   CallOptions not_found;
@@ -783,7 +793,7 @@ TEST(FrameRelayObserverTest, EachCallIsReportedOnceWithTheStatusTheAppSaw) {
   // Both ends enforce the deadline: either the upstream's DEADLINE_EXCEEDED
   // trailers pass through first, or the client's reset does (CANCELLED).
   EXPECT_THAT(ended[3].grpc_status, AnyOf(1, 4));
-  (*relay)->Stop();
+  relay->Stop();
   upstream.Shutdown();
 }
 
@@ -856,10 +866,9 @@ TEST(FrameRelayAddressTest, NewAddressesTakeNewCallsWhileTheCallInFlightFinishes
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", old_upstream.port()}};
   options.upstream_connections = 2;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
   CallOptions slow;
   slow.metadata = {{"x-sleep-ms", "1000"}};
   std::future<CallResult> in_flight = std::async(
@@ -867,9 +876,9 @@ TEST(FrameRelayAddressTest, NewAddressesTakeNewCallsWhileTheCallInFlightFinishes
   ASSERT_TRUE(old_upstream.WaitForCalls(1, absl::Seconds(5)));
 
   const std::string new_address = absl::StrCat("127.0.0.1:", new_upstream.port());
-  ASSERT_TRUE((*relay)->relay().SetUpstreams({{"127.0.0.1", new_upstream.port()}}).ok());
-  ASSERT_TRUE(AwaitAllOn((*relay)->relay(), {new_address}, absl::Seconds(5)))
-      << absl::StrJoin(Addresses((*relay)->relay()), ",");
+  ASSERT_TRUE(relay->relay().SetUpstreams({{"127.0.0.1", new_upstream.port()}}).ok());
+  ASSERT_TRUE(AwaitAllOn(relay->relay(), {new_address}, absl::Seconds(5)))
+      << absl::StrJoin(Addresses(relay->relay()), ",");
   for (int i = 0; i < 10; ++i) {
     const CallResult result = UnaryCall(channel, kUnaryMethod, "moved");
     EXPECT_TRUE(result.status.ok()) << result;
@@ -879,7 +888,7 @@ TEST(FrameRelayAddressTest, NewAddressesTakeNewCallsWhileTheCallInFlightFinishes
   const CallResult result = in_flight.get();
   EXPECT_TRUE(result.status.ok()) << result;
   EXPECT_THAT(result.responses, ElementsAre("stay"));
-  (*relay)->Stop();
+  relay->Stop();
   old_upstream.Shutdown();
   new_upstream.Shutdown();
 }
@@ -896,20 +905,17 @@ TEST(FrameRelayAddressTest, AnAddedAddressMovesAsFewConnectionsAsItCan) {
   FrameRelayOptions options;
   options.upstreams = {{"127.0.0.1", upstreams[0]->port()}, {"127.0.0.1", upstreams[1]->port()}};
   options.upstream_connections = 4;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const std::vector<std::string> before = Addresses((*relay)->relay());
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const std::vector<std::string> before = Addresses(relay->relay());
 
-  ASSERT_TRUE((*relay)
-                  ->relay()
+  ASSERT_TRUE(relay->relay()
                   .SetUpstreams({{"127.0.0.1", upstreams[0]->port()},
                                  {"127.0.0.1", upstreams[1]->port()},
                                  {"127.0.0.1", upstreams[2]->port()}})
                   .ok());
-  ASSERT_TRUE(
-      AwaitAllOn((*relay)->relay(), {address(0), address(1), address(2)}, absl::Seconds(5)));
-  const std::vector<std::string> after = Addresses((*relay)->relay());
+  ASSERT_TRUE(AwaitAllOn(relay->relay(), {address(0), address(1), address(2)}, absl::Seconds(5)));
+  const std::vector<std::string> after = Addresses(relay->relay());
   ASSERT_EQ(after.size(), 4u);
   int moved = 0;
   std::map<std::string, int> per_address;
@@ -921,7 +927,7 @@ TEST(FrameRelayAddressTest, AnAddedAddressMovesAsFewConnectionsAsItCan) {
   EXPECT_EQ(per_address[address(0)], 2);
   EXPECT_EQ(per_address[address(1)], 1);
   EXPECT_EQ(per_address[address(2)], 1);
-  (*relay)->Stop();
+  relay->Stop();
   for (auto& upstream : upstreams) upstream->Shutdown();
 }
 
@@ -1080,10 +1086,9 @@ TEST(FrameRelayLimitTest, ACallPastTheConcurrencyLimitIsRefusedAtOnce) {
   options.upstreams = {{"127.0.0.1", upstream.port()}};
   options.max_concurrent_calls = 2;
   options.observer = &observer;
-  absl::StatusOr<std::unique_ptr<RunningRelay>> relay = RunningRelay::Start(options);
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  ASSERT_TRUE(AwaitConnected((*relay)->relay(), absl::Seconds(5)));
-  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel((*relay)->target());
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  const std::shared_ptr<grpc::Channel> channel = CreateTestChannel(relay->target());
   CallOptions slow;
   slow.metadata = {{"x-sleep-ms", "1000"}};
   std::vector<std::future<CallResult>> in_flight;
@@ -1101,7 +1106,7 @@ TEST(FrameRelayLimitTest, ACallPastTheConcurrencyLimitIsRefusedAtOnce) {
   for (auto& call : in_flight) EXPECT_TRUE(call.get().status.ok());
   EXPECT_TRUE(UnaryCall(channel, kUnaryMethod, "room again").status.ok());
   EXPECT_EQ(observer.OverLimit(), (std::array<int, 2>{1, 0}));
-  (*relay)->Stop();
+  relay->Stop();
   upstream.Shutdown();
 }
 
