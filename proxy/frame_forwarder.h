@@ -8,15 +8,18 @@
 // connections spread over the addresses found, a connection to an address
 // that has gone finishing its streams before it closes.
 //
+// Health probes, TLS to the upstream, circuit breaking and
+// GRPC_MAX_MESSAGE_BYTES are the relay's own (relay/frame_relay.h). Request
+// metrics (poolside_requests_total, the duration histogram,
+// poolside_inflight_requests, the message and byte counts), the overflow and
+// hostile-peer counters and the pool gauges are recorded as usual.
+//
 // It is opt-in because it does not do everything the grpc++ forwarder does
-// yet (README, "GRPC_FORWARDER"): config/variables.cc refuses the settings it
-// cannot honour (unix sockets, a pool sizing itself, the fair share); outlier ejection, replacing a
-// connection that keeps failing its probes, the PoolAdmin gRPC service and the frame screen's rules
-// do not apply (nghttp2's own limits do). Health probes are the relay's own
-// (relay::HealthProbeOptions). Request metrics (poolside_requests_total, the duration histogram,
-// poolside_inflight_requests and the message and byte counts) and the pool
-// gauges are recorded as usual: the relay reads each gRPC message's 5-byte
-// prefix as the bytes pass, which also holds GRPC_MAX_MESSAGE_BYTES.
+// yet (README, "The frame forwarder"): config/variables.cc refuses the
+// settings it cannot honour (unix sockets, a pool sizing itself, the fair
+// share); outlier ejection, replacing a connection that keeps failing its
+// probes, GRPC_MAX_APP_CONNECTIONS, the PoolAdmin gRPC service and the frame
+// screen's rules do not apply (nghttp2's own limits do).
 //
 // Threading: Start, Snapshot and Shutdown from any thread; the relay runs on
 // a thread of its own.
