@@ -19,6 +19,9 @@ constexpr int kMmapThresholdBytes = 64 * 1024;
 void ConfigureAllocator() {
   // See heap_release.h for why and what each cost and saved, measured.
   mallopt(M_ARENA_MAX, 1);
+}
+
+void MapGrpcReadBuffersApart() {
   // Also pins the threshold: left alone, glibc raises it (up to 32 MiB) each
   // time a block above it is freed, after which the read buffers never leave
   // the heap again.

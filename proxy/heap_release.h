@@ -32,9 +32,17 @@
 
 namespace poolside {
 
-// Sets glibc malloc's process-wide options. Call once at start, before any
-// thread is created (arenas are assigned to threads as they first allocate).
+// Sets glibc malloc's process-wide options: one arena. Call once at start,
+// before any thread is created (arenas are assigned to threads as they first
+// allocate).
 void ConfigureAllocator();
+
+// The grpc++ forwarder's fixed 64 KiB mmap threshold (above). Call before
+// grpc allocates. Not for the frame forwarder: its relay keeps its own
+// per-stream buffers, which grow to a stream's window (1 MiB) for a large
+// message; mapped and unmapped one by one, their page faults tripled its CPU
+// per 4 MiB call (bench/RESULTS.md, "Every target, three rounds").
+void MapGrpcReadBuffersApart();
 
 // This process's resident set size in bytes, from /proc/self/statm; 0 if it
 // cannot be read.

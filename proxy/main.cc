@@ -288,6 +288,7 @@ int Run(poolside::Config config) {
   // The frame forwarder uses no grpc at all: grpc's own threads (its timer,
   // its resolver executor) are not started for it.
   if (config.forwarder == "frames") return RunFrames(config, stop_signals);
+  poolside::MapGrpcReadBuffersApart();
   poolside::RouteGrpcLogsToSpdlog();
   poolside::StartGrpcRuntime();
   if (config.worker_threads > 0) {
