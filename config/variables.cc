@@ -222,8 +222,8 @@ constexpr Variable kVariables[] = {
     Define<OneOf<&Config::forwarder, kForwarders>>(
         "GRPC_FORWARDER", "forwarder",
         "grpc: every call forwarded as a grpc++ call (every feature); frames: relayed as HTTP/2 "
-        "frames, far cheaper per call, without TLS, unix sockets, pool sizing, circuit breaking "
-        "or health probes (README)"),
+        "frames, far cheaper per call, without unix sockets, pool sizing, the fair share, "
+        "outlier ejection or PoolAdmin yet (README)"),
     Define<Boolean<&Config::hold_pingpong_reads>>(
         "GRPC_HOLD_PINGPONG_READS", "hold-pingpong-reads",
         "in a ping-pong stream, post a side's next read with its next write (1 ms at most): "
