@@ -42,6 +42,8 @@ HostileReason HostileReasonOf(relay::AppCutReason reason) {
       return HostileReason::kPingFlood;
     case relay::AppCutReason::kSettingsFlood:
       return HostileReason::kSettingsFlood;
+    case relay::AppCutReason::kTooManyConnections:
+      return HostileReason::kTooManyConnections;
     case relay::AppCutReason::kMalformed:
       break;
   }
@@ -157,6 +159,7 @@ absl::StatusOr<std::unique_ptr<FrameForwarder>> FrameForwarder::Start(FrameForwa
   relay_options.max_message_bytes = options.max_message_bytes;
   relay_options.max_concurrent_calls = options.max_concurrent_requests;
   relay_options.max_waiting_calls = options.max_pending_requests;
+  relay_options.max_app_connections = options.max_app_connections;
 
   forwarder->connections_ = options.connections;
   if (metrics != nullptr) {

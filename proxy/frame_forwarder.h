@@ -18,8 +18,8 @@
 // yet (README, "The frame forwarder"): config/variables.cc refuses the
 // settings it cannot honour (unix sockets, a pool sizing itself, the fair
 // share); outlier ejection, replacing a connection that keeps failing its
-// probes, GRPC_MAX_APP_CONNECTIONS, the PoolAdmin gRPC service and the frame
-// screen's rules do not apply (nghttp2's own limits do).
+// probes, the PoolAdmin gRPC service and the frame screen's rules do not
+// apply (nghttp2's own limits do; GRPC_MAX_APP_CONNECTIONS is the relay's).
 //
 // Threading: Start, Snapshot and Shutdown from any thread; the relay runs on
 // a thread of its own.
@@ -60,6 +60,8 @@ struct FrameForwarderOptions {
   // own, as the grpc++ forwarder sends).
   std::string authority;
   int max_streams_per_app_connection = 1000;
+  // GRPC_MAX_APP_CONNECTIONS.
+  int max_app_connections = 1000;
   // Circuit breaking: GRPC_MAX_CONCURRENT_REQUESTS (0: no limit) and
   // GRPC_MAX_PENDING_REQUESTS.
   int max_concurrent_requests = 0;

@@ -216,6 +216,7 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
   options.authority = config.upstream_authority;
   if (options.authority.empty()) options.authority = target->default_authority;
   options.max_streams_per_app_connection = config.max_streams_per_app_connection;
+  options.max_app_connections = config.max_app_connections;
   options.max_message_bytes = static_cast<uint32_t>(config.max_message_bytes);
   options.max_concurrent_requests = config.max_concurrent_requests;
   options.max_pending_requests = config.max_pending_requests;

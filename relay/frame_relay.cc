@@ -481,6 +481,8 @@ class FrameRelay::Loop {
   // How long a cut app connection's socket stays open for its GOAWAY to
   // reach the peer.
   static constexpr auto kLingerTime = std::chrono::seconds(1);
+  // How long accepting pauses when the process is out of descriptors.
+  static constexpr auto kAcceptPause = std::chrono::milliseconds(100);
   // The connection window each side offers: bounds what one connection's
   // streams may buffer here in all.
   static constexpr int32_t kConnectionWindow = 16 << 20;
@@ -534,6 +536,8 @@ class FrameRelay::Loop {
   bool draining_ = false;
   // App connections lingering (StartLinger).
   int lingering_ = 0;
+  // While accepting is paused (out of descriptors): when it resumes.
+  Clock::time_point accept_resumes_at_ = Clock::time_point::max();
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> drain_requested_{false};
   std::atomic<int64_t> app_connections_{0};
@@ -861,7 +865,25 @@ void FrameRelay::Loop::ReplaceUpstream(std::unique_ptr<Connection>& slot) {
 void FrameRelay::Loop::Accept() {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // The listening socket stays readable while the pending connection
+        // cannot be taken: stop watching it for a while instead of spinning.
+        epoll_event event{};
+        event.data.ptr = &listen_tag_;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &event);
+        accept_resumes_at_ = Clock::now() + kAcceptPause;
+      }
+      return;
+    }
+    if (options_.max_app_connections > 0 &&
+        app_connections_.load(std::memory_order_relaxed) >= options_.max_app_connections) {
+      close(fd);
+      if (options_.observer != nullptr) {
+        options_.observer->AppConnectionCut(AppCutReason::kTooManyConnections);
+      }
+      continue;
+    }
     SetNoDelay(fd);
     auto app = std::make_unique<Connection>();
     app->loop = this;
@@ -1137,6 +1159,7 @@ void FrameRelay::Loop::Run() {
     if (!waiting_.empty()) wake_by(waiting_.oldest()->wait_until);
     if (probing_) wake_by(next_probes_);
     if (tls_ != nullptr) wake_by(next_credential_check_);
+    wake_by(accept_resumes_at_);
     for (auto& upstream : upstreams_) {
       wake_by(upstream->reconnect_at);
       wake_by(upstream->connect_deadline);
@@ -1204,6 +1227,15 @@ void FrameRelay::Loop::Run() {
       if (upstream->tls_read_pending && !upstream->dead) OnReadable(*upstream);
     }
     if (tls_ != nullptr && now >= next_credential_check_) CheckCredentials(now);
+    if (now >= accept_resumes_at_) {
+      accept_resumes_at_ = Clock::time_point::max();
+      if (listen_fd_ >= 0) {
+        epoll_event event{};
+        event.events = EPOLLIN;
+        event.data.ptr = &listen_tag_;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &event);
+      }
+    }
     FailOverdueWaits(now);
     if (probing_) {
       ExpireProbes(now);

@@ -74,6 +74,8 @@ enum class AppCutReason {
   kSettingsFlood,
   // Any other breach of HTTP/2 that ends the connection.
   kMalformed,
+  // Closed as it was accepted: max_app_connections were open.
+  kTooManyConnections,
 };
 
 // Which circuit-breaking limit turned a call away.
@@ -149,6 +151,10 @@ struct FrameRelayOptions {
   // a longer one ends its call RESOURCE_EXHAUSTED, as grpc ends it. Zero:
   // no limit.
   uint32_t max_message_bytes = 0;
+  // App connections open at once (GRPC_MAX_APP_CONNECTIONS); further ones
+  // are closed as they are accepted. Zero: no limit. Out of descriptors,
+  // accepting pauses for 100 ms instead of spinning.
+  int max_app_connections = 0;
   // SETTINGS_MAX_CONCURRENT_STREAMS offered to each app connection.
   uint32_t max_streams_per_app_connection = 1 << 20;
   // Replaces each request's :authority when not empty (as grpc's channel

@@ -1140,5 +1140,36 @@ TEST(FrameRelayLimitTest, ACallPastTheWaitingLimitIsRefusedAtOnce) {
   (*relay)->Stop();
 }
 
+// GRPC_MAX_APP_CONNECTIONS: a connection past the cap is closed as it is
+// accepted; the open one serves on, and a place that frees takes the next.
+TEST(FrameRelayConnectionLimitTest, AConnectionPastTheCapIsClosedAsItIsAccepted) {
+  TestUpstream upstream;
+  ASSERT_TRUE(upstream.Start().ok());
+  FrameRelayOptions options;
+  options.upstreams = {{"127.0.0.1", upstream.port()}};
+  options.max_app_connections = 1;
+  const std::unique_ptr<RunningRelay> relay = ConnectedRelay(options);
+  ASSERT_NE(relay, nullptr);
+  std::shared_ptr<grpc::Channel> first = CreateTestChannel(relay->target());
+  ASSERT_TRUE(UnaryCall(first, kUnaryMethod, "first").status.ok());
+
+  CallOptions quick;
+  quick.timeout = absl::Seconds(2);
+  const CallResult refused =
+      UnaryCall(CreateTestChannel(relay->target()), kUnaryMethod, "second", quick);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE) << refused;
+  EXPECT_TRUE(UnaryCall(first, kUnaryMethod, "first again").status.ok());
+
+  first.reset();  // Its connection closes; the relay sees it go.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  CallResult next;
+  do {
+    next = UnaryCall(CreateTestChannel(relay->target()), kUnaryMethod, "next", quick);
+  } while (!next.status.ok() && absl::Now() < deadline);
+  EXPECT_TRUE(next.status.ok()) << next;
+  relay->Stop();
+  upstream.Shutdown();
+}
+
 }  // namespace
 }  // namespace poolside::test
