@@ -229,12 +229,12 @@ int RunFrames(const poolside::Config& config, const sigset_t& stop_signals) {
     // The name the certificate is checked against: the override, else the
     // target's host, as one grpc channel to the target checks it.
     options.tls.server_name = config.upstream_server_name;
-    if (options.tls.server_name.empty()) {
-      absl::StatusOr<poolside::HostPort> authority =
-          poolside::ParseHostPort(target->kind == poolside::UpstreamTarget::Kind::kDns
-                                      ? absl::StrCat(target->host, ":", target->port)
-                                      : target->addresses.front().label);
-      if (authority.ok()) options.tls.server_name = authority->host;
+    if (options.tls.server_name.empty() && target->kind == poolside::UpstreamTarget::Kind::kDns) {
+      options.tls.server_name = target->host;
+    } else if (options.tls.server_name.empty()) {
+      absl::StatusOr<poolside::HostPort> first =
+          poolside::ParseHostPort(target->addresses.front().label);
+      if (first.ok()) options.tls.server_name = first->host;
     }
   }
   if (config.health_check_mode == "grpc") {

@@ -396,7 +396,10 @@ class FrameRelay::Loop {
   // TLS files changed: every upstream connection is replaced (each old one
   // finishes its streams).
   void CheckCredentials(Clock::time_point now);
-  void ReplaceUpstream(std::unique_ptr<Connection>& slot);
+  // Points `slot` at `to` and connects it now; a connection that is open
+  // (or still has streams) retires, and a new one takes the slot.
+  // REQUIRES: slots_mutex_ held.
+  void RepointUpstream(std::unique_ptr<Connection>& slot, const ParsedUpstream& to);
   void OnReadable(Connection& connection);
   // Hands bytes read from `connection` to its session; false once the
   // session refused them (the connection is then cut off).
@@ -688,17 +691,7 @@ void FrameRelay::Loop::ApplyUpstreams(const std::vector<ParsedUpstream>& upstrea
     const size_t next =
         static_cast<size_t>(std::max_element(share.begin(), share.end()) - share.begin());
     --share[next];
-    const ParsedUpstream& wanted = upstreams[next];
-    std::unique_ptr<Connection>& slot = upstreams_[i];
-    if (slot->fd >= 0 || !slot->streams.empty()) {
-      // Its streams finish where they are; new ones go to its successor.
-      retiring_.push_back(std::move(slot));
-      slot = NewUpstreamConnection();
-    }
-    slot->address = wanted.address;
-    slot->address_length = wanted.length;
-    slot->address_text = wanted.text;
-    Connect(*slot);
+    RepointUpstream(upstreams_[i], upstreams[next]);
   }
 }
 
@@ -846,20 +839,24 @@ void FrameRelay::Loop::CheckCredentials(Clock::time_point now) {
   if (!*changed) return;
   Log(false, absl::StrCat("TLS files changed: rolling ", upstreams_.size(), " connections"));
   std::lock_guard<std::mutex> lock(slots_mutex_);
-  for (auto& slot : upstreams_) ReplaceUpstream(slot);
+  for (auto& slot : upstreams_) {
+    if (slot->address_length == 0) continue;  // No address yet: nothing to roll.
+    const ParsedUpstream same{slot->address, slot->address_length, slot->address_text};
+    RepointUpstream(slot, same);
+  }
 }
 
-void FrameRelay::Loop::ReplaceUpstream(std::unique_ptr<Connection>& slot) {
-  std::unique_ptr<Connection> replacement = NewUpstreamConnection();
-  replacement->address = slot->address;
-  replacement->address_length = slot->address_length;
-  replacement->address_text = slot->address_text;
+void FrameRelay::Loop::RepointUpstream(std::unique_ptr<Connection>& slot,
+                                       const ParsedUpstream& to) {
   if (slot->fd >= 0 || !slot->streams.empty()) {
     // Its streams finish where they are; new ones go to its successor.
     retiring_.push_back(std::move(slot));
+    slot = NewUpstreamConnection();
   }
-  slot = std::move(replacement);
-  if (slot->address_length > 0) Connect(*slot);
+  slot->address = to.address;
+  slot->address_length = to.length;
+  slot->address_text = to.text;
+  Connect(*slot);
 }
 
 void FrameRelay::Loop::Accept() {
@@ -973,10 +970,6 @@ void FrameRelay::Loop::CutOff(Connection& connection, int error) {
 void FrameRelay::Loop::OnWritable(Connection& connection) {
   if (connection.connecting) {
     OnConnected(connection);
-    return;
-  }
-  if (connection.handshaking) {
-    ContinueHandshake(connection);
     return;
   }
   MarkDirty(connection);
